@@ -1,0 +1,7 @@
+"""``python -m mmtp_hpc`` is the ``mmtp`` command."""
+
+import sys
+
+from mmtp_hpc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,47 @@
+"""The ``mmtp`` command: one module per sub-command, each with ``register(subparsers)``.
+
+A sub-command module defines ``register(subparsers)`` which adds its parser and
+sets ``func=run`` (a callable taking the parsed args and returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mmtp_hpc import __version__
+from mmtp_hpc.errors import MMTPError
+
+# module names under mmtp_hpc.cli, in the order they appear in --help
+COMMANDS = ["efs", "info", "convert", "new_potential"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmtp", description="magnetic Moment Tensor Potentials: evaluate, train, simulate")
+    parser.add_argument("--version", action="version", version=f"mmtp_hpc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"mmtp_hpc.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MMTPError as exc:
+        print(f"mmtp {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"mmtp {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""MLIP-3 compatible Moment Tensor Potentials: parameters, basis generator, I/O, kernels."""
