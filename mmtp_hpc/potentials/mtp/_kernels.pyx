@@ -1,0 +1,608 @@
+# cython: language_level=3
+"""Fast MTP kernels: site energies, per-pair derivatives and parameter gradients.
+
+Same formulas as ``reference.py`` (spec §2). Layout: atoms 0..n_local-1 are the
+centres; neighbour indices (CSR ``offsets``/``neighbors``) point into the
+local+ghost arrays ``positions``/``types``/``magmoms``. Pairs at r ≥ cutoff
+(the skin of a Verlet list) are skipped. Derivatives are written per pair
+(∂E_i/∂r_ij and ∂E_i/∂m_j) and per centre (∂E_i/∂m_i), so the parallel loop
+over centres has no write conflicts; :func:`scatter_pairs` folds them into
+forces, ∂E/∂m and the virial.
+
+All outputs are allocated by the caller. No Python objects in the loops.
+"""
+
+cimport cython
+from cython.parallel cimport prange, parallel
+from libc.math cimport sqrt
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+from libc.stdint cimport int64_t
+
+import numpy as np
+
+
+cdef struct Tables:
+    int C, K, R, M, n_basic, n_times, n_moments, n_basis, max_pow
+    double rmin, rcut, scaling
+    const int* basic        # (n_basic, 4): mu, a, b, c
+    const int* times        # (n_times, 3): i, j, k
+    const double* weights   # (n_times,)
+    const int* mapping      # (n_basis,)
+    const double* coeffs    # (C, C, K, R, M, M)
+    const double* species   # (C,)
+    const double* moment    # (n_basis,)
+    const double* mag_min   # (C,)
+    const double* mag_max   # (C,)
+
+
+cdef struct Work:
+    double* r
+    double* u
+    int* z
+    double* mj
+    int64_t* pair
+    double* q
+    double* dq
+    double* psij
+    double* dpsij
+    double* f
+    double* dfr
+    double* dfmi
+    double* dfmj
+    double* moments
+    double* g
+    double* d
+    double* dd
+    double* psii
+    double* dpsii
+    double* px
+    double* py
+    double* pz
+    double* gmu
+    # tangent-mode extras
+    double* tr
+    double* tv
+    double* tmj
+    double* mdot
+    double* h
+    double* amu
+
+
+cdef Work* alloc_work(Tables* t, int nmax) noexcept nogil:
+    cdef Work* w = <Work*> malloc(sizeof(Work))
+    cdef int n = nmax if nmax > 0 else 1
+    w.r = <double*> malloc(n * sizeof(double))
+    w.u = <double*> malloc(3 * n * sizeof(double))
+    w.z = <int*> malloc(n * sizeof(int))
+    w.mj = <double*> malloc(n * sizeof(double))
+    w.pair = <int64_t*> malloc(n * sizeof(int64_t))
+    w.q = <double*> malloc(n * t.R * sizeof(double))
+    w.dq = <double*> malloc(n * t.R * sizeof(double))
+    w.psij = <double*> malloc(n * t.M * sizeof(double))
+    w.dpsij = <double*> malloc(n * t.M * sizeof(double))
+    w.f = <double*> malloc(n * t.K * sizeof(double))
+    w.dfr = <double*> malloc(n * t.K * sizeof(double))
+    w.dfmi = <double*> malloc(n * t.K * sizeof(double))
+    w.dfmj = <double*> malloc(n * t.K * sizeof(double))
+    w.moments = <double*> malloc(t.n_moments * sizeof(double))
+    w.g = <double*> malloc(t.n_moments * sizeof(double))
+    w.d = <double*> malloc(t.C * t.K * t.R * t.M * sizeof(double))
+    w.dd = <double*> malloc(t.C * t.K * t.R * t.M * sizeof(double))
+    w.psii = <double*> malloc(t.M * sizeof(double))
+    w.dpsii = <double*> malloc(t.M * sizeof(double))
+    w.px = <double*> malloc((t.max_pow + 1) * sizeof(double))
+    w.py = <double*> malloc((t.max_pow + 1) * sizeof(double))
+    w.pz = <double*> malloc((t.max_pow + 1) * sizeof(double))
+    w.gmu = <double*> malloc(t.K * sizeof(double))
+    w.tr = <double*> malloc(n * sizeof(double))
+    w.tv = <double*> malloc(3 * n * sizeof(double))
+    w.tmj = <double*> malloc(n * sizeof(double))
+    w.mdot = <double*> malloc(t.n_moments * sizeof(double))
+    w.h = <double*> malloc(t.n_moments * sizeof(double))
+    w.amu = <double*> malloc(t.K * sizeof(double))
+    return w
+
+
+cdef void free_work(Work* w) noexcept nogil:
+    free(w.r); free(w.u); free(w.z); free(w.mj); free(w.pair); free(w.q); free(w.dq)
+    free(w.psij); free(w.dpsij); free(w.f); free(w.dfr); free(w.dfmi); free(w.dfmj)
+    free(w.moments); free(w.g); free(w.d); free(w.dd); free(w.psii); free(w.dpsii)
+    free(w.px); free(w.py); free(w.pz); free(w.gmu)
+    free(w.tr); free(w.tv); free(w.tmj); free(w.mdot); free(w.h); free(w.amu)
+    free(w)
+
+
+cdef inline void chebyshev(double x, int n, double scale, double* t, double* dt) noexcept nogil:
+    """T_k(x), k < n, and scale·T'_k(x)."""
+    cdef int k
+    t[0] = 1.0
+    dt[0] = 0.0
+    if n > 1:
+        t[1] = x
+        dt[1] = scale
+    for k in range(2, n):
+        t[k] = 2.0 * x * t[k - 1] - t[k - 2]
+        dt[k] = 2.0 * scale * t[k - 1] + 2.0 * x * dt[k - 1] - dt[k - 2]
+
+
+cdef inline void magnetic_basis(Tables* t, int z, double m, double* psi, double* dpsi) noexcept nogil:
+    cdef double lo, hi
+    if t.M == 1:
+        psi[0] = 1.0
+        dpsi[0] = 0.0
+        return
+    lo = t.mag_min[z]
+    hi = t.mag_max[z]
+    chebyshev((2.0 * m - lo - hi) / (hi - lo), t.M, 2.0 / (hi - lo), psi, dpsi)
+
+
+cdef int gather(Tables* t, Work* w, int64_t i, const double[:, ::1] pos, const int[::1] types,
+                const double[::1] mag, const int64_t[::1] offsets, const int64_t[::1] nbrs) noexcept nogil:
+    """Neighbours of i inside the cutoff: vectors, radial and magnetic bases, f_μ and derivatives."""
+    cdef int nn = 0, k, mu, b, c, zj, zi = types[i]
+    cdef int64_t p, j
+    cdef double dx, dy, dz, r2, r, rc2 = t.rcut * t.rcut, env, denv, s
+    cdef double W, Wd, Wi
+    cdef int C = t.C, K = t.K, R = t.R, M = t.M
+    cdef const double* cf
+    cdef double* q
+    cdef double* dq
+    cdef double xscale = 2.0 / (t.rcut - t.rmin)
+    # per-centre contraction of the coefficients with ψ_b(m_i): D[zj, μ, k, c]
+    magnetic_basis(t, zi, mag[i], w.psii, w.dpsii)
+    for zj in range(C):
+        for mu in range(K):
+            for k in range(R):
+                cf = t.coeffs + ((((zi * C + zj) * K + mu) * R + k) * M * M)
+                for c in range(M):
+                    W = 0.0
+                    Wd = 0.0
+                    for b in range(M):
+                        W = W + cf[b * M + c] * w.psii[b]
+                        Wd = Wd + cf[b * M + c] * w.dpsii[b]
+                    w.d[((zj * K + mu) * R + k) * M + c] = W
+                    w.dd[((zj * K + mu) * R + k) * M + c] = Wd
+    for p in range(offsets[i], offsets[i + 1]):
+        j = nbrs[p]
+        dx = pos[j, 0] - pos[i, 0]
+        dy = pos[j, 1] - pos[i, 1]
+        dz = pos[j, 2] - pos[i, 2]
+        r2 = dx * dx + dy * dy + dz * dz
+        if r2 >= rc2:
+            continue
+        r = sqrt(r2)
+        w.r[nn] = r
+        w.u[3 * nn] = dx / r
+        w.u[3 * nn + 1] = dy / r
+        w.u[3 * nn + 2] = dz / r
+        w.z[nn] = types[j]
+        w.mj[nn] = mag[j]
+        w.pair[nn] = p
+        q = w.q + nn * R
+        dq = w.dq + nn * R
+        chebyshev((2.0 * r - t.rmin - t.rcut) / (t.rcut - t.rmin), R, xscale, q, dq)
+        env = (t.rcut - r) * (t.rcut - r)
+        denv = -2.0 * (t.rcut - r)
+        for k in range(R):
+            dq[k] = t.scaling * (dq[k] * env + q[k] * denv)
+            q[k] = t.scaling * q[k] * env
+        magnetic_basis(t, types[j], mag[j], w.psij + nn * M, w.dpsij + nn * M)
+        zj = types[j]
+        for mu in range(K):
+            s = 0.0
+            W = 0.0
+            Wd = 0.0
+            Wi = 0.0
+            for k in range(R):
+                cf = w.d + ((zj * K + mu) * R + k) * M
+                if M == 1:
+                    s = s + cf[0] * q[k]
+                    W = W + cf[0] * dq[k]
+                else:
+                    env = 0.0
+                    denv = 0.0
+                    for c in range(M):
+                        env = env + cf[c] * w.psij[nn * M + c]
+                        denv = denv + cf[c] * w.dpsij[nn * M + c]
+                        Wi = Wi + w.dd[((zj * K + mu) * R + k) * M + c] * w.psij[nn * M + c] * q[k]
+                    s = s + env * q[k]
+                    W = W + env * dq[k]
+                    Wd = Wd + denv * q[k]
+            w.f[nn * K + mu] = s
+            w.dfr[nn * K + mu] = W
+            w.dfmj[nn * K + mu] = Wd
+            w.dfmi[nn * K + mu] = Wi
+        nn += 1
+    return nn
+
+
+cdef inline void powers(Tables* t, Work* w, int n) noexcept nogil:
+    cdef int k
+    w.px[0] = 1.0
+    w.py[0] = 1.0
+    w.pz[0] = 1.0
+    for k in range(1, t.max_pow + 1):
+        w.px[k] = w.px[k - 1] * w.u[3 * n]
+        w.py[k] = w.py[k - 1] * w.u[3 * n + 1]
+        w.pz[k] = w.pz[k - 1] * w.u[3 * n + 2]
+
+
+cdef double forward(Tables* t, Work* w, int nn, int zi) noexcept nogil:
+    """Basic moments, products and E_i."""
+    cdef int n, s, k
+    cdef const int* row
+    cdef double fm, e
+    memset(w.moments, 0, t.n_moments * sizeof(double))
+    for n in range(nn):
+        powers(t, w, n)
+        for s in range(t.n_basic):
+            row = t.basic + 4 * s
+            w.moments[s] += w.f[n * t.K + row[0]] * w.px[row[1]] * w.py[row[2]] * w.pz[row[3]]
+    for k in range(t.n_times):
+        row = t.times + 3 * k
+        w.moments[row[2]] += t.weights[k] * w.moments[row[0]] * w.moments[row[1]]
+    e = t.species[zi]
+    for k in range(t.n_basis):
+        e = e + t.moment[k] * w.moments[t.mapping[k]]
+    return e
+
+
+cdef void backward(Tables* t, Work* w) noexcept nogil:
+    """g = ∂E_i/∂M by a reverse sweep over the product table."""
+    cdef int k
+    cdef const int* row
+    cdef double gk
+    memset(w.g, 0, t.n_moments * sizeof(double))
+    for k in range(t.n_basis):
+        w.g[t.mapping[k]] += t.moment[k]
+    for k in range(t.n_times - 1, -1, -1):
+        row = t.times + 3 * k
+        gk = t.weights[k] * w.g[row[2]]
+        if gk != 0.0:
+            w.g[row[0]] += gk * w.moments[row[1]]
+            w.g[row[1]] += gk * w.moments[row[0]]
+
+
+cdef void pair_derivatives(Tables* t, Work* w, int nn, double* pair_grad, double* pair_dmj,
+                           double* dmi) noexcept nogil:
+    """∂E_i/∂r_n (into pair_grad[3·pair]) , ∂E_i/∂m_j (pair_dmj[pair]) and ∂E_i/∂m_i."""
+    cdef int n, s, mu, a, b, c, nu
+    cdef const int* row
+    cdef double A, Bx, By, Bz, Cn, gs, fm, mono, ux, uy, uz, r, dmj, dmi_acc = 0.0
+    cdef int64_t p
+    for n in range(nn):
+        powers(t, w, n)
+        for mu in range(t.K):
+            w.gmu[mu] = 0.0
+        Bx = 0.0
+        By = 0.0
+        Bz = 0.0
+        Cn = 0.0
+        for s in range(t.n_basic):
+            gs = w.g[s]
+            if gs == 0.0:
+                continue
+            row = t.basic + 4 * s
+            mu = row[0]
+            a = row[1]
+            b = row[2]
+            c = row[3]
+            mono = w.px[a] * w.py[b] * w.pz[c]
+            w.gmu[mu] += gs * mono
+            fm = gs * w.f[n * t.K + mu]
+            nu = a + b + c
+            Cn = Cn + fm * nu * mono
+            if a > 0:
+                Bx = Bx + fm * a * w.px[a - 1] * w.py[b] * w.pz[c]
+            if b > 0:
+                By = By + fm * b * w.px[a] * w.py[b - 1] * w.pz[c]
+            if c > 0:
+                Bz = Bz + fm * c * w.px[a] * w.py[b] * w.pz[c - 1]
+        A = 0.0
+        dmj = 0.0
+        for mu in range(t.K):
+            A = A + w.gmu[mu] * w.dfr[n * t.K + mu]
+            if t.M > 1:
+                dmj = dmj + w.gmu[mu] * w.dfmj[n * t.K + mu]
+                dmi_acc = dmi_acc + w.gmu[mu] * w.dfmi[n * t.K + mu]
+        r = w.r[n]
+        ux = w.u[3 * n]
+        uy = w.u[3 * n + 1]
+        uz = w.u[3 * n + 2]
+        p = w.pair[n]
+        pair_grad[3 * p] = A * ux + (Bx - Cn * ux) / r
+        pair_grad[3 * p + 1] = A * uy + (By - Cn * uy) / r
+        pair_grad[3 * p + 2] = A * uz + (Bz - Cn * uz) / r
+        pair_dmj[p] = dmj
+    dmi[0] = dmi_acc
+
+
+cdef Tables make_tables(dict tab):
+    cdef Tables t
+    cdef const int[:, ::1] basic = tab["basic"]
+    cdef const int[:, ::1] times = tab["times"]
+    cdef const double[::1] weights = tab["weights"]
+    cdef const int[::1] mapping = tab["mapping"]
+    cdef const double[::1] coeffs = tab["coeffs"]
+    cdef const double[::1] species = tab["species"]
+    cdef const double[::1] moment = tab["moment"]
+    cdef const double[::1] mag_min = tab["mag_min"]
+    cdef const double[::1] mag_max = tab["mag_max"]
+    t.C = tab["C"]
+    t.K = tab["K"]
+    t.R = tab["R"]
+    t.M = tab["M"]
+    t.n_basic = basic.shape[0]
+    t.n_times = times.shape[0]
+    t.n_moments = tab["n_moments"]
+    t.n_basis = mapping.shape[0]
+    t.max_pow = tab["max_pow"]
+    t.rmin = tab["rmin"]
+    t.rcut = tab["rcut"]
+    t.scaling = tab["scaling"]
+    t.basic = &basic[0, 0]
+    t.times = &times[0, 0] if t.n_times > 0 else NULL
+    t.weights = &weights[0] if t.n_times > 0 else NULL
+    t.mapping = &mapping[0]
+    t.coeffs = &coeffs[0]
+    t.species = &species[0]
+    t.moment = &moment[0]
+    t.mag_min = &mag_min[0]
+    t.mag_max = &mag_max[0]
+    return t
+
+
+def max_neighbors(const int64_t[::1] offsets) -> int:
+    cdef Py_ssize_t i
+    cdef int64_t m = 0
+    for i in range(offsets.shape[0] - 1):
+        if offsets[i + 1] - offsets[i] > m:
+            m = offsets[i + 1] - offsets[i]
+    return m
+
+
+def site_terms(dict tab, const double[:, ::1] pos, const int[::1] types, const double[::1] mag,
+               const int64_t[::1] offsets, const int64_t[::1] nbrs, Py_ssize_t n_local,
+               double[::1] site_en, double[:, ::1] pair_grad, double[::1] pair_dmj,
+               double[::1] dmi, double[:, ::1] basis, bint derivatives, bint want_basis,
+               int num_threads=0):
+    """E_i for every centre and, when ``derivatives``, ∂E_i/∂r_ij, ∂E_i/∂m_j, ∂E_i/∂m_i.
+
+    ``pair_grad`` (n_pairs, 3) and ``pair_dmj`` (n_pairs,) must be zeroed by the caller
+    (pairs in the skin are left untouched). ``basis`` (n_local, n_basis) when ``want_basis``.
+    """
+    cdef Tables t = make_tables(tab)
+    cdef int nmax = max_neighbors(offsets)
+    cdef Py_ssize_t i
+    cdef int nn, k
+    cdef Work* w
+    cdef double* pg = &pair_grad[0, 0] if pair_grad.shape[0] > 0 else NULL
+    cdef double* pm = &pair_dmj[0] if pair_dmj.shape[0] > 0 else NULL
+    if n_local == 0:
+        return
+    with nogil, parallel(num_threads=num_threads if num_threads > 0 else openmp_threads()):
+        w = alloc_work(&t, nmax)
+        for i in prange(n_local, schedule="dynamic", chunksize=16):
+            nn = gather(&t, w, i, pos, types, mag, offsets, nbrs)
+            site_en[i] = forward(&t, w, nn, types[i])
+            if want_basis:
+                for k in range(t.n_basis):
+                    basis[i, k] = w.moments[t.mapping[k]]
+            if derivatives:
+                backward(&t, w)
+                pair_derivatives(&t, w, nn, pg, pm, &dmi[i])
+        free_work(w)
+
+
+def scatter_pairs(const double[:, ::1] pos, const int64_t[::1] offsets, const int64_t[::1] nbrs,
+                  const double[:, ::1] pair_grad, const double[::1] pair_dmj, const double[::1] dmi,
+                  double[:, ::1] forces, double[::1] dedm, double[:, ::1] virial):
+    """Fold per-pair derivatives into forces (n_total, 3), ∂E/∂m (n_total,), virial (3, 3).
+
+    F_j −= ∂E_i/∂r_ij, F_i += ∂E_i/∂r_ij; S_ab −= (∂E_i/∂r_ij)_a (r_ij)_b (spec §2).
+    Outputs are accumulated into (not zeroed).
+    """
+    cdef Py_ssize_t i, a, b, n_local = offsets.shape[0] - 1
+    cdef int64_t p, j
+    cdef double g[3]
+    cdef double d[3]
+    cdef double vir[9]
+    for a in range(9):
+        vir[a] = 0.0
+    with nogil:
+        for i in range(n_local):
+            dedm[i] += dmi[i]
+            for p in range(offsets[i], offsets[i + 1]):
+                j = nbrs[p]
+                for a in range(3):
+                    g[a] = pair_grad[p, a]
+                    d[a] = pos[j, a] - pos[i, a]
+                for a in range(3):
+                    forces[j, a] -= g[a]
+                    forces[i, a] += g[a]
+                    for b in range(3):
+                        vir[3 * a + b] -= g[a] * d[b]
+                dedm[j] += pair_dmj[p]
+    for a in range(3):
+        for b in range(3):
+            virial[a, b] += vir[3 * a + b]
+
+
+cdef void tangent_atom(Tables* t, Work* w, int nn, int zi, double t_mi, double* t_out,
+                       double* grad_radial, double* grad_moment, double* grad_site,
+                       bint want_tangent) noexcept nogil:
+    """∂E_i/∂θ (grad_site, radial+moment blocks) and, with a tangent, Ė_i and ∂Ė_i/∂θ.
+
+    Radial gradient layout: (C, K, R, M, M) block of centre species zi (caller offsets).
+    """
+    cdef int n, s, mu, k, b, c, a_, b_, c_, R = t.R, M = t.M, K = t.K, zj
+    cdef const int* row
+    cdef double mono, monodot, gs, hs, fdot, tr, val, val2, gk, hk
+    cdef double* q
+    cdef double* dq
+    cdef double* base
+    cdef int64_t off
+    # forward tangent through basic moments and products
+    if want_tangent:
+        memset(w.mdot, 0, t.n_moments * sizeof(double))
+        for n in range(nn):
+            powers(t, w, n)
+            tr = w.tr[n]
+            for s in range(t.n_basic):
+                row = t.basic + 4 * s
+                mu = row[0]
+                a_ = row[1]
+                b_ = row[2]
+                c_ = row[3]
+                mono = w.px[a_] * w.py[b_] * w.pz[c_]
+                fdot = w.dfr[n * K + mu] * tr + w.dfmi[n * K + mu] * t_mi + w.dfmj[n * K + mu] * w.tmj[n]
+                monodot = mono_dot(w, n, a_, b_, c_, mono)
+                w.mdot[s] += fdot * mono + w.f[n * K + mu] * monodot
+        for k in range(t.n_times):
+            row = t.times + 3 * k
+            w.mdot[row[2]] += t.weights[k] * (w.mdot[row[0]] * w.moments[row[1]]
+                                              + w.moments[row[0]] * w.mdot[row[1]])
+        val = 0.0
+        for k in range(t.n_basis):
+            val = val + t.moment[k] * w.mdot[t.mapping[k]]
+            grad_moment[k] += w.mdot[t.mapping[k]]
+        t_out[0] = val
+        memset(w.h, 0, t.n_moments * sizeof(double))
+        for k in range(t.n_times - 1, -1, -1):
+            row = t.times + 3 * k
+            gk = t.weights[k] * w.g[row[2]]
+            hk = t.weights[k] * w.h[row[2]]
+            w.h[row[0]] += gk * w.mdot[row[1]] + hk * w.moments[row[1]]
+            w.h[row[1]] += gk * w.mdot[row[0]] + hk * w.moments[row[0]]
+    # radial-coefficient gradients, neighbour by neighbour
+    for n in range(nn):
+        powers(t, w, n)
+        zj = w.z[n]
+        for mu in range(K):
+            w.gmu[mu] = 0.0
+            w.amu[mu] = 0.0
+        for s in range(t.n_basic):
+            row = t.basic + 4 * s
+            mu = row[0]
+            mono = w.px[row[1]] * w.py[row[2]] * w.pz[row[3]]
+            w.gmu[mu] += w.g[s] * mono
+            if want_tangent:
+                w.amu[mu] += w.h[s] * mono + w.g[s] * mono_dot(w, n, row[1], row[2], row[3], mono)
+        q = w.q + n * R
+        dq = w.dq + n * R
+        tr = w.tr[n] if want_tangent else 0.0
+        for mu in range(K):
+            for k in range(R):
+                off = ((zj * K + mu) * R + k) * M * M
+                for b in range(M):
+                    for c in range(M):
+                        val = q[k] * w.psii[b] * w.psij[n * M + c]
+                        if grad_site != NULL:
+                            grad_site[off + b * M + c] += w.gmu[mu] * val
+                        if want_tangent:
+                            val2 = (dq[k] * tr * w.psii[b] * w.psij[n * M + c]
+                                    + q[k] * w.dpsii[b] * t_mi * w.psij[n * M + c]
+                                    + q[k] * w.psii[b] * w.dpsij[n * M + c] * w.tmj[n])
+                            grad_radial[off + b * M + c] += w.amu[mu] * val + w.gmu[mu] * val2
+
+
+cdef inline double mono_dot(Work* w, int n, int a, int b, int c, double mono) noexcept nogil:
+    """d(u_x^a u_y^b u_z^c) along the tangent vector tv[n]: (∇_u mono − ν mono u)·δr / r."""
+    cdef double gx = 0.0, gy = 0.0, gz = 0.0, dot
+    cdef int nu = a + b + c
+    if a > 0:
+        gx = a * w.px[a - 1] * w.py[b] * w.pz[c]
+    if b > 0:
+        gy = b * w.px[a] * w.py[b - 1] * w.pz[c]
+    if c > 0:
+        gz = c * w.px[a] * w.py[b] * w.pz[c - 1]
+    dot = (gx * w.tv[3 * n] + gy * w.tv[3 * n + 1] + gz * w.tv[3 * n + 2]
+           - nu * mono * w.tr[n])
+    return dot / w.r[n]
+
+
+def param_terms(dict tab, const double[:, ::1] pos, const int[::1] types, const double[::1] mag,
+                const int64_t[::1] offsets, const int64_t[::1] nbrs, Py_ssize_t n_local,
+                double[::1] site_en, double[:, ::1] site_grad, bint want_site_grad,
+                const double[:, ::1] t_pos, const double[::1] t_mag, bint want_tangent,
+                double[::1] t_site, double[:, ::1] t_grad, int num_threads=0):
+    """Parameter gradients.
+
+    ``site_grad`` (n_local, n_params): ∂E_i/∂θ in MLIP-3 order (when ``want_site_grad``).
+    With a tangent (``t_pos`` (n_total, 3) already including the strain part, ``t_mag``
+    (n_total,)): ``t_site`` (n_local,) = Ė_i and ``t_grad`` (n_threads_rows, n_params)
+    accumulates ∂Ė_i/∂θ; the caller sums its rows (one row per thread, no races).
+    """
+    cdef Tables t = make_tables(tab)
+    cdef int nmax = max_neighbors(offsets)
+    cdef Py_ssize_t i
+    cdef int nn, k, tid, n
+    cdef int64_t p, j
+    cdef Work* w
+    cdef int n_radial = t.C * t.C * t.K * t.R * t.M * t.M
+    cdef int block = t.C * t.K * t.R * t.M * t.M
+    cdef double* gs
+    cdef double* tg
+    cdef double tval, dx, dy, dz
+    if n_local == 0:
+        return
+    with nogil, parallel(num_threads=num_threads if num_threads > 0 else openmp_threads()):
+        w = alloc_work(&t, nmax)
+        for i in prange(n_local, schedule="dynamic", chunksize=8):
+            tid = thread_id()
+            nn = gather(&t, w, i, pos, types, mag, offsets, nbrs)
+            site_en[i] = forward(&t, w, nn, types[i])
+            backward(&t, w)
+            gs = NULL
+            if want_site_grad:
+                gs = &site_grad[i, 0]
+                for k in range(t.n_basis):
+                    site_grad[i, n_radial + t.C + k] = w.moments[t.mapping[k]]
+                site_grad[i, n_radial + types[i]] = 1.0
+                gs = gs + types[i] * block
+            tg = NULL
+            if want_tangent:
+                tg = &t_grad[tid, 0]
+                for n in range(nn):
+                    p = w.pair[n]
+                    j = nbrs[p]
+                    dx = t_pos[j, 0] - t_pos[i, 0]
+                    dy = t_pos[j, 1] - t_pos[i, 1]
+                    dz = t_pos[j, 2] - t_pos[i, 2]
+                    w.tv[3 * n] = dx
+                    w.tv[3 * n + 1] = dy
+                    w.tv[3 * n + 2] = dz
+                    w.tr[n] = dx * w.u[3 * n] + dy * w.u[3 * n + 1] + dz * w.u[3 * n + 2]
+                    w.tmj[n] = t_mag[j]
+            tval = 0.0
+            tangent_atom(&t, w, nn, types[i], t_mag[i] if want_tangent else 0.0, &tval,
+                         tg + types[i] * block if want_tangent else NULL,
+                         tg + n_radial + t.C if want_tangent else NULL, gs, want_tangent)
+            if want_tangent:
+                t_site[i] = tval
+        free_work(w)
+
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int mmtp_thread_id(void) { return omp_get_thread_num(); }
+    static int mmtp_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int mmtp_thread_id(void) { return 0; }
+    static int mmtp_max_threads(void) { return 1; }
+    #endif
+    """
+    int mmtp_thread_id() noexcept nogil
+    int mmtp_max_threads() noexcept nogil
+
+
+cdef inline int thread_id() noexcept nogil:
+    return mmtp_thread_id()
+
+
+cpdef int openmp_threads() noexcept nogil:
+    """Threads an OpenMP region would use (OMP_NUM_THREADS; 1 without OpenMP)."""
+    return mmtp_max_threads()

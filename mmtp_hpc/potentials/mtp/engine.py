@@ -1,0 +1,286 @@
+"""`MTPEngine`: evaluates an `MTPPotential` on configurations with the Cython kernels.
+
+Two levels of API:
+
+- :meth:`MTPEngine.evaluate` / :meth:`MTPEngine.param_gradients` / :meth:`MTPEngine.jacobians`
+  take a :class:`~mmtp_hpc.system.configuration.Configuration` and return the same
+  dictionary keys as ``reference.evaluate`` (energy, site_energies, forces, virial
+  (eV, PlusStress), stress (GPa, ASE sign), magnetic_gradient (+∂E/∂m), basis, …).
+- :meth:`MTPEngine.compute_local` works on a prepared local+ghost neighbour list and
+  returns per-entry (local and ghost) forces and ∂E/∂m before they are folded onto
+  owners: the MD driver and the MPI halo exchange use it.
+
+Threads: the kernels use OpenMP over atoms with ``num_threads`` threads (default:
+``OMP_NUM_THREADS`` if set, else 1 — one thread per MPI rank unless asked).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmtp_hpc.errors import InputError
+from mmtp_hpc.potentials.mtp import _kernels
+from mmtp_hpc.potentials.mtp.parameters import MTPPotential
+from mmtp_hpc.system.configuration import EV_PER_A3_TO_GPA, Configuration
+from mmtp_hpc.system.neighbors import NeighborList, build_neighbor_list
+
+
+class MagneticRangeWarning(UserWarning):
+    """A moment lies outside the potential's magnetic interval (evaluated anyway, unclamped)."""
+
+
+def default_threads() -> int:
+    value = os.environ.get("OMP_NUM_THREADS", "1")
+    try:
+        return max(1, int(value.split(",")[0]))
+    except ValueError:
+        return 1
+
+
+@dataclass
+class LocalResult:
+    """Per-entry results on a local+ghost layout (ghost contributions not yet folded)."""
+
+    site_energies: np.ndarray      # (n_local,)
+    forces: np.ndarray | None      # (n_total, 3)
+    magnetic_gradient: np.ndarray | None  # (n_total,)
+    virial: np.ndarray | None      # (3, 3)
+    basis: np.ndarray | None       # (n_local, n_basis)
+
+
+class MTPEngine:
+    """Fast evaluation of one potential (tables are prepared once, coefficients read per call)."""
+
+    def __init__(self, pot: MTPPotential, num_threads: int | None = None, skin: float = 0.0):
+        pot.require_trained()
+        self.pot = pot
+        self.num_threads = default_threads() if num_threads is None else int(num_threads)
+        self.skin = float(skin)
+        basic = pot.alpha_index_basic
+        times = pot.alpha_index_times
+        self._structure = {
+            "basic": np.ascontiguousarray(basic, dtype=np.int32),
+            "times": np.ascontiguousarray(times[:, [0, 1, 3]], dtype=np.int32).reshape(-1, 3),
+            "weights": np.ascontiguousarray(times[:, 2], dtype=np.float64),
+            "mapping": np.ascontiguousarray(pot.alpha_moment_mapping, dtype=np.int32),
+            "n_moments": int(pot.alpha_moments_count),
+            "max_pow": int(basic[:, 1:].max()) if len(basic) else 0,
+        }
+
+    # ------------------------------------------------------------------ tables
+    def tables(self) -> dict:
+        """Kernel tables; coefficients are read from the potential on every call (training
+        changes them in place)."""
+        pot = self.pot
+        C = pot.species_count
+        tab = dict(self._structure)
+        tab.update(
+            C=C, K=pot.radial_funcs_count, R=pot.radial_basis_size, M=pot.mag_basis_size,
+            rmin=float(pot.min_dist), rcut=float(pot.max_dist), scaling=float(pot.scaling),
+            coeffs=np.ascontiguousarray(pot.radial_coeffs, dtype=np.float64).ravel(),
+            species=np.ascontiguousarray(pot.species_coeffs, dtype=np.float64),
+            moment=np.ascontiguousarray(pot.moment_coeffs, dtype=np.float64),
+            mag_min=np.ascontiguousarray(pot.mag_min if pot.magnetic else np.zeros(C), dtype=np.float64),
+            mag_max=np.ascontiguousarray(pot.mag_max if pot.magnetic else np.ones(C), dtype=np.float64),
+        )
+        return tab
+
+    # ------------------------------------------------------------------ checks
+    def check_configuration(self, cfg: Configuration, magmoms: np.ndarray | None) -> np.ndarray:
+        """Validate types, finiteness and moments; return the moments to use (N,)."""
+        pot = self.pot
+        n = len(cfg)
+        if not np.all(np.isfinite(cfg.positions)):
+            bad = int(np.argwhere(~np.isfinite(cfg.positions))[0, 0])
+            raise InputError(f"position of atom {bad} is not finite")
+        if not np.all(np.isfinite(cfg.cell)):
+            raise InputError("cell is not finite")
+        if n and (cfg.types.min() < 0 or cfg.types.max() >= pot.species_count):
+            raise InputError(f"configuration has atom types {sorted(set(cfg.types.tolist()))} but the "
+                             f"potential has {pot.species_count} species (types 0..{pot.species_count - 1})")
+        if magmoms is None:
+            magmoms = cfg.magmoms
+        if magmoms is None:
+            if pot.magnetic:
+                raise InputError("magnetic potential applied to a configuration without magnetic "
+                                 "moments; give moments (a value, or relax them)")
+            return np.zeros(n)
+        magmoms = np.ascontiguousarray(magmoms, dtype=np.float64).reshape(n)
+        if not np.all(np.isfinite(magmoms)):
+            raise InputError(f"magnetic moment of atom {int(np.argwhere(~np.isfinite(magmoms))[0, 0])} "
+                             "is not finite")
+        if pot.magnetic and n:
+            lo, hi = pot.mag_min[cfg.types], pot.mag_max[cfg.types]
+            outside = (magmoms < lo) | (magmoms > hi)
+            if np.any(outside):
+                k = int(np.argmax(outside))
+                warnings.warn(f"{int(outside.sum())} moment(s) outside the potential's magnetic interval, "
+                              f"e.g. atom {k}: m = {magmoms[k]:.4g} not in [{lo[k]:.4g}, {hi[k]:.4g}] "
+                              "(evaluated without clamping, as MLIP-3 does)",
+                              MagneticRangeWarning, stacklevel=3)
+        return magmoms
+
+    def neighbor_list(self, cfg: Configuration) -> NeighborList:
+        return build_neighbor_list(cfg.cell, cfg.pbc, cfg.positions, self.pot.cutoff, self.skin)
+
+    # ------------------------------------------------------------------ local layout
+    def compute_local(self, nl: NeighborList, types_all: np.ndarray, magmoms_all: np.ndarray,
+                      derivatives: bool = True, basis: bool = False) -> LocalResult:
+        """Site energies of the n_local centres, and per-entry forces/∂E/∂m and the virial."""
+        n_local, n_total, n_pairs = nl.n_local, nl.n_total, nl.n_pairs
+        pos = np.ascontiguousarray(nl.positions, dtype=np.float64)
+        types_all = np.ascontiguousarray(types_all, dtype=np.int32)
+        mag = np.ascontiguousarray(magmoms_all, dtype=np.float64)
+        offsets = np.ascontiguousarray(nl.offsets, dtype=np.int64)
+        nbrs = np.ascontiguousarray(nl.neighbors, dtype=np.int64)
+        site = np.zeros(n_local)
+        pair_grad = np.zeros((n_pairs if derivatives else 0, 3))
+        pair_dmj = np.zeros(n_pairs if derivatives else 0)
+        dmi = np.zeros(n_local if derivatives else 0)
+        basis_out = np.zeros((n_local if basis else 0, self.pot.n_basis))
+        _kernels.site_terms(self.tables(), pos, types_all, mag, offsets, nbrs, n_local, site,
+                            pair_grad, pair_dmj, dmi, basis_out, derivatives, basis, self.num_threads)
+        if not derivatives:
+            return LocalResult(site, None, None, None, basis_out if basis else None)
+        forces = np.zeros((n_total, 3))
+        dedm = np.zeros(n_total)
+        virial = np.zeros((3, 3))
+        _kernels.scatter_pairs(pos, offsets, nbrs, pair_grad, pair_dmj, dmi, forces, dedm, virial)
+        return LocalResult(site, forces, dedm if self.pot.magnetic else np.zeros(n_total), virial,
+                           basis_out if basis else None)
+
+    # ------------------------------------------------------------------ configurations
+    def evaluate(self, cfg: Configuration, magmoms: np.ndarray | None = None, *,
+                 derivatives: bool = True, basis: bool = False, symmetric: bool | None = None,
+                 nl: NeighborList | None = None) -> dict:
+        """Energy, site energies, and (with ``derivatives``) forces, virial, stress, ∂E/∂m.
+
+        ``symmetric`` (default: the potential's flag) gives ½[E(M) + E(−M)] and its derivatives.
+        """
+        mag = self.check_configuration(cfg, magmoms)
+        symmetric = self.pot.symmetric if symmetric is None else symmetric
+        nl = self.neighbor_list(cfg) if nl is None else nl
+        types_all = cfg.types[nl.image_of]
+        out = self._fold(nl, self.compute_local(nl, types_all, mag[nl.image_of], derivatives, basis), cfg)
+        if symmetric and self.pot.magnetic:
+            neg = self._fold(nl, self.compute_local(nl, types_all, -mag[nl.image_of], derivatives, basis),
+                             cfg)
+            out = combine_symmetric(out, neg)
+        return out
+
+    def _fold(self, nl: NeighborList, res: LocalResult, cfg: Configuration) -> dict:
+        n = nl.n_local
+        out = {"site_energies": res.site_energies, "energy": float(res.site_energies.sum())}
+        if res.basis is not None:
+            out["basis"] = res.basis
+        if res.forces is not None:
+            forces = np.empty((n, 3))
+            for d in range(3):
+                forces[:, d] = np.bincount(nl.image_of, weights=res.forces[:, d], minlength=n)
+            out["forces"] = forces
+            out["magnetic_gradient"] = np.bincount(nl.image_of, weights=res.magnetic_gradient, minlength=n)
+            out["virial"] = res.virial
+            volume = cfg.volume
+            out["stress"] = (-res.virial / volume * EV_PER_A3_TO_GPA) if volume > 0 else np.full((3, 3), np.nan)
+        return out
+
+    # ------------------------------------------------------------------ parameter gradients
+    def param_gradients(self, cfg: Configuration, magmoms: np.ndarray | None = None, *,
+                        site: bool = True, tangent: tuple | None = None,
+                        symmetric: bool | None = None, nl: NeighborList | None = None) -> dict:
+        """∂E_i/∂θ (``site_param_grad`` (N, P)) and ∂E/∂θ (``energy_param_grad``); with
+        ``tangent=(δpositions (N,3), δstrain (3,3), δmagmoms (N,))`` also the directional
+        derivative T (``tangent``) and ∂T/∂θ (``tangent_param_grad``), as in ``reference.evaluate``.
+        """
+        mag = self.check_configuration(cfg, magmoms)
+        symmetric = self.pot.symmetric if symmetric is None else symmetric
+        nl = self.neighbor_list(cfg) if nl is None else nl
+        out = self._param_raw(nl, cfg, mag, site, tangent)
+        if symmetric and self.pot.magnetic:
+            flipped = None if tangent is None else (tangent[0], tangent[1], -np.asarray(tangent[2]))
+            out = combine_symmetric(out, self._param_raw(nl, cfg, -mag, site, flipped))
+        return out
+
+    def _param_raw(self, nl: NeighborList, cfg: Configuration, mag: np.ndarray, site: bool,
+                   tangent: tuple | None) -> dict:
+        pot = self.pot
+        n_local, P = nl.n_local, pot.n_params
+        pos = np.ascontiguousarray(nl.positions, dtype=np.float64)
+        types_all = np.ascontiguousarray(cfg.types[nl.image_of], dtype=np.int32)
+        mag_all = np.ascontiguousarray(mag[nl.image_of], dtype=np.float64)
+        offsets = np.ascontiguousarray(nl.offsets, dtype=np.int64)
+        nbrs = np.ascontiguousarray(nl.neighbors, dtype=np.int64)
+        site_en = np.zeros(n_local)
+        site_grad = np.zeros((n_local if site else 0, P))
+        threads = max(1, self.num_threads)
+        if tangent is not None:
+            t_pos_local, t_strain, t_mag = tangent
+            t_pos_local = np.asarray(t_pos_local, dtype=np.float64).reshape(n_local, 3)
+            t_pos = np.ascontiguousarray(t_pos_local[nl.image_of] + pos @ np.asarray(t_strain).T)
+            t_mag_all = np.ascontiguousarray(np.asarray(t_mag, dtype=np.float64).reshape(n_local)[nl.image_of])
+            t_site = np.zeros(n_local)
+            t_grad = np.zeros((threads, P))
+        else:
+            t_pos = np.zeros((0, 3))
+            t_mag_all = np.zeros(0)
+            t_site = np.zeros(0)
+            t_grad = np.zeros((0, P))
+        _kernels.param_terms(self.tables(), pos, types_all, mag_all, offsets, nbrs, n_local,
+                             site_en, site_grad, site, t_pos, t_mag_all, tangent is not None,
+                             t_site, t_grad, threads)
+        out = {"site_energies": site_en, "energy": float(site_en.sum())}
+        if site:
+            out["site_param_grad"] = site_grad
+            out["energy_param_grad"] = site_grad.sum(axis=0)
+        if tangent is not None:
+            out["tangent"] = float(t_site.sum())
+            out["tangent_param_grad"] = t_grad.sum(axis=0)
+        return out
+
+    def jacobians(self, cfg: Configuration, magmoms: np.ndarray | None = None,
+                  symmetric: bool | None = None) -> dict:
+        """∂F/∂θ (N,3,P), ∂S/∂θ (3,3,P) (virial), ∂(∂E/∂m)/∂θ (N,P) by unit tangents."""
+        n, P = len(cfg), self.pot.n_params
+        nl = self.neighbor_list(cfg)
+        zp, zs, zm = np.zeros((n, 3)), np.zeros((3, 3)), np.zeros(n)
+
+        def dT(tp, ts, tm):
+            return self.param_gradients(cfg, magmoms, site=False, tangent=(tp, ts, tm),
+                                        symmetric=symmetric, nl=nl)["tangent_param_grad"]
+
+        d_forces = np.zeros((n, 3, P))
+        for i in range(n):
+            for d in range(3):
+                tp = zp.copy()
+                tp[i, d] = 1.0
+                d_forces[i, d] = -dT(tp, zs, zm)
+        d_virial = np.zeros((3, 3, P))
+        for a in range(3):
+            for b in range(3):
+                ts = zs.copy()
+                ts[a, b] = 1.0
+                d_virial[a, b] = -dT(zp, ts, zm)
+        d_mag = np.zeros((n, P))
+        if self.pot.magnetic:
+            for i in range(n):
+                tm = zm.copy()
+                tm[i] = 1.0
+                d_mag[i] = dT(zp, zs, tm)
+        return {"forces": d_forces, "virial": d_virial, "magnetic_gradient": d_mag}
+
+
+def combine_symmetric(plus: dict, minus: dict) -> dict:
+    """½[X(M) + X(−M)] for every quantity; ∂E/∂m picks up the sign of the chain rule."""
+    out = {}
+    for key, value in plus.items():
+        if key == "magnetic_gradient":
+            out[key] = 0.5 * (value - minus[key])
+        elif isinstance(value, float):
+            out[key] = 0.5 * (value + minus[key])
+        else:
+            out[key] = 0.5 * (np.asarray(value) + np.asarray(minus[key]))
+    return out
