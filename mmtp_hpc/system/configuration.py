@@ -19,6 +19,8 @@ Labels (all optional, ``None`` when absent):
   (configuration grade) lives in ``features['MV_grade']`` as MLIP-3 writes it.
 - ``features``: ordered ``{key: value-string}`` kept verbatim from ``Feature``
   lines (a key may occur once; repeated keys keep a list of values).
+- ``ghost`` (N,) bool or ``None``: MLIP-3's ``ghost`` column (atoms that are
+  only neighbours, e.g. in clusters cut out of a large configuration).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Configuration:
     magnetic_gradient: np.ndarray | None = None
     nbh_grades: np.ndarray | None = None
     features: dict = field(default_factory=dict)
+    ghost: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.cell = np.array(self.cell, dtype=np.float64).reshape(3, 3)
@@ -77,6 +80,8 @@ class Configuration:
                 setattr(self, name, np.array(value, dtype=np.float64).reshape(shape))
         if self.energy is not None:
             self.energy = float(self.energy)
+        if self.ghost is not None:
+            self.ghost = np.array(self.ghost, dtype=bool).reshape(n)
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -127,7 +132,7 @@ class Configuration:
         if not isinstance(other, Configuration):
             return NotImplemented
         for name in ("cell", "positions", "types", "pbc", "ids", "magmoms", "forces",
-                     "virial", "site_energies", "magnetic_gradient", "nbh_grades"):
+                     "virial", "site_energies", "magnetic_gradient", "nbh_grades", "ghost"):
             a, b = getattr(self, name), getattr(other, name)
             if (a is None) != (b is None):
                 return False

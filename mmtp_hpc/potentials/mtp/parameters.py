@@ -141,27 +141,39 @@ class MTPPotential:
             raise InputError("potential has no radial_coeffs/moment_coeffs (untrained template); "
                              "call init_default_params() or train it first")
 
-    def init_default_params(self) -> None:
+    def init_default_params(self, missing_only: bool = False) -> None:
         """MLIP-3's defaults for an untrained potential (spec §3.1).
 
-        Radial: 1e-6 + μ·1e-7 + k·1e-7 everywhere, with 1e-3·(pair+1) + μ·1e-4 on
-        k = min(μ, R−1) for the b = c = 0 channel; linear coefficients 1e-3... except
-        species coefficients, which start at 0.
+        As MLIP-3's ``MLMTPR::Load`` (mlip-3 ``src/mtpr.cpp``) sets them when a file
+        has no ``radial_coeffs`` / no ``species_coeffs``:
+
+        * radial: ``C[zi, zj, μ, k, b, c] = 1e-6 + μ·1e-7 + k·1e-7`` for every
+          magnetic channel (b, c), then on the "diagonal" k = μ
+          ``C[zi, zj, μ, μ, b, c] = 1e-3·(pair + 1) + μ·1e-4`` with
+          pair = zi·C + zj, again for every (b, c). (MLIP-3 writes index
+          ``min(μ, R)``; for μ ≥ R that lands outside row μ and is overwritten or
+          out of bounds, so no diagonal entry is set there.)
+        * linear: all species coefficients and all moment coefficients 1e-3.
+
+        With ``missing_only`` only the parts that are ``None`` are set (MLIP-3
+        treats the radial and the linear coefficients independently).
         """
-        C, K, R, M = self.species_count, self.radial_funcs_count, self.radial_basis_size, self.mag_basis_size
-        rc = np.empty(self.radial_shape)
-        mu = np.arange(K)[:, None]
-        k = np.arange(R)[None, :]
-        base = 1e-6 + mu * 1e-7 + k * 1e-7
-        rc[...] = base[None, None, :, :, None, None]
-        for zi in range(C):
-            for zj in range(C):
-                pair = zi * C + zj
-                for m in range(K):
-                    rc[zi, zj, m, min(m, R - 1), 0, 0] = 1e-3 * (pair + 1) + m * 1e-4
-        self.radial_coeffs = rc
-        self.species_coeffs = np.zeros(C)
-        self.moment_coeffs = np.full(self.n_basis, 1e-3)
+        C, K, R = self.species_count, self.radial_funcs_count, self.radial_basis_size
+        if not missing_only or self.radial_coeffs is None:
+            rc = np.empty(self.radial_shape)
+            mu = np.arange(K)[:, None]
+            k = np.arange(R)[None, :]
+            base = 1e-6 + mu * 1e-7 + k * 1e-7
+            rc[...] = base[None, None, :, :, None, None]
+            for zi in range(C):
+                for zj in range(C):
+                    pair = zi * C + zj
+                    for m in range(min(K, R)):
+                        rc[zi, zj, m, m, :, :] = 1e-3 * (pair + 1) + m * 1e-4
+            self.radial_coeffs = rc
+        if not missing_only or self.species_coeffs is None or self.moment_coeffs is None:
+            self.species_coeffs = np.full(C, 1e-3)
+            self.moment_coeffs = np.full(self.n_basis, 1e-3)
 
     # ------------------------------------------------------------ checks
     def validate(self) -> None:

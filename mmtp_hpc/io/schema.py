@@ -1,0 +1,196 @@
+"""The HDF5 schema: every group, dataset and attribute name, the schema version and units.
+
+No other module spells an HDF5 name as a string literal; they import it from here,
+so a rename or a version bump happens in one place (CONVENTIONS item 6).
+
+Every file written by mmtp_hpc carries, on its root group::
+
+    mmtp_schema    = "mmtp_hpc"         (marks the file as ours)
+    schema_version = SCHEMA_VERSION     (int; readers refuse any other)
+    kind           = "trainingset" | "potential" | ...
+    created_by     = "mmtp_hpc <version>"
+
+and every dataset with a physical dimension carries a ``units`` attribute.
+
+Layout of a training set (kind ``trainingset``), ragged storage::
+
+    /                       attrs: species_names (JSON list or "null"), settings (JSON)
+    /configurations/        one row per configuration, appendable along axis 0
+        n_atoms (C,) int64      atom_offset (C,) int64  -> rows of /atoms
+        cell (C,3,3) Å          pbc (C,3) bool
+        energy (C,) eV          virial (C,3,3) eV (PlusStress, positive under compression)
+        features (C,) str       JSON object {key: value-string | [value-strings]}
+        provenance (C,) str     free text: where the configuration came from
+        has_<label> (C,) bool   presence mask for each optional label below
+    /atoms/                 concatenated per-atom arrays, appendable along axis 0
+        positions (N,3) Å   types (N,) int64   ids (N,) int64
+        magmoms (N,) μB     forces (N,3) eV/Å  site_energies (N,) eV
+        magnetic_gradient (N,) eV/μB (+∂E/∂m)  nbh_grades (N,) 1   ghost (N,) bool
+    Absent float labels are stored as NaN and masked off by ``has_<label>``.
+
+Layout of a potential (kind ``potential``)::
+
+    /potential/             attrs: scalar fields of MTPPotential (``version`` is stored
+                            as ``mlip_version``), species_names / extra as JSON
+        alpha_index_basic, alpha_index_times, alpha_moment_mapping (int64)
+        radial_coeffs, species_coeffs, moment_coeffs, mag_min, mag_max (float64, optional)
+        active_set (uint8, optional)  attrs: active_set_type ("bytes" or module.Class)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mmtp_hpc import __version__
+from mmtp_hpc.errors import InputError
+
+SCHEMA_VERSION = 1
+
+# ----------------------------------------------------------------- root header
+SCHEMA_TAG_ATTR = "mmtp_schema"
+SCHEMA_TAG = "mmtp_hpc"
+SCHEMA_VERSION_ATTR = "schema_version"
+KIND_ATTR = "kind"
+CREATED_BY_ATTR = "created_by"
+UNITS_ATTR = "units"
+SETTINGS_ATTR = "settings"
+
+KIND_TRAININGSET = "trainingset"
+KIND_POTENTIAL = "potential"
+
+# ----------------------------------------------------------------- units
+UNITS: dict[str, str] = {
+    "cell": "Å",
+    "positions": "Å",
+    "energy": "eV",
+    "virial": "eV",
+    "forces": "eV/Å",
+    "site_energies": "eV",
+    "magmoms": "μB",
+    "magnetic_gradient": "eV/μB",
+    "nbh_grades": "1",
+    "min_dist": "Å",
+    "max_dist": "Å",
+    "mag_min": "μB",
+    "mag_max": "μB",
+    "radial_coeffs": "eV",
+    "species_coeffs": "eV",
+    "moment_coeffs": "eV",
+}
+
+
+class TrainingSet:
+    """Names in a training-set file (kind ``trainingset``)."""
+
+    CONFIGS = "configurations"
+    ATOMS = "atoms"
+    SPECIES_ATTR = "species_names"
+
+    # per configuration
+    N_ATOMS = "n_atoms"
+    ATOM_OFFSET = "atom_offset"
+    CELL = "cell"
+    PBC = "pbc"
+    ENERGY = "energy"
+    VIRIAL = "virial"
+    FEATURES = "features"
+    PROVENANCE = "provenance"
+
+    # per atom
+    POSITIONS = "positions"
+    TYPES = "types"
+    IDS = "ids"
+    MAGMOMS = "magmoms"
+    FORCES = "forces"
+    SITE_ENERGIES = "site_energies"
+    MAGNETIC_GRADIENT = "magnetic_gradient"
+    NBH_GRADES = "nbh_grades"
+    GHOST = "ghost"
+
+    # optional labels: (name, per_atom, trailing shape); each has a has_<name> mask
+    OPTIONAL_LABELS: tuple[tuple[str, bool, tuple[int, ...]], ...] = (
+        ("energy", False, ()),
+        ("virial", False, (3, 3)),
+        ("magmoms", True, ()),
+        ("forces", True, (3,)),
+        ("site_energies", True, ()),
+        ("magnetic_gradient", True, ()),
+        ("nbh_grades", True, ()),
+        ("ghost", True, ()),
+    )
+
+    @staticmethod
+    def mask(label: str) -> str:
+        """Name of the presence mask of an optional label."""
+        return f"has_{label}"
+
+
+class Potential:
+    """Names in a potential file (kind ``potential``)."""
+
+    GROUP = "potential"
+    # MTPPotential fields stored as attributes; ``version`` would be ambiguous next to
+    # schema_version, so it is renamed on disk.
+    SCALAR_ATTRS = ("species_count", "min_dist", "max_dist", "radial_basis_size",
+                    "radial_funcs_count", "alpha_moments_count", "scaling", "magnetic",
+                    "mag_basis_size", "symmetric", "potential_name", "potential_tag",
+                    "radial_basis_type", "magnetic_basis_type")
+    MLIP_VERSION_ATTR = "mlip_version"
+    SPECIES_NAMES_ATTR = "species_names"   # JSON list or "null"
+    EXTRA_ATTR = "extra"                   # JSON object
+    INT_ARRAYS = ("alpha_index_basic", "alpha_index_times", "alpha_moment_mapping")
+    FLOAT_ARRAYS = ("radial_coeffs", "species_coeffs", "moment_coeffs", "mag_min", "mag_max")
+    ACTIVE_SET = "active_set"
+    ACTIVE_SET_TYPE_ATTR = "active_set_type"
+    ACTIVE_SET_RAW = "bytes"               # the active set was given as raw bytes
+
+
+# ----------------------------------------------------------------- helpers
+def write_header(root: Any, kind: str, settings: dict | None = None) -> None:
+    """Stamp the root group of an open h5py file with the schema header."""
+    root.attrs[SCHEMA_TAG_ATTR] = SCHEMA_TAG
+    root.attrs[SCHEMA_VERSION_ATTR] = SCHEMA_VERSION
+    root.attrs[KIND_ATTR] = kind
+    root.attrs[CREATED_BY_ATTR] = f"mmtp_hpc {__version__}"
+    if settings is not None:
+        root.attrs[SETTINGS_ATTR] = json.dumps(settings, default=_json_default)
+
+
+def check_header(root: Any, kind: str, path: str) -> None:
+    """Raise InputError unless ``root`` is an mmtp_hpc file of ``kind`` and this schema version."""
+    tag = _attr_str(root.attrs.get(SCHEMA_TAG_ATTR))
+    if tag != SCHEMA_TAG:
+        raise InputError(f"not an mmtp_hpc HDF5 file (root attribute {SCHEMA_TAG_ATTR!r} "
+                         f"is {tag!r}, expected {SCHEMA_TAG!r})", path=path)
+    version = root.attrs.get(SCHEMA_VERSION_ATTR)
+    if version is None or int(version) != SCHEMA_VERSION:
+        raise InputError(f"schema version {version} is not supported by this mmtp_hpc "
+                         f"(it reads version {SCHEMA_VERSION})", path=path, field=SCHEMA_VERSION_ATTR)
+    found = _attr_str(root.attrs.get(KIND_ATTR))
+    if found != kind:
+        raise InputError(f"file holds a {found!r}, expected a {kind!r}", path=path, field=KIND_ATTR)
+
+
+def set_units(dataset: Any, name: str) -> None:
+    """Attach the ``units`` attribute for a quantity listed in :data:`UNITS`."""
+    if name in UNITS:
+        dataset.attrs[UNITS_ATTR] = UNITS[name]
+
+
+def read_settings(root: Any) -> dict:
+    raw = root.attrs.get(SETTINGS_ATTR)
+    return {} if raw is None else json.loads(_attr_str(raw))
+
+
+def _attr_str(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode()
+    return None if value is None else str(value)
+
+
+def _json_default(obj: Any) -> Any:
+    # Settings may hold NumPy scalars/arrays or paths; store what they print as.
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)

@@ -1,0 +1,16 @@
+"""Shared fixtures: where the reference data lives, and the `shared_data` path fixture."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("MMTP_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not DATA.is_dir():
+        pytest.fail(f"reference data not found at {DATA} (set MMTP_SHARED_DATA)")
+    return DATA
