@@ -89,7 +89,11 @@ def read_cfg(path: str | os.PathLike | TextIO, en_der_sign: int = +1) -> list[Co
 
 def iter_cfg(path: str | os.PathLike | TextIO, en_der_sign: int = +1) -> Iterator[Configuration]:
     """Yield the configurations of a ``.cfg`` file one at a time (constant memory)."""
-    sign = _check_sign(en_der_sign)
+    # checked here, not inside the generator, so a bad option fails at the call
+    return _iter_path(path, _check_sign(en_der_sign))
+
+
+def _iter_path(path: str | os.PathLike | TextIO, sign: float) -> Iterator[Configuration]:
     if isinstance(path, (str, os.PathLike)):
         with open(path, encoding="utf-8") as f:
             yield from _iter_stream(f, str(path), sign)
@@ -126,7 +130,7 @@ class _Lines:
     def take(self, n: int) -> tuple[int, list[str]]:
         """The next n raw lines (fewer at end of file) and the number of the first."""
         first = self.lineno + 1
-        if self._back:  # never happens after a keyword line, kept for safety
+        if self._back:  # only if a section peeked just before AtomData
             first = self._back[-1][0]
             head = []
             while self._back and len(head) < n:
@@ -277,7 +281,7 @@ def _read_stress(lines: _Lines, name: str, key_line: int, names: list[str]) -> n
                          field="PlusStress")
     values = _value_line(lines, name, key_line, "PlusStress", 6)
     virial = np.empty((3, 3))
-    for comp, value in zip(names, values):
+    for comp, value in zip(names, values, strict=True):
         a, b = STRESS_INDEX[comp]
         virial[a, b] = virial[b, a] = value
     return virial
@@ -385,7 +389,7 @@ def _raise_atom_error(raw: list[str], first: int, columns: list[str], blk: _Bloc
         if len(tokens) != ncol:
             raise InputError(f"expected {ncol} columns ({' '.join(columns)}), got {len(tokens)}",
                              path=name, line=lineno, field="AtomData")
-        for token, col in zip(tokens, columns):
+        for token, col in zip(tokens, columns, strict=True):
             if col == "ghost":
                 if token.lower() not in GHOST_VALUES:
                     raise InputError(f"expected true or false, got {token!r}", path=name,
@@ -538,7 +542,7 @@ def _format_one(cfg: Configuration, fmt: str) -> str:
     out.append(" AtomData:  id type" + "".join(header for header, _, _ in groups))
     row_fmt = "    %d %d" + "".join("  " + " ".join(fmts) for _, fmts, _ in groups)
     columns = [cfg.ids.tolist(), cfg.types.tolist()] + [c for _, _, cols in groups for c in cols]
-    out.extend(row_fmt % row for row in zip(*columns))
+    out.extend(row_fmt % row for row in zip(*columns, strict=True))
 
     if cfg.energy is not None:
         out += [" Energy", "    " + fmt % cfg.energy]

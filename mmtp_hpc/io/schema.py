@@ -145,6 +145,11 @@ class Potential:
     ACTIVE_SET_TYPE_ATTR = "active_set_type"
     ACTIVE_SET_RAW = "bytes"               # the active set was given as raw bytes
 
+    @staticmethod
+    def units_attr(name: str) -> str:
+        """Attribute holding the units of the scalar attribute ``name`` (e.g. min_dist)."""
+        return f"{name}_{UNITS_ATTR}"
+
 
 # ----------------------------------------------------------------- helpers
 def write_header(root: Any, kind: str, settings: dict | None = None) -> None:

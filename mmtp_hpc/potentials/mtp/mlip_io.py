@@ -183,7 +183,8 @@ _SPELLING = {"mag_min": "min_val", "mag_max": "max_val", "mag_basis_size": "basi
              "radial_scaling": "scaling", "mag_scaling": "scaling"}
 
 _STMT = re.compile(
-    r"[ \t\r\n]*(?:(?P<word>[A-Za-z_][A-Za-z0-9_]*)(?P<eq>[ \t]*=)?|(?P<brace>\{)|(?P<other>\S+)|(?P<end>\Z))")
+    r"[ \t\r\n]*(?:(?P<word>[A-Za-z_][A-Za-z0-9_]*)(?P<eq>[ \t]*=)?"
+    r"|(?P<brace>\{)|(?P<other>\S+)|(?P<end>\Z))")
 _TOKEN = re.compile(r"[ \t]*([^\s{}]*)")
 _REST = re.compile(r"[^\r\n]*")
 _LABEL = re.compile(r"[ \t\r\n]*(\d+)-(\d+)(?=\s)")
@@ -219,7 +220,7 @@ class _Item:
 
 
 # --------------------------------------------------------------------------- active set
-@dataclass
+@dataclass(eq=False)
 class ActiveSetBlock:
     """MLIP-3's MaxVol selection state (the ``#MVS_v1.1`` block of an ``.almtp``).
 
@@ -275,19 +276,21 @@ class ActiveSetBlock:
     def from_parts(cls, matrix: np.ndarray, inverse: np.ndarray, cfg_indices: np.ndarray,
                    eqn_indices: np.ndarray, cfg_text: str, *, energy_weight: float = 0.0,
                    force_weight: float = 0.0, stress_weight: float = 0.0,
-                   site_en_weight: float = 1.0, weight_scaling: int = 2) -> "ActiveSetBlock":
+                   site_en_weight: float = 1.0, weight_scaling: int = 2) -> ActiveSetBlock:
         """Build a block in MLIP-3's layout (``inverse`` is A⁻ᵀ, as MLIP-3 stores it)."""
         matrix = np.ascontiguousarray(matrix, dtype="<f8")
         inverse = np.ascontiguousarray(inverse, dtype="<f8")
         n = matrix.shape[0]
         if matrix.shape != (n, n) or inverse.shape != (n, n):
-            raise ValueError(f"matrix and inverse must be square and equal, got {matrix.shape}, {inverse.shape}")
+            raise ValueError("matrix and inverse must be square and of equal shape, "
+                             f"got {matrix.shape}, {inverse.shape}")
         cfg_indices = np.asarray(cfg_indices, dtype=np.int64).reshape(n)
         eqn_indices = np.asarray(eqn_indices, dtype=np.int64).reshape(n)
         head = (f"#MVS_v1.1\nenergy_weight {_FLOAT_FMT % energy_weight}\n"
                 f"force_weight {_FLOAT_FMT % force_weight}\nstress_weight {_FLOAT_FMT % stress_weight}\n"
                 f"site_en_weight {_FLOAT_FMT % site_en_weight}\nweight_scaling {int(weight_scaling)}\n#")
-        links = "".join(f"{c} {e}\n" for c, e in zip(cfg_indices.tolist(), eqn_indices.tolist()))
+        links = "".join(f"{c} {e}\n" for c, e in zip(cfg_indices.tolist(), eqn_indices.tolist(),
+                                                                 strict=True))
         raw = b"".join([head.encode(), matrix.tobytes(), inverse.tobytes(), b"\n#\n", links.encode(),
                         b"#\n", cfg_text.encode("utf-8", "surrogateescape")])
         return cls(raw, float(energy_weight), float(force_weight), float(stress_weight),
@@ -541,7 +544,8 @@ def _ints(items: list[str], key: str, path: str, line: int) -> np.ndarray:
         return np.array([int(x) for x in items], dtype=np.int64)
     except ValueError:
         bad = next(x for x in items if not x.strip().lstrip("+-").isdigit())
-        raise InputError(f"expected an integer, got {bad.strip()!r}", path=path, line=line, field=key) from None
+        raise InputError(f"expected an integer, got {bad.strip()!r}", path=path, line=line,
+                         field=key) from None
 
 
 def _parse_list(src: str, kind: str, key: str, path: str, line: int) -> object:
@@ -787,11 +791,12 @@ def _build(items: dict[str, _Item], radial: dict | None, path: str, text: str) -
 
 # --------------------------------------------------------------------------- writing
 def _fmt_list(values: np.ndarray) -> str:
-    return "{" + ", ".join(_FLOAT_FMT % v for v in np.asarray(values, dtype=np.float64).ravel().tolist()) + "}"
+    flat = np.asarray(values, dtype=np.float64).ravel().tolist()
+    return "{" + ", ".join(_FLOAT_FMT % v for v in flat) + "}"
 
 
 def _fmt_rows(rows: np.ndarray) -> str:
-    return "{" + ", ".join("{%d, %d, %d, %d}" % r for r in map(tuple, np.asarray(rows).tolist())) + "}"
+    return "{" + ", ".join(f"{{{i}, {j}, {w}, {k}}}" for i, j, w, k in np.asarray(rows).tolist()) + "}"
 
 
 def dumps_mtp(pot: MTPPotential) -> bytes:
@@ -803,7 +808,8 @@ def dumps_mtp(pot: MTPPotential) -> bytes:
                          field="potential_name")
     tag = pot.potential_tag or ""
     if "\n" in tag or "\r" in tag or "#" in tag or "<<<" in tag:
-        raise InputError(f"potential_tag {tag!r} must be one line without '#' or '<<<'", field="potential_tag")
+        raise InputError(f"potential_tag {tag!r} must be one line without '#' or '<<<'",
+                         field="potential_tag")
     C = pot.species_count
     out = ["MTP", "version = 1.1.0"]
     if name:
@@ -874,7 +880,8 @@ def _active_set_bytes(active_set: object) -> bytes:
     elif hasattr(active_set, "to_bytes"):
         raw = active_set.to_bytes()
     else:
-        raise InputError(f"active_set of type {type(active_set).__name__} cannot be written", field="active_set")
+        raise InputError(f"active_set of type {type(active_set).__name__} cannot be written",
+                         field="active_set")
     if not raw.startswith(MVS_MARKER):
         raise InputError("active-set bytes must start with '#MVS_v1.1'", field="active_set")
     return raw
