@@ -83,3 +83,28 @@ def test_full_jacobians_match_reference():
     fast = MTPEngine(pot).jacobians(cfg)
     for key in ("forces", "virial", "magnetic_gradient"):
         close(ref[key], fast[key])
+
+
+def test_site_energies_of_subset_equal_full_evaluation():
+    pot = random_potential(level=12, species=2, mag_size=2, seed=9)
+    cfg = bcc(repeat=2, species=2, seed=9)
+    engine = MTPEngine(pot)
+    nl = engine.neighbor_list(cfg)
+    full = engine.evaluate(cfg, nl=nl)["site_energies"]
+    centers = np.array([5, 0, 11, 3])
+    part = engine.site_energies_of(nl, cfg.types[nl.image_of], cfg.magmoms[nl.image_of], centers)
+    np.testing.assert_array_equal(part, full[centers])
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_basis_jacobian_equals_linear_part_of_full_jacobians(symmetric):
+    pot = random_potential(level=10, species=2, mag_size=2, seed=13, symmetric=symmetric)
+    cfg = random_configuration(n=4, species=2, seed=13, cell_size=4.2)
+    engine = MTPEngine(pot)
+    full = reference.jacobians(pot, cfg)
+    lin = engine.basis_jacobian(cfg)
+    xi = slice(pot.n_radial_params + pot.species_count, pot.n_params)
+    close(full["forces"][..., xi], lin["forces"])
+    close(full["virial"][..., xi], lin["virial"])
+    close(full["magnetic_gradient"][..., xi], lin["magnetic_gradient"])
+    close(reference.evaluate(pot, cfg, param_grad=True)["energy_param_grad"][xi], lin["basis_sum"])

@@ -395,6 +395,30 @@ def site_terms(dict tab, const double[:, ::1] pos, const int[::1] types, const d
         free_work(w)
 
 
+def site_energies_of(dict tab, const double[:, ::1] pos, const int[::1] types, const double[::1] mag,
+                     const int64_t[::1] offsets, const int64_t[::1] nbrs, const int64_t[::1] centers,
+                     double[::1] site_en):
+    """E_i for the listed centres only (energies, no derivatives): Monte Carlo ΔE."""
+    cdef Tables t = make_tables(tab)
+    cdef Py_ssize_t k, n = centers.shape[0]
+    cdef int64_t i
+    cdef int nn, nmax = 0
+    cdef Work* w
+    if n == 0:
+        return
+    for k in range(n):
+        i = centers[k]
+        if offsets[i + 1] - offsets[i] > nmax:
+            nmax = offsets[i + 1] - offsets[i]
+    with nogil:
+        w = alloc_work(&t, nmax)
+        for k in range(n):
+            i = centers[k]
+            nn = gather(&t, w, i, pos, types, mag, offsets, nbrs)
+            site_en[k] = forward(&t, w, nn, types[i])
+        free_work(w)
+
+
 def scatter_pairs(const double[:, ::1] pos, const int64_t[::1] offsets, const int64_t[::1] nbrs,
                   const double[:, ::1] pair_grad, const double[::1] pair_dmj, const double[::1] dmi,
                   double[:, ::1] forces, double[::1] dedm, double[:, ::1] virial):
@@ -606,3 +630,97 @@ cdef inline int thread_id() noexcept nogil:
 cpdef int openmp_threads() noexcept nogil:
     """Threads an OpenMP region would use (OMP_NUM_THREADS; 1 without OpenMP)."""
     return mmtp_max_threads()
+
+
+def basis_jacobian(dict tab, const double[:, ::1] pos, const int[::1] types, const double[::1] mag,
+                   const int64_t[::1] offsets, const int64_t[::1] nbrs, Py_ssize_t n_local,
+                   double[::1] basis_sum, double[:, :, ::1] d_forces, double[:, :, ::1] d_virial,
+                   double[:, ::1] d_magnetic):
+    """Derivatives of every basis function summed over centres: the design matrix of the
+    linear coefficients.
+
+    basis_sum (n_basis,) += Σ_i B_α(i); d_forces (n_total, 3, n_basis) += −∂(Σ_i B_α(i))/∂r;
+    d_virial (3, 3, n_basis) += −Σ (∂B_α(i)/∂r_ij)_a (r_ij)_b; d_magnetic (n_total, n_basis)
+    += ∂(Σ_i B_α(i))/∂m. Forward mode: all tangent directions of one centre (3 per neighbour,
+    plus m_j per neighbour and m_i when magnetic) are pushed through the product table together.
+    """
+    cdef Tables t = make_tables(tab)
+    cdef int nmax = max_neighbors(offsets)
+    cdef bint magnetic = t.M > 1
+    cdef int per = 4 if magnetic else 3
+    cdef int D = per * nmax + 1
+    cdef Work* w = alloc_work(&t, nmax)
+    cdef double* mdot = <double*> malloc(t.n_moments * D * sizeof(double))
+    cdef double* grow = <double*> malloc(D * sizeof(double))
+    cdef Py_ssize_t i
+    cdef int nn, n, s, k, a, b, dd, nd, mu, a_, b_, c_, nu
+    cdef const int* row
+    cdef double mono, wk, mi_, mj_, fm, r, ux, uy, uz, gx, gy, gz, rad
+    cdef double* src_i
+    cdef double* src_j
+    cdef double* dst
+    cdef int64_t p, j
+    try:
+        with nogil:
+            for i in range(n_local):
+                nn = gather(&t, w, i, pos, types, mag, offsets, nbrs)
+                forward(&t, w, nn, types[i])
+                nd = per * nn + (1 if magnetic else 0)
+                memset(mdot, 0, t.n_moments * nd * sizeof(double))
+                # tangents of basic moments: neighbour n contributes only to its own columns
+                for n in range(nn):
+                    powers(&t, w, n)
+                    r = w.r[n]
+                    ux = w.u[3 * n]
+                    uy = w.u[3 * n + 1]
+                    uz = w.u[3 * n + 2]
+                    for s in range(t.n_basic):
+                        row = t.basic + 4 * s
+                        mu = row[0]
+                        a_ = row[1]
+                        b_ = row[2]
+                        c_ = row[3]
+                        nu = a_ + b_ + c_
+                        mono = w.px[a_] * w.py[b_] * w.pz[c_]
+                        fm = w.f[n * t.K + mu]
+                        rad = w.dfr[n * t.K + mu] * mono - fm * nu * mono / r
+                        gx = fm * a_ * w.px[a_ - 1] * w.py[b_] * w.pz[c_] / r if a_ > 0 else 0.0
+                        gy = fm * b_ * w.px[a_] * w.py[b_ - 1] * w.pz[c_] / r if b_ > 0 else 0.0
+                        gz = fm * c_ * w.px[a_] * w.py[b_] * w.pz[c_ - 1] / r if c_ > 0 else 0.0
+                        dst = mdot + s * nd + per * n
+                        dst[0] = rad * ux + gx
+                        dst[1] = rad * uy + gy
+                        dst[2] = rad * uz + gz
+                        if magnetic:
+                            dst[3] = w.dfmj[n * t.K + mu] * mono
+                            mdot[s * nd + per * nn] += w.dfmi[n * t.K + mu] * mono
+                for k in range(t.n_times):
+                    row = t.times + 3 * k
+                    wk = t.weights[k]
+                    mi_ = wk * w.moments[row[1]]
+                    mj_ = wk * w.moments[row[0]]
+                    src_i = mdot + row[0] * nd
+                    src_j = mdot + row[1] * nd
+                    dst = mdot + row[2] * nd
+                    for dd in range(nd):
+                        dst[dd] += src_i[dd] * mi_ + src_j[dd] * mj_
+                for k in range(t.n_basis):
+                    basis_sum[k] += w.moments[t.mapping[k]]
+                    src_i = mdot + t.mapping[k] * nd
+                    for n in range(nn):
+                        p = w.pair[n]
+                        j = nbrs[p]
+                        for a in range(3):
+                            gx = src_i[per * n + a]
+                            d_forces[j, a, k] -= gx
+                            d_forces[i, a, k] += gx
+                            for b in range(3):
+                                d_virial[a, b, k] -= gx * w.r[n] * w.u[3 * n + b]
+                        if magnetic:
+                            d_magnetic[j, k] += src_i[per * n + 3]
+                    if magnetic:
+                        d_magnetic[i, k] += src_i[per * nn]
+    finally:
+        free(mdot)
+        free(grow)
+        free_work(w)

@@ -153,6 +153,22 @@ class MTPEngine:
         return LocalResult(site, forces, dedm if self.pot.magnetic else np.zeros(n_total), virial,
                            basis_out if basis else None)
 
+    def site_energies_of(self, nl: NeighborList, types_all: np.ndarray, magmoms_all: np.ndarray,
+                         centers: np.ndarray) -> np.ndarray:
+        """E_i of the listed local centres only (no derivatives), e.g. for Monte Carlo ΔE.
+
+        A change of moment of atom i changes E_i and E_k of every centre k that has i (or
+        one of its images) as a neighbour; only those need re-evaluation.
+        """
+        centers = np.ascontiguousarray(centers, dtype=np.int64)
+        out = np.zeros(len(centers))
+        _kernels.site_energies_of(self.tables(), np.ascontiguousarray(nl.positions, dtype=np.float64),
+                                  np.ascontiguousarray(types_all, dtype=np.int32),
+                                  np.ascontiguousarray(magmoms_all, dtype=np.float64),
+                                  np.ascontiguousarray(nl.offsets, dtype=np.int64),
+                                  np.ascontiguousarray(nl.neighbors, dtype=np.int64), centers, out)
+        return out
+
     # ------------------------------------------------------------------ configurations
     def evaluate(self, cfg: Configuration, magmoms: np.ndarray | None = None, *,
                  derivatives: bool = True, basis: bool = False, symmetric: bool | None = None,
@@ -240,6 +256,40 @@ class MTPEngine:
             out["tangent"] = float(t_site.sum())
             out["tangent_param_grad"] = t_grad.sum(axis=0)
         return out
+
+    def basis_jacobian(self, cfg: Configuration, magmoms: np.ndarray | None = None, *,
+                       symmetric: bool | None = None, nl: NeighborList | None = None) -> dict:
+        """The design matrix of the linear coefficients for one configuration.
+
+        ``basis_sum`` (n_basis,) = Σ_i B_α(i) (= ∂E/∂ξ); ``forces`` (N, 3, n_basis) = ∂F/∂ξ;
+        ``virial`` (3, 3, n_basis) = ∂S/∂ξ; ``magnetic_gradient`` (N, n_basis) = ∂(∂E/∂m)/∂ξ.
+        Species coefficients enter the energy only (∂E/∂s_z = number of atoms of type z).
+        """
+        mag = self.check_configuration(cfg, magmoms)
+        symmetric = self.pot.symmetric if symmetric is None else symmetric
+        nl = self.neighbor_list(cfg) if nl is None else nl
+        out = self._basis_jacobian_raw(nl, cfg, mag)
+        if symmetric and self.pot.magnetic:
+            out = combine_symmetric(out, self._basis_jacobian_raw(nl, cfg, -mag))
+        return out
+
+    def _basis_jacobian_raw(self, nl: NeighborList, cfg: Configuration, mag: np.ndarray) -> dict:
+        nb, n_total, n = self.pot.n_basis, nl.n_total, nl.n_local
+        basis_sum = np.zeros(nb)
+        d_forces = np.zeros((n_total, 3, nb))
+        d_virial = np.zeros((3, 3, nb))
+        d_mag = np.zeros((n_total, nb))
+        _kernels.basis_jacobian(self.tables(), np.ascontiguousarray(nl.positions, dtype=np.float64),
+                                np.ascontiguousarray(cfg.types[nl.image_of], dtype=np.int32),
+                                np.ascontiguousarray(mag[nl.image_of], dtype=np.float64),
+                                np.ascontiguousarray(nl.offsets, dtype=np.int64),
+                                np.ascontiguousarray(nl.neighbors, dtype=np.int64), n,
+                                basis_sum, d_forces, d_virial, d_mag)
+        forces = np.zeros((n, 3, nb))
+        np.add.at(forces, nl.image_of, d_forces)
+        magnetic = np.zeros((n, nb))
+        np.add.at(magnetic, nl.image_of, d_mag)
+        return {"basis_sum": basis_sum, "forces": forces, "virial": d_virial, "magnetic_gradient": magnetic}
 
     def jacobians(self, cfg: Configuration, magmoms: np.ndarray | None = None,
                   symmetric: bool | None = None) -> dict:

@@ -1,0 +1,103 @@
+"""The communicator: mpi4py's COMM_WORLD under an MPI launcher, a serial stand-in otherwise.
+
+This package is the only place that imports mpi4py (CONVENTIONS item 3). Code takes a
+``comm`` argument defaulting to :func:`get_comm`, so everything runs without ``mpirun``.
+Large data moves with the buffer-based upper-case calls on NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+# environment variables set by MPI launchers (MPICH/Hydra, Open MPI, Slurm's PMI)
+_LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_RANK")
+
+
+class SerialComm:
+    """The subset of mpi4py's Comm used here, for a single process."""
+
+    rank = 0
+    size = 1
+
+    def Get_rank(self) -> int:
+        return 0
+
+    def Get_size(self) -> int:
+        return 1
+
+    def allreduce(self, value: Any, op: Any = None) -> Any:
+        return value
+
+    def Allreduce(self, sendbuf: Any, recvbuf: Any, op: Any = None) -> None:
+        src = sendbuf if not isinstance(sendbuf, (list, tuple)) else sendbuf[0]
+        dst = recvbuf if not isinstance(recvbuf, (list, tuple)) else recvbuf[0]
+        if src is not dst:
+            np.copyto(dst, src)
+
+    def bcast(self, value: Any, root: int = 0) -> Any:
+        return value
+
+    def Bcast(self, buf: Any, root: int = 0) -> None:
+        return None
+
+    def gather(self, value: Any, root: int = 0) -> list:
+        return [value]
+
+    def allgather(self, value: Any) -> list:
+        return [value]
+
+    def Barrier(self) -> None:
+        return None
+
+    barrier = Barrier
+
+    def Abort(self, code: int = 1) -> None:
+        sys.exit(code)
+
+
+def launched_by_mpi() -> bool:
+    return any(v in os.environ for v in _LAUNCHER_VARS)
+
+
+_WORLD: Any = None
+
+
+def get_comm(comm: Any = None) -> Any:
+    """``comm`` if given; else COMM_WORLD when started by an MPI launcher; else a SerialComm."""
+    global _WORLD
+    if comm is not None:
+        return comm
+    if _WORLD is None:
+        if launched_by_mpi():
+            from mpi4py import MPI
+            _WORLD = MPI.COMM_WORLD
+        else:
+            _WORLD = SerialComm()
+    return _WORLD
+
+
+def sum_op() -> Any:
+    """MPI.SUM, or None for the serial stand-in."""
+    if isinstance(get_comm(), SerialComm):
+        return None
+    from mpi4py import MPI
+    return MPI.SUM
+
+
+def allreduce_sum(comm: Any, array: np.ndarray) -> np.ndarray:
+    """Element-wise sum of a float64 array over ranks (buffer-based)."""
+    array = np.ascontiguousarray(array, dtype=np.float64)
+    if comm.Get_size() == 1:
+        return array.copy()
+    from mpi4py import MPI
+    out = np.empty_like(array)
+    comm.Allreduce(array, out, op=MPI.SUM)
+    return out
+
+
+def is_root(comm: Any = None) -> bool:
+    return get_comm(comm).Get_rank() == 0
