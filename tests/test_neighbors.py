@@ -276,6 +276,14 @@ def test_sparse_cluster_and_capacity_retry() -> None:
     assert nl.offsets[-1] - nl.offsets[-2] == 0
 
 
+def test_coincident_atoms_raise_when_capacity_is_underestimated() -> None:
+    rng = np.random.default_rng(29)
+    blob = rng.uniform(0, 5, (300, 3))
+    positions = np.vstack([blob, [[1e5, 0.0, 0.0]], blob[250:251]])
+    with pytest.raises(InputError, match="atoms 250 and 301"):
+        build_neighbor_list(np.zeros((3, 3)), False, positions, 3.0)
+
+
 def test_find_pairs_on_explicit_ghosts() -> None:
     positions = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.5, 0.0], [0.0, 0.0, 0.5]])
     offsets, neighbors = find_pairs(positions, 2, 1.2)
@@ -295,6 +303,8 @@ def test_empty_configuration() -> None:
     ({"skin": -0.1}, "skin"),
     ({"cell": np.eye(2)}, "cell"),
     ({"cell": [[1.0, 0, 0], [2.0, 0, 0], [0, 0, 1.0]]}, "cell"),
+    ({"cell": [[1.0, 0, 0], [0, 1.0, 0], [0, 0, math.nan]], "pbc": (True, True, False)}, "cell"),
+    ({"cutoff": 50.0, "cell": np.diag([1e-4, 1.0, 1.0])}, "cell"),
     ({"positions": np.zeros((2, 2))}, "positions"),
     ({"positions": [[0.0, 0.0, math.inf]]}, "positions"),
     ({"pbc": (True, False)}, "pbc"),

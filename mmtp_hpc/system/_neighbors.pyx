@@ -113,84 +113,110 @@ def translate(const double[:, ::1] source, const int64_t[::1] index, const int64
                 out[g, c] = source[j, c] + s0 * cell[0, c] + s1 * cell[1, c] + s2 * cell[2, c]
 
 
-cdef inline void _insertion_sort(int64_t* a, int64_t n) noexcept nogil:
-    # Rows are short (tens of entries), where insertion sort beats anything fancier.
-    cdef int64_t i, j, v
-    for i in range(1, n):
-        v = a[i]
-        j = i - 1
-        while j >= 0 and a[j] > v:
-            a[j + 1] = a[j]
-            j -= 1
-        a[j + 1] = v
+cdef int64_t* _merge_runs(int64_t* src, int64_t* dst, int64_t* bounds, int64_t n_runs) noexcept nogil:
+    """Sort ``src[bounds[0]:bounds[n_runs]]``, made of ``n_runs`` ascending runs, by pairwise merging.
+
+    Returns whichever of ``src``/``dst`` holds the result; ``bounds`` is overwritten.
+    """
+    cdef int64_t r, n_new, lo, mid, hi, x, y, out, take_y
+    cdef int64_t* swap
+    while n_runs > 1:
+        n_new = 0
+        r = 0
+        while r < n_runs:
+            lo = bounds[r]
+            mid = bounds[r + 1]
+            hi = bounds[r + 2] if r + 1 < n_runs else mid
+            x = lo
+            y = mid
+            out = lo
+            # Branch-free selection: which input wins is unpredictable.
+            while x < mid and y < hi:
+                take_y = src[y] < src[x]
+                dst[out] = src[y] if take_y else src[x]
+                y += take_y
+                x += 1 - take_y
+                out += 1
+            while x < mid:
+                dst[out] = src[x]
+                x += 1
+                out += 1
+            while y < hi:
+                dst[out] = src[y]
+                y += 1
+                out += 1
+            # Only indices <= r/2 are written, all already read.
+            bounds[n_new] = lo
+            n_new += 1
+            r += 2
+        bounds[n_new] = bounds[n_runs]
+        n_runs = n_new
+        swap = src
+        src = dst
+        dst = swap
+    return src
 
 
-cdef int64_t _pairs(const double[:, ::1] pos, int64_t n_local, double radius,
-                    int64_t[::1] offsets, int64_t[::1] neighbors, int64_t[::1] coincident) noexcept nogil:
+cdef struct Grid:
+    double lo[3]
+    double inv_side[3]
+    int64_t nb[3]
+    int64_t n_bins
+
+
+cdef Grid _make_grid(const double[:, ::1] pos, double radius) noexcept nogil:
+    """Bins of side >= radius over the bounding box of ``pos``, so partners lie in the 27-bin stencil."""
+    cdef Grid grid
     cdef int64_t n_total = pos.shape[0]
-    cdef int64_t capacity = neighbors.shape[0]
-    cdef double r2_max = radius * radius
-    cdef double lo[3]
     cdef double hi[3]
-    cdef double inv_side[3]
-    cdef int64_t nb[3]
     cdef double side, grow = 1.0, n_bins_f
-    cdef int64_t n_bins, max_bins, i, j, k, b, p, bx, by, bz, x0, x1, y0, y1, z0, z1, ix, iy, iz
-    cdef int64_t row_start, n_pairs = 0, status = 0
-    cdef double xi, yi, zi, dx, dy, dz, r2
-
-    offsets[0] = 0
-    if n_local == 0:
-        return 0
-
+    cdef int64_t i, k, max_bins
     for k in range(3):
-        lo[k] = pos[0, k]
+        grid.lo[k] = pos[0, k]
         hi[k] = pos[0, k]
     for i in range(1, n_total):
         for k in range(3):
-            if pos[i, k] < lo[k]:
-                lo[k] = pos[i, k]
+            if pos[i, k] < grid.lo[k]:
+                grid.lo[k] = pos[i, k]
             if pos[i, k] > hi[k]:
                 hi[k] = pos[i, k]
-
-    # Bin side >= radius (with a relative margin against rounding in the bin index),
-    # so every partner lies in the 27 surrounding bins. Sparse non-periodic systems
-    # (two atoms 1 km apart) would ask for absurd grids: cap the bin count, growing
-    # the side instead, which stays correct and costs only extra distance checks.
+    # The relative margin guards the bin index against rounding. Sparse
+    # non-periodic systems (two atoms 1 km apart) would ask for absurd grids:
+    # cap the bin count by growing the side, which stays correct and only costs
+    # extra distance checks.
     max_bins = 8 * n_total + 64
     while True:
         side = radius * (1.0 + 1e-9) * grow
         n_bins_f = 1.0
         for k in range(3):
-            n_bins_f *= max(1.0, floor((hi[k] - lo[k]) / side))
+            n_bins_f *= max(1.0, floor((hi[k] - grid.lo[k]) / side))
         # Decide in floating point: the integer product could overflow.
         if n_bins_f <= <double>max_bins:
             break
         grow *= 1.5
-    n_bins = 1
+    grid.n_bins = 1
     for k in range(3):
-        nb[k] = <int64_t>max(1.0, floor((hi[k] - lo[k]) / side))
-        n_bins *= nb[k]
-    for k in range(3):
-        inv_side[k] = nb[k] / (hi[k] - lo[k]) if hi[k] > lo[k] else 0.0
+        grid.nb[k] = <int64_t>max(1.0, floor((hi[k] - grid.lo[k]) / side))
+        grid.n_bins *= grid.nb[k]
+        grid.inv_side[k] = grid.nb[k] / (hi[k] - grid.lo[k]) if hi[k] > grid.lo[k] else 0.0
+    return grid
 
-    cdef int64_t* bin_of = <int64_t*>malloc(n_total * sizeof(int64_t))
-    cdef int64_t* bin_start = <int64_t*>malloc((n_bins + 1) * sizeof(int64_t))
-    cdef int64_t* sorted_idx = <int64_t*>malloc(n_total * sizeof(int64_t))
-    cdef double* sorted_xyz = <double*>malloc(3 * n_total * sizeof(double))
-    if bin_of == NULL or bin_start == NULL or sorted_idx == NULL or sorted_xyz == NULL:
-        free(bin_of)
-        free(bin_start)
-        free(sorted_idx)
-        free(sorted_xyz)
-        return -2
 
-    for b in range(n_bins + 1):
+cdef void _bin_atoms(const double[:, ::1] pos, Grid* grid, int64_t* bin_of, int64_t* bin_start,
+                     int64_t* sorted_idx) noexcept nogil:
+    """Counting sort into bins: ``sorted_idx[bin_start[b]:bin_start[b+1]]`` are the atoms of bin ``b``.
+
+    Stable, so within a bin atoms stay in ascending index order.
+    """
+    cdef int64_t n_total = pos.shape[0]
+    cdef int64_t i, b, bx, by, bz
+    cdef int64_t* nb = grid.nb
+    for b in range(grid.n_bins + 1):
         bin_start[b] = 0
     for i in range(n_total):
-        bx = <int64_t>((pos[i, 0] - lo[0]) * inv_side[0])
-        by = <int64_t>((pos[i, 1] - lo[1]) * inv_side[1])
-        bz = <int64_t>((pos[i, 2] - lo[2]) * inv_side[2])
+        bx = <int64_t>((pos[i, 0] - grid.lo[0]) * grid.inv_side[0])
+        by = <int64_t>((pos[i, 1] - grid.lo[1]) * grid.inv_side[1])
+        bz = <int64_t>((pos[i, 2] - grid.lo[2]) * grid.inv_side[2])
         # The maximum coordinate lands exactly on the upper edge.
         if bx >= nb[0]:
             bx = nb[0] - 1
@@ -201,75 +227,195 @@ cdef int64_t _pairs(const double[:, ::1] pos, int64_t n_local, double radius,
         b = (bx * nb[1] + by) * nb[2] + bz
         bin_of[i] = b
         bin_start[b + 1] += 1
-    for b in range(n_bins):
+    for b in range(grid.n_bins):
         bin_start[b + 1] += bin_start[b]
-    # Stable counting sort: within a bin atoms stay in ascending index order, and
-    # their coordinates become contiguous for the inner loop.
     for i in range(n_total):
         b = bin_of[i]
-        p = bin_start[b]
-        sorted_idx[p] = i
-        sorted_xyz[3 * p] = pos[i, 0]
-        sorted_xyz[3 * p + 1] = pos[i, 1]
-        sorted_xyz[3 * p + 2] = pos[i, 2]
-        bin_start[b] = p + 1
+        sorted_idx[bin_start[b]] = i
+        bin_start[b] += 1
     # bin_start[b] now holds the end of bin b; shift back to starts.
-    for b in range(n_bins, 0, -1):
+    for b in range(grid.n_bins, 0, -1):
         bin_start[b] = bin_start[b - 1]
     bin_start[0] = 0
 
-    for i in range(n_local):
-        xi = pos[i, 0]
-        yi = pos[i, 1]
-        zi = pos[i, 2]
-        b = bin_of[i]
-        bz = b % nb[2]
-        by = (b // nb[2]) % nb[1]
-        bx = b // (nb[1] * nb[2])
-        x0 = bx - 1 if bx > 0 else 0
-        x1 = bx + 1 if bx + 1 < nb[0] else nb[0] - 1
-        y0 = by - 1 if by > 0 else 0
-        y1 = by + 1 if by + 1 < nb[1] else nb[1] - 1
-        z0 = bz - 1 if bz > 0 else 0
-        z1 = bz + 1 if bz + 1 < nb[2] else nb[2] - 1
-        row_start = n_pairs
-        for ix in range(x0, x1 + 1):
-            for iy in range(y0, y1 + 1):
-                # Bins adjacent in z are adjacent in memory: scan them as one run.
-                b = (ix * nb[1] + iy) * nb[2]
-                for p in range(bin_start[b + z0], bin_start[b + z1 + 1]):
-                    dx = sorted_xyz[3 * p] - xi
-                    dy = sorted_xyz[3 * p + 1] - yi
-                    dz = sorted_xyz[3 * p + 2] - zi
+
+cdef inline void _stencil(Grid* grid, int64_t b, int64_t* box) noexcept nogil:
+    """Inclusive bin ranges ``box = [x0, x1, y0, y1, z0, z1]`` around bin ``b``, clipped to the grid."""
+    cdef int64_t* nb = grid.nb
+    cdef int64_t coord[3]
+    cdef int64_t k
+    coord[2] = b % nb[2]
+    coord[1] = (b // nb[2]) % nb[1]
+    coord[0] = b // (nb[1] * nb[2])
+    for k in range(3):
+        box[2 * k] = coord[k] - 1 if coord[k] > 0 else 0
+        box[2 * k + 1] = coord[k] + 1 if coord[k] + 1 < nb[k] else nb[k] - 1
+
+
+cdef int64_t _max_stencil(Grid* grid, int64_t* bin_start) noexcept nogil:
+    """Largest number of atoms in any 27-bin stencil: the size of the candidate buffers."""
+    cdef int64_t b, ix, iy, c, n_cand, max_cand = 0
+    cdef int64_t box[6]
+    for b in range(grid.n_bins):
+        _stencil(grid, b, box)
+        n_cand = 0
+        for ix in range(box[0], box[1] + 1):
+            for iy in range(box[2], box[3] + 1):
+                c = (ix * grid.nb[1] + iy) * grid.nb[2]
+                n_cand += bin_start[c + box[5] + 1] - bin_start[c + box[4]]
+        if n_cand > max_cand:
+            max_cand = n_cand
+    return max_cand
+
+
+cdef int64_t _scan(const double[:, ::1] pos, int64_t n_local, double r2_max, Grid* grid,
+                   int64_t* bin_start, int64_t* sorted_idx, int64_t* cand, int64_t* cand_tmp,
+                   double* cand_xyz, int64_t* scratch, int64_t capacity, int64_t* row_begin,
+                   int64_t[::1] offsets, int64_t[::1] coincident) noexcept nogil:
+    """Rows of all local atoms into ``scratch`` (bin order), lengths into ``offsets[1:]``.
+
+    Returns the number of pairs (rows are written only while it fits ``capacity``),
+    or -1 with the indices in ``coincident`` when two entries coincide.
+
+    Local atoms are visited bin by bin, not by index. All atoms of a bin share one
+    candidate list (the 27-bin stencil), merged into ascending index order once
+    per bin: rows then come out sorted without a per-atom sort, and the
+    candidates sit contiguously in cache whatever the input order.
+    """
+    cdef int64_t bounds[28]
+    cdef int64_t box[6]
+    cdef int64_t b, c, i, j, p, q, t, ix, iy, iz, n_cand = 0, n_runs, row_start, n_pairs = 0, n_zero
+    cdef int64_t* cand_sorted = cand
+    cdef bint have_candidates
+    cdef double xi, yi, zi, dx, dy, dz, r2
+    for b in range(grid.n_bins):
+        have_candidates = False
+        for q in range(bin_start[b], bin_start[b + 1]):
+            i = sorted_idx[q]
+            if i >= n_local:
+                continue
+            if not have_candidates:
+                have_candidates = True
+                _stencil(grid, b, box)
+                n_cand = 0
+                n_runs = 0
+                for ix in range(box[0], box[1] + 1):
+                    for iy in range(box[2], box[3] + 1):
+                        for iz in range(box[4], box[5] + 1):
+                            c = (ix * grid.nb[1] + iy) * grid.nb[2] + iz
+                            if bin_start[c + 1] == bin_start[c]:
+                                continue
+                            # Each bin is one ascending run.
+                            bounds[n_runs] = n_cand
+                            n_runs += 1
+                            for p in range(bin_start[c], bin_start[c + 1]):
+                                cand[n_cand] = sorted_idx[p]
+                                n_cand += 1
+                bounds[n_runs] = n_cand
+                cand_sorted = _merge_runs(cand, cand_tmp, bounds, n_runs)
+                for t in range(n_cand):
+                    j = cand_sorted[t]
+                    cand_xyz[3 * t] = pos[j, 0]
+                    cand_xyz[3 * t + 1] = pos[j, 1]
+                    cand_xyz[3 * t + 2] = pos[j, 2]
+            xi = pos[i, 0]
+            yi = pos[i, 1]
+            zi = pos[i, 2]
+            row_start = n_pairs
+            if n_pairs + n_cand <= capacity:
+                # Branch-free compaction: whether a candidate is inside the sphere is
+                # a coin toss for the branch predictor (~15 % are), so store always
+                # and advance conditionally. r2 == 0 excludes i itself; any other
+                # zero distance is caught by counting zeros.
+                n_zero = 0
+                for t in range(n_cand):
+                    dx = cand_xyz[3 * t] - xi
+                    dy = cand_xyz[3 * t + 1] - yi
+                    dz = cand_xyz[3 * t + 2] - zi
+                    r2 = dx * dx + dy * dy + dz * dz
+                    scratch[n_pairs] = cand_sorted[t]
+                    n_pairs += (r2 < r2_max) & (r2 > 0.0)
+                    n_zero += r2 == 0.0
+                if n_zero > 1:
+                    for t in range(n_cand):
+                        dx = cand_xyz[3 * t] - xi
+                        dy = cand_xyz[3 * t + 1] - yi
+                        dz = cand_xyz[3 * t + 2] - zi
+                        j = cand_sorted[t]
+                        if j != i and dx * dx + dy * dy + dz * dz == 0.0:
+                            coincident[0] = i
+                            coincident[1] = j
+                            return -1
+            else:
+                # Near or past the capacity: count everything, store what fits.
+                for t in range(n_cand):
+                    dx = cand_xyz[3 * t] - xi
+                    dy = cand_xyz[3 * t + 1] - yi
+                    dz = cand_xyz[3 * t + 2] - zi
                     r2 = dx * dx + dy * dy + dz * dz
                     if r2 < r2_max:
-                        j = sorted_idx[p]
+                        j = cand_sorted[t]
                         if j == i:
                             continue
                         if r2 == 0.0:
                             coincident[0] = i
                             coincident[1] = j
-                            status = -1
-                            break
+                            return -1
                         if n_pairs < capacity:
-                            neighbors[n_pairs] = j
+                            scratch[n_pairs] = j
                         n_pairs += 1
-                if status != 0:
-                    break
-            if status != 0:
-                break
-        if status != 0:
-            break
-        if row_start < n_pairs <= capacity:
-            _insertion_sort(&neighbors[row_start], n_pairs - row_start)
-        offsets[i + 1] = n_pairs
+            row_begin[i] = row_start
+            offsets[i + 1] = n_pairs - row_start
+    return n_pairs
 
+
+cdef int64_t _pairs(const double[:, ::1] pos, int64_t n_local, double radius,
+                    int64_t[::1] offsets, int64_t[::1] neighbors, int64_t[::1] coincident) noexcept nogil:
+    cdef int64_t n_total = pos.shape[0]
+    cdef int64_t capacity = neighbors.shape[0]
+    cdef int64_t i, p, q, max_cand, n_pairs = -2
+    cdef Grid grid
+    offsets[0] = 0
+    if n_local == 0:
+        return 0
+    grid = _make_grid(pos, radius)
+    cdef int64_t* bin_of = <int64_t*>malloc(n_total * sizeof(int64_t))
+    cdef int64_t* bin_start = <int64_t*>malloc((grid.n_bins + 1) * sizeof(int64_t))
+    cdef int64_t* sorted_idx = <int64_t*>malloc(n_total * sizeof(int64_t))
+    # +1: malloc(0) may return NULL, which would read as out of memory.
+    cdef int64_t* scratch = <int64_t*>malloc((capacity + 1) * sizeof(int64_t))
+    cdef int64_t* row_begin = <int64_t*>malloc(n_local * sizeof(int64_t))
+    cdef int64_t* cand = NULL
+    cdef int64_t* cand_tmp = NULL
+    cdef double* cand_xyz = NULL
+    if not (bin_of == NULL or bin_start == NULL or sorted_idx == NULL or scratch == NULL
+            or row_begin == NULL):
+        _bin_atoms(pos, &grid, bin_of, bin_start, sorted_idx)
+        max_cand = _max_stencil(&grid, bin_start)
+        cand = <int64_t*>malloc((max_cand + 1) * sizeof(int64_t))
+        cand_tmp = <int64_t*>malloc((max_cand + 1) * sizeof(int64_t))
+        cand_xyz = <double*>malloc(3 * (max_cand + 1) * sizeof(double))
+        if not (cand == NULL or cand_tmp == NULL or cand_xyz == NULL):
+            n_pairs = _scan(pos, n_local, radius * radius, &grid, bin_start, sorted_idx, cand, cand_tmp,
+                            cand_xyz, scratch, capacity, row_begin, offsets, coincident)
+    if n_pairs >= 0:
+        for i in range(n_local):
+            offsets[i + 1] += offsets[i]
+        if n_pairs <= capacity:
+            # Rows from bin order into index order.
+            for i in range(n_local):
+                p = row_begin[i]
+                for q in range(offsets[i], offsets[i + 1]):
+                    neighbors[q] = scratch[p]
+                    p += 1
     free(bin_of)
     free(bin_start)
     free(sorted_idx)
-    free(sorted_xyz)
-    if status != 0:
-        return status
+    free(scratch)
+    free(row_begin)
+    free(cand)
+    free(cand_tmp)
+    free(cand_xyz)
     return n_pairs
 
 
@@ -279,9 +425,9 @@ def find_pairs(const double[:, ::1] pos, int64_t n_local, double radius, int64_t
 
     Linked cells over the bounding box of all ``pos`` (locals then ghosts): O(N).
     ``offsets`` has ``n_local + 1`` entries. Returns the number of pairs; when that
-    exceeds ``len(neighbors)`` nothing beyond the capacity was written and the
-    caller must retry with a buffer of exactly that size. Returns -1 when two
-    entries coincide (their indices in ``coincident[0:2]``), -2 when out of memory.
+    exceeds ``len(neighbors)``, ``neighbors`` is left unwritten and the caller
+    retries with a buffer of exactly that size. Returns -1 when two entries
+    coincide (their indices in ``coincident[0:2]``), -2 when out of memory.
     """
     cdef int64_t n
     with nogil:
