@@ -88,6 +88,14 @@ def sum_op() -> Any:
     return MPI.SUM
 
 
+def max_op() -> Any:
+    """MPI.MAX, or None for the serial stand-in."""
+    if isinstance(get_comm(), SerialComm):
+        return None
+    from mpi4py import MPI
+    return MPI.MAX
+
+
 def allreduce_sum(comm: Any, array: np.ndarray) -> np.ndarray:
     """Element-wise sum of a float64 array over ranks (buffer-based)."""
     array = np.ascontiguousarray(array, dtype=np.float64)
@@ -97,6 +105,30 @@ def allreduce_sum(comm: Any, array: np.ndarray) -> np.ndarray:
     out = np.empty_like(array)
     comm.Allreduce(array, out, op=MPI.SUM)
     return out
+
+
+def ordered_sum(comm, rows: dict[int, np.ndarray], n_rows: int, width: int,
+                max_block_doubles: int = 4_000_000) -> np.ndarray:
+    """Σ over global rows 0..n_rows−1 of the per-item vectors, identical for any rank count.
+
+    Each rank holds the rows (items, e.g. training configurations) it owns in ``rows``
+    ({global index: vector of length width}). Blocks of rows are exchanged exactly (every
+    entry is one rank's value plus zeros) and summed in global order on every rank, so the
+    result is bit-for-bit the same as the serial sum.
+    """
+    total = np.zeros(width)
+    block = max(1, min(n_rows, max_block_doubles // max(width, 1)))
+    for start in range(0, n_rows, block):
+        stop = min(n_rows, start + block)
+        buf = np.zeros((stop - start, width))
+        for k in range(start, stop):
+            if k in rows:
+                buf[k - start] = rows[k]
+        if comm.Get_size() > 1:
+            buf = allreduce_sum(comm, buf)
+        for k in range(stop - start):  # fixed order, same on every rank
+            total += buf[k]
+    return total
 
 
 def is_root(comm: Any = None) -> bool:

@@ -1,0 +1,1 @@
+"""Training: data, loss and gradient, optimiser, error reports, ensembles."""
