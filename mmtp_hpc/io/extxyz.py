@@ -265,7 +265,7 @@ def read_ase(path: str | os.PathLike, species: Sequence[str] | None = None,
     from ase.io import read
 
     try:
-        frames = read(path, index=":", format=format)
+        frames = read(path, index=":", format=format, parallel=False)  # every rank reads for itself
     except FileNotFoundError:
         raise
     except Exception as exc:  # ASE raises many types for malformed input

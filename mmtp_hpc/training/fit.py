@@ -21,7 +21,7 @@ import scipy.linalg
 import scipy.optimize
 
 from mmtp_hpc.errors import InputError
-from mmtp_hpc.parallel.comm import allreduce_sum, get_comm, ordered_sum
+from mmtp_hpc.parallel.comm import get_comm, ordered_sum
 from mmtp_hpc.potentials.mtp.parameters import MTPPotential
 from mmtp_hpc.system.configuration import Configuration
 from mmtp_hpc.system.neighbors import build_neighbor_list, min_distance
@@ -130,14 +130,16 @@ def prepare_potential(pot: MTPPotential, configs: list[Configuration], settings:
 
 def radial_scaling(pot: MTPPotential, configs: list[Configuration], comm) -> float:
     """1 / mean_i Σ_j (R_cut − r_ij)², so that the basic moments start at order one."""
-    acc = np.zeros(2)
+    rows = {}
     for k, cfg in enumerate(configs):
         if k % comm.Get_size() != comm.Get_rank():
             continue
         nl = build_neighbor_list(cfg.cell, cfg.pbc, cfg.positions, pot.cutoff)
         r = nl.pair_distances()
-        acc += [np.sum((pot.cutoff - r[r < pot.cutoff]) ** 2), len(cfg)]
-    acc = allreduce_sum(comm, acc)
+        rows[k] = np.array([np.sum((pot.cutoff - r[r < pot.cutoff]) ** 2), len(cfg)])
+    # summed in configuration order: the scaling (and so the whole fit) is then bit-identical
+    # for any number of ranks, which a plain Allreduce of per-rank partial sums is not
+    acc = ordered_sum(comm, rows, len(configs), 2)
     return float(acc[1] / acc[0]) if acc[0] > 0 else 1.0
 
 
