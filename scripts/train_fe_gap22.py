@@ -52,6 +52,10 @@ def main() -> None:
     parser.add_argument("--radial-size", type=int, default=8)
     parser.add_argument("--rmin", type=float, default=1.9)
     parser.add_argument("--rcut", type=float, default=5.0)
+    parser.add_argument("--min-dist", choices=("auto", "keep"), default="auto",
+                        help="auto: R_min = 0.99 × shortest distance in the data (what MLIP-3 does "
+                             "silently; DB9 has pairs at 1.55 Å)")
+    parser.add_argument("--optimizer", choices=("bfgs", "lbfgs"), default="bfgs")
     parser.add_argument("--out", default="fe_gap22_results")
     args = parser.parse_args()
     comm = get_comm()
@@ -75,7 +79,8 @@ def main() -> None:
     for level in args.levels:
         pot = new_potential(level, 1, radial_basis_size=args.radial_size, min_dist=args.rmin,
                             max_dist=args.rcut, species_names=["Fe"], init="none")
-        settings = TrainSettings(max_iter=args.max_iter, log_every=50)
+        settings = TrainSettings(max_iter=args.max_iter, log_every=50, min_dist=args.min_dist,
+                                 optimizer=args.optimizer)
         t0 = time.perf_counter()
         result = train(pot, train_set, settings, comm=comm, log=log)
         wall = time.perf_counter() - t0

@@ -25,6 +25,7 @@ from mmtp_hpc.parallel.comm import get_comm, ordered_sum
 from mmtp_hpc.potentials.mtp.parameters import MTPPotential
 from mmtp_hpc.system.configuration import Configuration
 from mmtp_hpc.system.neighbors import build_neighbor_list, min_distance
+from mmtp_hpc.training.bfgs import BFGS
 from mmtp_hpc.training.loss import Objective, Weights, make_samples, rmse_from_sums
 
 
@@ -46,8 +47,11 @@ class TrainSettings:
     magnetic_interval: str = "keep"  # keep | auto (per-species ±max|m| of the data)
     log_every: int = 10
     num_threads: int | None = None
+    optimizer: str = "bfgs"          # bfgs (dense, memory kept across linear re-solves) | lbfgs
 
     def __post_init__(self) -> None:
+        if self.optimizer not in ("bfgs", "lbfgs"):
+            raise InputError(f"optimizer must be bfgs or lbfgs, got {self.optimizer!r}")
         if self.init not in ("random", "default", "keep"):
             raise InputError(f"init must be random, default or keep, got {self.init!r}")
         if self.min_dist not in ("keep", "auto"):
@@ -226,9 +230,61 @@ def train(pot: MTPPotential, configs: list[Configuration], settings: TrainSettin
     if settings.init != "keep" or settings.max_iter > 0:
         solve_linear(objective, settings.ridge)
         theta = pot.get_params()
-    state = {"it": 0, "last": None}
     ev = objective(theta)
     report(0, ev, "  (after linear solve)")
+    if settings.optimizer == "bfgs":
+        theta, iterations = _run_bfgs(objective, settings, theta, ev, report)
+    else:
+        theta, iterations = _run_lbfgs(objective, settings, theta, ev, report)
+    pot.set_params(theta)
+    result.potential = pot
+    result.train_errors = rmse_from_sums(objective(theta, gradient=False).sums)
+    result.wall_time = time.perf_counter() - t0
+    log(f"training finished: {iterations} iterations, {objective.n_evaluations} loss evaluations, "
+        f"{result.wall_time:.1f} s")
+    return result
+
+
+def _run_bfgs(objective: Objective, settings: TrainSettings, theta: np.ndarray, ev, report
+              ) -> tuple[np.ndarray, int]:
+    """Dense BFGS; every ``linear_every`` iterations the linear coefficients are re-solved and
+    the jump is fed to BFGS as a step, so the curvature estimate is kept."""
+    pot = objective.pot
+
+    def fun(x):
+        e = objective(x)
+        return e.loss, e.gradient
+
+    opt = BFGS(fun, theta, ev.loss, ev.gradient)
+    previous = ev.loss
+    it = 0
+    while it < settings.max_iter:
+        moved = opt.step()
+        it += 1
+        if it % settings.log_every == 0 and it % settings.linear_every != 0:
+            report(it, objective(opt.x, gradient=False))
+        if it % settings.linear_every == 0 or not moved or it == settings.max_iter:
+            pot.set_params(opt.x)
+            solve_linear(objective, settings.ridge)
+            x = pot.get_params()
+            e = objective(x)
+            if e.loss <= opt.f:
+                opt.external_step(x, e.loss, e.gradient)
+            else:  # the quadratic re-solve can lose against the joint optimum near convergence
+                pot.set_params(opt.x)
+                e = objective(opt.x)
+            report(it, e, "  (linear re-solve)")
+            if not moved or previous - e.loss <= settings.tolerance * max(abs(previous), 1e-300):
+                break
+            previous = e.loss
+    return opt.x, it
+
+
+def _run_lbfgs(objective: Objective, settings: TrainSettings, theta: np.ndarray, ev, report
+               ) -> tuple[np.ndarray, int]:
+    """SciPy's L-BFGS-B in chunks of ``linear_every`` iterations, linear re-solve between chunks."""
+    pot = objective.pot
+    state = {"it": 0, "last": None}
 
     def fun(x):
         e = objective(x)
@@ -253,15 +309,9 @@ def train(pot: MTPPotential, configs: list[Configuration], settings: TrainSettin
         theta = pot.get_params()
         ev = objective(theta)
         report(state["it"], ev, "  (linear re-solve)")
-        if state["it"] == start_it:  # the optimiser could not make a step
+        if state["it"] == start_it:
             break
         if previous - ev.loss <= settings.tolerance * max(abs(previous), 1e-300):
             break
         previous = ev.loss
-    pot.set_params(theta)
-    result.potential = pot
-    result.train_errors = rmse_from_sums(objective(theta, gradient=False).sums)
-    result.wall_time = time.perf_counter() - t0
-    log(f"training finished: {state['it']} iterations, {objective.n_evaluations} loss evaluations, "
-        f"{result.wall_time:.1f} s")
-    return result
+    return theta, state["it"]
