@@ -22,8 +22,19 @@ from libc.stdint cimport int64_t
 import numpy as np
 
 
+cdef extern from "_simd.h" nogil:
+    void mmtp_dot4m(const double* a, const double* b, const double* c, const double* d,
+                    const double* m, int n, double* sa, double* sb, double* sc, double* sd)
+    void mmtp_dot4(const double* cf, const double* cfd, const double* qp, const double* dqp,
+                   const double* qdp, int n, double* s, double* w, double* wd, double* wi)
+    void mmtp_dot2(const double* cf, const double* q, const double* dq, int n, double* s, double* w)
+    void mmtp_axpy(double* y, double alpha, const double* x, int n)
+    void mmtp_dot_grad(const double* g, const double* m, const double* gx, const double* gy,
+                       const double* gz, int n, double* G, double* bx, double* by, double* bz)
+
+
 cdef struct Tables:
-    int C, K, R, M, n_basic, n_times, n_moments, n_basis, max_pow
+    int C, K, R, M, n_basic, n_times, n_moments, n_basis, max_pow, n_mono
     double rmin, rcut, scaling
     const int* basic        # (n_basic, 4): mu, a, b, c
     const int* times        # (n_times, 3): i, j, k
@@ -34,6 +45,12 @@ cdef struct Tables:
     const double* moment    # (n_basis,)
     const double* mag_min   # (C,)
     const double* mag_max   # (C,)
+    const int* mono_parent  # (n_mono,) monomial q = monomial parent[q] · u[dir[q]]
+    const int* mono_dir     # (n_mono,)
+    const int* mono_exp     # (n_mono, 3) exponents a, b, c
+    const int* mono_low     # (n_mono, 3) index of the monomial with that exponent lowered by one
+    const int* basic_q      # (n_basic,) monomial of each basic row
+    const int* mu_len       # (K,) basic rows of radial function μ use monomials 0..mu_len[μ]-1
 
 
 cdef struct Work:
@@ -60,6 +77,16 @@ cdef struct Work:
     double* py
     double* pz
     double* gmu
+    double* mono
+    double* hq
+    double* dmono   # (3, n_mono) ∇_u of each monomial
+    double* pm      # (K, n_mono) Σ_n f_μ mono_q: basic moments in (μ, q) layout
+    double* gm      # (K, n_mono) ∂E_i/∂M in (μ, q) layout
+    double* gxm     # (3, K, n_mono) lowered adjoints: Σ_q g_μq ∂mono_q/∂u_d = Σ_q' gxm[d,μ,q'] mono_q'
+    double* monos   # (nmax, n_mono) monomials of every neighbour (kept from the forward pass)
+    double* qp      # (R·M,) Q_k ψ_c(m_j)
+    double* dqp     # (R·M,) Q'_k ψ_c(m_j)
+    double* qdp     # (R·M,) Q_k ψ'_c(m_j)
     # tangent-mode extras
     double* tr
     double* tv
@@ -95,6 +122,16 @@ cdef Work* alloc_work(Tables* t, int nmax) noexcept nogil:
     w.py = <double*> malloc((t.max_pow + 1) * sizeof(double))
     w.pz = <double*> malloc((t.max_pow + 1) * sizeof(double))
     w.gmu = <double*> malloc(t.K * sizeof(double))
+    w.mono = <double*> malloc(t.n_mono * sizeof(double))
+    w.hq = <double*> malloc(t.n_mono * sizeof(double))
+    w.dmono = <double*> malloc(3 * t.n_mono * sizeof(double))
+    w.pm = <double*> malloc(t.K * t.n_mono * sizeof(double))
+    w.gm = <double*> malloc(t.K * t.n_mono * sizeof(double))
+    w.gxm = <double*> malloc(3 * t.K * t.n_mono * sizeof(double))
+    w.monos = <double*> malloc(n * t.n_mono * sizeof(double))
+    w.qp = <double*> malloc(t.R * t.M * sizeof(double))
+    w.dqp = <double*> malloc(t.R * t.M * sizeof(double))
+    w.qdp = <double*> malloc(t.R * t.M * sizeof(double))
     w.tr = <double*> malloc(n * sizeof(double))
     w.tv = <double*> malloc(3 * n * sizeof(double))
     w.tmj = <double*> malloc(n * sizeof(double))
@@ -108,7 +145,8 @@ cdef void free_work(Work* w) noexcept nogil:
     free(w.r); free(w.u); free(w.z); free(w.mj); free(w.pair); free(w.q); free(w.dq)
     free(w.psij); free(w.dpsij); free(w.f); free(w.dfr); free(w.dfmi); free(w.dfmj)
     free(w.moments); free(w.g); free(w.d); free(w.dd); free(w.psii); free(w.dpsii)
-    free(w.px); free(w.py); free(w.pz); free(w.gmu)
+    free(w.px); free(w.py); free(w.pz); free(w.gmu); free(w.mono); free(w.hq)
+    free(w.dmono); free(w.pm); free(w.gm); free(w.gxm); free(w.monos); free(w.qp); free(w.dqp); free(w.qdp)
     free(w.tr); free(w.tv); free(w.tmj); free(w.mdot); free(w.h); free(w.amu)
     free(w)
 
@@ -146,6 +184,7 @@ cdef int gather(Tables* t, Work* w, int64_t i, const double[:, ::1] pos, const i
     cdef double W, Wd, Wi
     cdef int C = t.C, K = t.K, R = t.R, M = t.M
     cdef const double* cf
+    cdef const double* cfd
     cdef double* q
     cdef double* dq
     cdef double xscale = 2.0 / (t.rcut - t.rmin)
@@ -189,30 +228,28 @@ cdef int gather(Tables* t, Work* w, int64_t i, const double[:, ::1] pos, const i
             q[k] = t.scaling * q[k] * env
         magnetic_basis(t, types[j], mag[j], w.psij + nn * M, w.dpsij + nn * M)
         zj = types[j]
-        for mu in range(K):
-            s = 0.0
-            W = 0.0
-            Wd = 0.0
-            Wi = 0.0
+        if M == 1:
+            for mu in range(K):
+                cf = w.d + (zj * K + mu) * R
+                mmtp_dot2(cf, q, dq, R, &s, &W)
+                w.f[nn * K + mu] = s
+                w.dfr[nn * K + mu] = W
+                w.dfmj[nn * K + mu] = 0.0
+                w.dfmi[nn * K + mu] = 0.0
+        else:
             for k in range(R):
-                cf = w.d + ((zj * K + mu) * R + k) * M
-                if M == 1:
-                    s = s + cf[0] * q[k]
-                    W = W + cf[0] * dq[k]
-                else:
-                    env = 0.0
-                    denv = 0.0
-                    for c in range(M):
-                        env = env + cf[c] * w.psij[nn * M + c]
-                        denv = denv + cf[c] * w.dpsij[nn * M + c]
-                        Wi = Wi + w.dd[((zj * K + mu) * R + k) * M + c] * w.psij[nn * M + c] * q[k]
-                    s = s + env * q[k]
-                    W = W + env * dq[k]
-                    Wd = Wd + denv * q[k]
-            w.f[nn * K + mu] = s
-            w.dfr[nn * K + mu] = W
-            w.dfmj[nn * K + mu] = Wd
-            w.dfmi[nn * K + mu] = Wi
+                for c in range(M):
+                    w.qp[k * M + c] = q[k] * w.psij[nn * M + c]
+                    w.dqp[k * M + c] = dq[k] * w.psij[nn * M + c]
+                    w.qdp[k * M + c] = q[k] * w.dpsij[nn * M + c]
+            for mu in range(K):
+                cf = w.d + (zj * K + mu) * R * M
+                cfd = w.dd + (zj * K + mu) * R * M
+                mmtp_dot4(cf, cfd, w.qp, w.dqp, w.qdp, R * M, &s, &W, &Wd, &Wi)
+                w.f[nn * K + mu] = s
+                w.dfr[nn * K + mu] = W
+                w.dfmj[nn * K + mu] = Wd
+                w.dfmi[nn * K + mu] = Wi
         nn += 1
     return nn
 
@@ -228,17 +265,38 @@ cdef inline void powers(Tables* t, Work* w, int n) noexcept nogil:
         w.pz[k] = w.pz[k - 1] * w.u[3 * n + 2]
 
 
+cdef inline void monomials(Tables* t, Work* w, int n) noexcept nogil:
+    """u_x^a u_y^b u_z^c of neighbour n for every monomial, each one product from its parent."""
+    cdef int q
+    cdef double* u = w.u + 3 * n
+    w.mono[0] = 1.0
+    for q in range(1, t.n_mono):
+        w.mono[q] = w.mono[t.mono_parent[q]] * u[t.mono_dir[q]]
+
+
+cdef inline void monomials_into(Tables* t, const double* u, double* mono) noexcept nogil:
+    cdef int q
+    mono[0] = 1.0
+    for q in range(1, t.n_mono):
+        mono[q] = mono[t.mono_parent[q]] * u[t.mono_dir[q]]
+
+
 cdef double forward(Tables* t, Work* w, int nn, int zi) noexcept nogil:
-    """Basic moments, products and E_i."""
-    cdef int n, s, k
+    """Basic moments (accumulated in the dense (μ, monomial) layout), products and E_i."""
+    cdef int n, s, k, mu, q, L, nm = t.n_mono
     cdef const int* row
-    cdef double fm, e
+    cdef double e
+    cdef double* mono
     memset(w.moments, 0, t.n_moments * sizeof(double))
+    for mu in range(t.K):
+        memset(w.pm + mu * nm, 0, t.mu_len[mu] * sizeof(double))
     for n in range(nn):
-        powers(t, w, n)
-        for s in range(t.n_basic):
-            row = t.basic + 4 * s
-            w.moments[s] += w.f[n * t.K + row[0]] * w.px[row[1]] * w.py[row[2]] * w.pz[row[3]]
+        mono = w.monos + n * nm
+        monomials_into(t, w.u + 3 * n, mono)
+        for mu in range(t.K):
+            mmtp_axpy(w.pm + mu * nm, w.f[n * t.K + mu], mono, t.mu_len[mu])
+    for s in range(t.n_basic):
+        w.moments[s] = w.pm[t.basic[4 * s] * nm + t.basic_q[s]]
     for k in range(t.n_times):
         row = t.times + 3 * k
         w.moments[row[2]] += t.weights[k] * w.moments[row[0]] * w.moments[row[1]]
@@ -246,6 +304,34 @@ cdef double forward(Tables* t, Work* w, int nn, int zi) noexcept nogil:
     for k in range(t.n_basis):
         e = e + t.moment[k] * w.moments[t.mapping[k]]
     return e
+
+
+cdef inline void monomials_grad(Tables* t, Work* w, int n) noexcept nogil:
+    """Monomials of neighbour n and their gradients ∇_u (recursion over parents)."""
+    cdef int q, p, d, nm = t.n_mono
+    cdef double* u = w.u + 3 * n
+    cdef double* gx = w.dmono
+    cdef double* gy = w.dmono + nm
+    cdef double* gz = w.dmono + 2 * nm
+    cdef double ud
+    w.mono[0] = 1.0
+    gx[0] = 0.0
+    gy[0] = 0.0
+    gz[0] = 0.0
+    for q in range(1, nm):
+        p = t.mono_parent[q]
+        d = t.mono_dir[q]
+        ud = u[d]
+        w.mono[q] = w.mono[p] * ud
+        gx[q] = gx[p] * ud
+        gy[q] = gy[p] * ud
+        gz[q] = gz[p] * ud
+        if d == 0:
+            gx[q] += w.mono[p]
+        elif d == 1:
+            gy[q] += w.mono[p]
+        else:
+            gz[q] += w.mono[p]
 
 
 cdef void backward(Tables* t, Work* w) noexcept nogil:
@@ -266,54 +352,59 @@ cdef void backward(Tables* t, Work* w) noexcept nogil:
 
 cdef void pair_derivatives(Tables* t, Work* w, int nn, double* pair_grad, double* pair_dmj,
                            double* dmi) noexcept nogil:
-    """∂E_i/∂r_n (into pair_grad[3·pair]) , ∂E_i/∂m_j (pair_dmj[pair]) and ∂E_i/∂m_i."""
-    cdef int n, s, mu, a, b, c, nu
-    cdef const int* row
-    cdef double A, Bx, By, Bz, Cn, gs, fm, mono, ux, uy, uz, r, dmj, dmi_acc = 0.0
+    """∂E_i/∂r_n (into pair_grad[3·pair]), ∂E_i/∂m_j (pair_dmj[pair]) and ∂E_i/∂m_i.
+
+    With g in the dense (μ, q) layout (gm): G_μ = Σ_q g_μq mono_q and
+    B = Σ_μ f_μ Σ_q g_μq ∇_u mono_q give ∂E_i/∂r = (Σ_μ G_μ f'_μ) u + (B − (u·B) u) / r
+    (u·∇_u mono_q = ν_q mono_q: monomials are homogeneous).
+    """
+    cdef int n, s, mu, q, d, e, nm = t.n_mono
+    cdef double A, Bx, By, Bz, bx, by, bz, Gs, gq, fm, ub, ux, uy, uz, r, dmj, dmi_acc = 0.0
+    cdef double* gm
+    cdef double* mono
     cdef int64_t p
+    memset(w.gm, 0, t.K * nm * sizeof(double))
+    memset(w.gxm, 0, 3 * t.K * nm * sizeof(double))
+    for s in range(t.n_basic):
+        w.gm[t.basic[4 * s] * nm + t.basic_q[s]] += w.g[s]
+    # ∂mono_q/∂u_d = e_d(q) mono_{low_d(q)}: move each coefficient to the lowered monomial
+    for mu in range(t.K):
+        gm = w.gm + mu * nm
+        for q in range(1, t.mu_len[mu]):
+            gq = gm[q]
+            if gq == 0.0:
+                continue
+            for d in range(3):
+                e = t.mono_exp[3 * q + d]
+                if e > 0:
+                    w.gxm[(d * t.K + mu) * nm + t.mono_low[3 * q + d]] += e * gq
     for n in range(nn):
-        powers(t, w, n)
-        for mu in range(t.K):
-            w.gmu[mu] = 0.0
+        mono = w.monos + n * nm
+        A = 0.0
+        dmj = 0.0
         Bx = 0.0
         By = 0.0
         Bz = 0.0
-        Cn = 0.0
-        for s in range(t.n_basic):
-            gs = w.g[s]
-            if gs == 0.0:
-                continue
-            row = t.basic + 4 * s
-            mu = row[0]
-            a = row[1]
-            b = row[2]
-            c = row[3]
-            mono = w.px[a] * w.py[b] * w.pz[c]
-            w.gmu[mu] += gs * mono
-            fm = gs * w.f[n * t.K + mu]
-            nu = a + b + c
-            Cn = Cn + fm * nu * mono
-            if a > 0:
-                Bx = Bx + fm * a * w.px[a - 1] * w.py[b] * w.pz[c]
-            if b > 0:
-                By = By + fm * b * w.px[a] * w.py[b - 1] * w.pz[c]
-            if c > 0:
-                Bz = Bz + fm * c * w.px[a] * w.py[b] * w.pz[c - 1]
-        A = 0.0
-        dmj = 0.0
         for mu in range(t.K):
-            A = A + w.gmu[mu] * w.dfr[n * t.K + mu]
+            mmtp_dot4m(w.gm + mu * nm, w.gxm + mu * nm, w.gxm + (t.K + mu) * nm,
+                       w.gxm + (2 * t.K + mu) * nm, mono, t.mu_len[mu], &Gs, &bx, &by, &bz)
+            fm = w.f[n * t.K + mu]
+            Bx = Bx + fm * bx
+            By = By + fm * by
+            Bz = Bz + fm * bz
+            A = A + Gs * w.dfr[n * t.K + mu]
             if t.M > 1:
-                dmj = dmj + w.gmu[mu] * w.dfmj[n * t.K + mu]
-                dmi_acc = dmi_acc + w.gmu[mu] * w.dfmi[n * t.K + mu]
+                dmj = dmj + Gs * w.dfmj[n * t.K + mu]
+                dmi_acc = dmi_acc + Gs * w.dfmi[n * t.K + mu]
         r = w.r[n]
         ux = w.u[3 * n]
         uy = w.u[3 * n + 1]
         uz = w.u[3 * n + 2]
+        ub = ux * Bx + uy * By + uz * Bz
         p = w.pair[n]
-        pair_grad[3 * p] = A * ux + (Bx - Cn * ux) / r
-        pair_grad[3 * p + 1] = A * uy + (By - Cn * uy) / r
-        pair_grad[3 * p + 2] = A * uz + (Bz - Cn * uz) / r
+        pair_grad[3 * p] = A * ux + (Bx - ub * ux) / r
+        pair_grad[3 * p + 1] = A * uy + (By - ub * uy) / r
+        pair_grad[3 * p + 2] = A * uz + (Bz - ub * uz) / r
         pair_dmj[p] = dmj
     dmi[0] = dmi_acc
 
@@ -329,6 +420,19 @@ cdef Tables make_tables(dict tab):
     cdef const double[::1] moment = tab["moment"]
     cdef const double[::1] mag_min = tab["mag_min"]
     cdef const double[::1] mag_max = tab["mag_max"]
+    cdef const int[::1] mono_parent = tab["mono_parent"]
+    cdef const int[::1] mono_dir = tab["mono_dir"]
+    cdef const int[:, ::1] mono_exp = tab["mono_exp"]
+    cdef const int[:, ::1] mono_low = tab["mono_low"]
+    cdef const int[::1] basic_q = tab["basic_q"]
+    cdef const int[::1] mu_len = tab["mu_len"]
+    t.mu_len = &mu_len[0]
+    t.n_mono = mono_parent.shape[0]
+    t.mono_parent = &mono_parent[0]
+    t.mono_dir = &mono_dir[0]
+    t.mono_exp = &mono_exp[0, 0]
+    t.mono_low = &mono_low[0, 0]
+    t.basic_q = &basic_q[0]
     t.C = tab["C"]
     t.K = tab["K"]
     t.R = tab["R"]

@@ -70,6 +70,7 @@ class MTPEngine:
             "n_moments": int(pot.alpha_moments_count),
             "max_pow": int(basic[:, 1:].max()) if len(basic) else 0,
         }
+        self._structure.update(monomial_tables(basic, pot.radial_funcs_count))
 
     # ------------------------------------------------------------------ tables
     def tables(self) -> dict:
@@ -321,6 +322,38 @@ class MTPEngine:
                 tm[i] = 1.0
                 d_mag[i] = dT(zp, zs, tm)
         return {"forces": d_forces, "virial": d_virial, "magnetic_gradient": d_mag}
+
+
+def monomial_tables(basic: np.ndarray, n_radial_funcs: int) -> dict:
+    """All monomials u_x^a u_y^b u_z^c of degree ≤ the basis' largest a+b+c, ordered by degree.
+
+    Each is its parent times one component (``mono_parent``, ``mono_dir``), its exponents
+    (``mono_exp``) and, per component, the monomial with that exponent lowered by one
+    (``mono_low``; 0 where the exponent is 0 — multiplied by the zero exponent), and the
+    monomial of each basic row (``basic_q``).
+    """
+    degree = int(basic[:, 1:].sum(axis=1).max()) if len(basic) else 0
+    exps = [(a, b, n - a - b) for n in range(degree + 1) for a in range(n, -1, -1) for b in range(n - a, -1, -1)]
+    index = {e: q for q, e in enumerate(exps)}
+    parent = np.zeros(len(exps), dtype=np.int32)
+    direction = np.zeros(len(exps), dtype=np.int32)
+    low = np.zeros((len(exps), 3), dtype=np.int32)
+    for q, e in enumerate(exps):
+        for d in range(3):
+            if e[d] > 0:
+                lowered = list(e)
+                lowered[d] -= 1
+                low[q, d] = index[tuple(lowered)]
+        if q:
+            d = next(d for d in range(3) if e[d] > 0)
+            parent[q], direction[q] = low[q, d], d
+    basic_q = np.array([index[tuple(int(x) for x in row[1:])] for row in basic], dtype=np.int32)
+    # radial function μ needs the monomial prefix 0..mu_len[μ]-1 (monomials are ordered by degree)
+    mu_len = np.zeros(max(n_radial_funcs, 1), dtype=np.int32)
+    for mu, q in zip(basic[:, 0], basic_q, strict=True):
+        mu_len[mu] = max(mu_len[mu], q + 1)
+    return {"mu_len": mu_len, "mono_parent": parent, "mono_dir": direction,
+            "mono_exp": np.array(exps, dtype=np.int32).reshape(-1, 3), "mono_low": low, "basic_q": basic_q}
 
 
 def combine_symmetric(plus: dict, minus: dict) -> dict:
