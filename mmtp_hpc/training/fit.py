@@ -107,7 +107,7 @@ def prepare_potential(pot: MTPPotential, configs: list[Configuration], settings:
         for cfg in configs:
             if cfg.magmoms is not None:
                 np.maximum.at(mmax, cfg.types, np.abs(cfg.magmoms))
-        mmax = np.maximum(mmax, 1e-2)  # a species with (almost) no moment keeps a usable interval
+        mmax = np.maximum(mmax, 0.1)  # a (nearly) non-magnetic species keeps a usable interval (Al: 0.1 μB)
         notes.append("magnetic interval per species (−M_max^z, M_max^z): " +
                      ", ".join(f"type {z}: ±{m:.4g} μB" for z, m in enumerate(mmax)))
         pot.mag_min, pot.mag_max = -mmax, mmax.copy()

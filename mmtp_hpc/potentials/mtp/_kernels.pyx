@@ -84,6 +84,7 @@ cdef struct Work:
     double* gm      # (K, n_mono) ∂E_i/∂M in (μ, q) layout
     double* gxm     # (3, K, n_mono) lowered adjoints: Σ_q g_μq ∂mono_q/∂u_d = Σ_q' gxm[d,μ,q'] mono_q'
     double* monos   # (nmax, n_mono) monomials of every neighbour (kept from the forward pass)
+    double* tmono   # (nmax, n_mono) their derivatives along a tangent
     double* qp      # (R·M,) Q_k ψ_c(m_j)
     double* dqp     # (R·M,) Q'_k ψ_c(m_j)
     double* qdp     # (R·M,) Q_k ψ'_c(m_j)
@@ -129,6 +130,7 @@ cdef Work* alloc_work(Tables* t, int nmax) noexcept nogil:
     w.gm = <double*> malloc(t.K * t.n_mono * sizeof(double))
     w.gxm = <double*> malloc(3 * t.K * t.n_mono * sizeof(double))
     w.monos = <double*> malloc(n * t.n_mono * sizeof(double))
+    w.tmono = <double*> malloc(n * t.n_mono * sizeof(double))
     w.qp = <double*> malloc(t.R * t.M * sizeof(double))
     w.dqp = <double*> malloc(t.R * t.M * sizeof(double))
     w.qdp = <double*> malloc(t.R * t.M * sizeof(double))
@@ -146,7 +148,7 @@ cdef void free_work(Work* w) noexcept nogil:
     free(w.psij); free(w.dpsij); free(w.f); free(w.dfr); free(w.dfmi); free(w.dfmj)
     free(w.moments); free(w.g); free(w.d); free(w.dd); free(w.psii); free(w.dpsii)
     free(w.px); free(w.py); free(w.pz); free(w.gmu); free(w.mono); free(w.hq)
-    free(w.dmono); free(w.pm); free(w.gm); free(w.gxm); free(w.monos); free(w.qp); free(w.dqp); free(w.qdp)
+    free(w.dmono); free(w.pm); free(w.gm); free(w.gxm); free(w.monos); free(w.tmono); free(w.qp); free(w.dqp); free(w.qdp)
     free(w.tr); free(w.tv); free(w.tmj); free(w.mdot); free(w.h); free(w.amu)
     free(w)
 
@@ -560,33 +562,49 @@ def scatter_pairs(const double[:, ::1] pos, const int64_t[::1] offsets, const in
 cdef void tangent_atom(Tables* t, Work* w, int nn, int zi, double t_mi, double* t_out,
                        double* grad_radial, double* grad_moment, double* grad_site,
                        bint want_tangent) noexcept nogil:
-    """∂E_i/∂θ (grad_site, radial+moment blocks) and, with a tangent, Ė_i and ∂Ė_i/∂θ.
+    """∂E_i/∂θ (grad_site, radial block of species zi) and, with a tangent, Ė_i and ∂Ė_i/∂θ.
 
-    Radial gradient layout: (C, K, R, M, M) block of centre species zi (caller offsets).
+    Needs gather, forward (monomials kept in w.monos) and backward (g) done for this atom.
+    Monomials along the tangent: mono_q = mono_p u_d ⇒ δmono_q = δmono_p u_d + mono_p δu_d,
+    δu = (δr − (u·δr) u) / r. Adjoints of the basic moments are used in the dense (μ, q)
+    layout: gm for E (and Ė w.r.t. Ṁ), hm for Ė w.r.t. M.
     """
-    cdef int n, s, mu, k, b, c, a_, b_, c_, R = t.R, M = t.M, K = t.K, zj
+    cdef int n, s, mu, k, b, c, q, R = t.R, M = t.M, K = t.K, zj, nm = t.n_mono, p_, d_
     cdef const int* row
-    cdef double mono, monodot, gs, hs, fdot, tr, val, val2, gk, hk
-    cdef double* q
+    cdef double gs, fdot, tr, val, val2, gk, hk, G, A, A2, dummy, px, py, pz, r
+    cdef double* q_
     cdef double* dq
-    cdef double* base
+    cdef double* mono
+    cdef double* mdot_n
+    cdef double* du
     cdef int64_t off
-    # forward tangent through basic moments and products
+    memset(w.gm, 0, K * nm * sizeof(double))
+    for s in range(t.n_basic):
+        w.gm[t.basic[4 * s] * nm + t.basic_q[s]] += w.g[s]
     if want_tangent:
-        memset(w.mdot, 0, t.n_moments * sizeof(double))
+        # tangents of the monomials, kept per neighbour (w.dmono reused as (nmax, n_mono) store)
+        for mu in range(K):
+            memset(w.pm + mu * nm, 0, t.mu_len[mu] * sizeof(double))
         for n in range(nn):
-            powers(t, w, n)
+            mono = w.monos + n * nm
+            mdot_n = w.tmono + n * nm
+            r = w.r[n]
             tr = w.tr[n]
-            for s in range(t.n_basic):
-                row = t.basic + 4 * s
-                mu = row[0]
-                a_ = row[1]
-                b_ = row[2]
-                c_ = row[3]
-                mono = w.px[a_] * w.py[b_] * w.pz[c_]
+            px = (w.tv[3 * n] - tr * w.u[3 * n]) / r
+            py = (w.tv[3 * n + 1] - tr * w.u[3 * n + 1]) / r
+            pz = (w.tv[3 * n + 2] - tr * w.u[3 * n + 2]) / r
+            mdot_n[0] = 0.0
+            for q in range(1, nm):
+                p_ = t.mono_parent[q]
+                d_ = t.mono_dir[q]
+                mdot_n[q] = mdot_n[p_] * w.u[3 * n + d_] + mono[p_] * (px if d_ == 0 else (py if d_ == 1 else pz))
+            for mu in range(K):
                 fdot = w.dfr[n * K + mu] * tr + w.dfmi[n * K + mu] * t_mi + w.dfmj[n * K + mu] * w.tmj[n]
-                monodot = mono_dot(w, n, a_, b_, c_, mono)
-                w.mdot[s] += fdot * mono + w.f[n * K + mu] * monodot
+                mmtp_axpy(w.pm + mu * nm, fdot, mono, t.mu_len[mu])
+                mmtp_axpy(w.pm + mu * nm, w.f[n * K + mu], mdot_n, t.mu_len[mu])
+        memset(w.mdot, 0, t.n_moments * sizeof(double))
+        for s in range(t.n_basic):
+            w.mdot[s] = w.pm[t.basic[4 * s] * nm + t.basic_q[s]]
         for k in range(t.n_times):
             row = t.times + 3 * k
             w.mdot[row[2]] += t.weights[k] * (w.mdot[row[0]] * w.moments[row[1]]
@@ -603,36 +621,35 @@ cdef void tangent_atom(Tables* t, Work* w, int nn, int zi, double t_mi, double* 
             hk = t.weights[k] * w.h[row[2]]
             w.h[row[0]] += gk * w.mdot[row[1]] + hk * w.moments[row[1]]
             w.h[row[1]] += gk * w.mdot[row[0]] + hk * w.moments[row[0]]
+        memset(w.gxm, 0, K * nm * sizeof(double))     # hm: adjoint of M for Ė, (μ, q) layout
+        for s in range(t.n_basic):
+            w.gxm[t.basic[4 * s] * nm + t.basic_q[s]] += w.h[s]
     # radial-coefficient gradients, neighbour by neighbour
     for n in range(nn):
-        powers(t, w, n)
         zj = w.z[n]
-        for mu in range(K):
-            w.gmu[mu] = 0.0
-            w.amu[mu] = 0.0
-        for s in range(t.n_basic):
-            row = t.basic + 4 * s
-            mu = row[0]
-            mono = w.px[row[1]] * w.py[row[2]] * w.pz[row[3]]
-            w.gmu[mu] += w.g[s] * mono
-            if want_tangent:
-                w.amu[mu] += w.h[s] * mono + w.g[s] * mono_dot(w, n, row[1], row[2], row[3], mono)
-        q = w.q + n * R
+        mono = w.monos + n * nm
+        q_ = w.q + n * R
         dq = w.dq + n * R
         tr = w.tr[n] if want_tangent else 0.0
         for mu in range(K):
+            mmtp_dot2(w.gm + mu * nm, mono, mono, t.mu_len[mu], &G, &dummy)
+            A = 0.0
+            if want_tangent:
+                mmtp_dot2(w.gxm + mu * nm, mono, mono, t.mu_len[mu], &A, &dummy)
+                mmtp_dot2(w.gm + mu * nm, w.tmono + n * nm, w.tmono + n * nm, t.mu_len[mu], &A2, &dummy)
+                A = A + A2
             for k in range(R):
                 off = ((zj * K + mu) * R + k) * M * M
                 for b in range(M):
                     for c in range(M):
-                        val = q[k] * w.psii[b] * w.psij[n * M + c]
+                        val = q_[k] * w.psii[b] * w.psij[n * M + c]
                         if grad_site != NULL:
-                            grad_site[off + b * M + c] += w.gmu[mu] * val
+                            grad_site[off + b * M + c] += G * val
                         if want_tangent:
                             val2 = (dq[k] * tr * w.psii[b] * w.psij[n * M + c]
-                                    + q[k] * w.dpsii[b] * t_mi * w.psij[n * M + c]
-                                    + q[k] * w.psii[b] * w.dpsij[n * M + c] * w.tmj[n])
-                            grad_radial[off + b * M + c] += w.amu[mu] * val + w.gmu[mu] * val2
+                                    + q_[k] * w.dpsii[b] * t_mi * w.psij[n * M + c]
+                                    + q_[k] * w.psii[b] * w.dpsij[n * M + c] * w.tmj[n])
+                            grad_radial[off + b * M + c] += A * val + G * val2
 
 
 cdef inline double mono_dot(Work* w, int n, int a, int b, int c, double mono) noexcept nogil:
