@@ -23,6 +23,7 @@ import numpy as np
 
 
 cdef extern from "_simd.h" nogil:
+    double mmtp_dot(const double* a, const double* b, int n)
     void mmtp_dot4m(const double* a, const double* b, const double* c, const double* d,
                     const double* m, int n, double* sa, double* sb, double* sc, double* sd)
     void mmtp_dot4(const double* cf, const double* cfd, const double* qp, const double* dqp,
@@ -178,7 +179,8 @@ cdef inline void magnetic_basis(Tables* t, int z, double m, double* psi, double*
 
 
 cdef int gather(Tables* t, Work* w, int64_t i, const double[:, ::1] pos, const int[::1] types,
-                const double[::1] mag, const int64_t[::1] offsets, const int64_t[::1] nbrs) noexcept nogil:
+                const double[::1] mag, const int64_t[::1] offsets, const int64_t[::1] nbrs,
+                bint deriv=True) noexcept nogil:
     """Neighbours of i inside the cutoff: vectors, radial and magnetic bases, f_μ and derivatives."""
     cdef int nn = 0, k, mu, b, c, zj, zi = types[i]
     cdef int64_t p, j
@@ -233,6 +235,9 @@ cdef int gather(Tables* t, Work* w, int64_t i, const double[:, ::1] pos, const i
         if M == 1:
             for mu in range(K):
                 cf = w.d + (zj * K + mu) * R
+                if not deriv:
+                    w.f[nn * K + mu] = mmtp_dot(cf, q, R)
+                    continue
                 mmtp_dot2(cf, q, dq, R, &s, &W)
                 w.f[nn * K + mu] = s
                 w.dfr[nn * K + mu] = W
@@ -246,6 +251,9 @@ cdef int gather(Tables* t, Work* w, int64_t i, const double[:, ::1] pos, const i
                     w.qdp[k * M + c] = q[k] * w.dpsij[nn * M + c]
             for mu in range(K):
                 cf = w.d + (zj * K + mu) * R * M
+                if not deriv:
+                    w.f[nn * K + mu] = mmtp_dot(cf, w.qp, R * M)
+                    continue
                 cfd = w.dd + (zj * K + mu) * R * M
                 mmtp_dot4(cf, cfd, w.qp, w.dqp, w.qdp, R * M, &s, &W, &Wd, &Wi)
                 w.f[nn * K + mu] = s
@@ -490,7 +498,7 @@ def site_terms(dict tab, const double[:, ::1] pos, const int[::1] types, const d
     with nogil, parallel(num_threads=num_threads if num_threads > 0 else openmp_threads()):
         w = alloc_work(&t, nmax)
         for i in prange(n_local, schedule="dynamic", chunksize=16):
-            nn = gather(&t, w, i, pos, types, mag, offsets, nbrs)
+            nn = gather(&t, w, i, pos, types, mag, offsets, nbrs, derivatives)
             site_en[i] = forward(&t, w, nn, types[i])
             if want_basis:
                 for k in range(t.n_basis):
@@ -520,7 +528,7 @@ def site_energies_of(dict tab, const double[:, ::1] pos, const int[::1] types, c
         w = alloc_work(&t, nmax)
         for k in range(n):
             i = centers[k]
-            nn = gather(&t, w, i, pos, types, mag, offsets, nbrs)
+            nn = gather(&t, w, i, pos, types, mag, offsets, nbrs, False)
             site_en[k] = forward(&t, w, nn, types[i])
         free_work(w)
 

@@ -23,6 +23,16 @@ static inline void mmtp_dot4(const double *cf, const double *cfd, const double *
     *s = a; *w = b; *wd = c; *wi = d;
 }
 
+/* Σ a·b */
+static inline double mmtp_dot(const double *a, const double *b, int n)
+{
+    double x = 0.0;
+    #pragma omp simd reduction(+:x)
+    for (int k = 0; k < n; k++)
+        x += a[k] * b[k];
+    return x;
+}
+
 /* s = Σ cf·q, w = Σ cf·dq */
 static inline void mmtp_dot2(const double *cf, const double *q, const double *dq, int n,
                              double *s, double *w)

@@ -1,0 +1,92 @@
+"""``mmtp bench POT CFG``: time per atom of the evaluation paths, excluding start-up.
+
+Measures, each ``--repeat`` times after one warm-up call: the neighbour-list build, the
+energy-only evaluation, energy + forces + stress (+ ∂E/∂m for magnetic potentials, moments
+fixed as given), and the spin-symmetrised evaluation. Prints medians and minima in µs/atom
+and the memory of the neighbour list and per-call arrays per atom; with ``--json`` the last
+line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark evaluation speed (µs/atom) on a configuration")
+    p.add_argument("potential")
+    p.add_argument("configuration", help="file with the configuration (the first one is used)")
+    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--threads", type=int, default=None, help="OpenMP threads (default OMP_NUM_THREADS or 1)")
+    p.add_argument("--magmoms", type=float, default=None, help="moment for data without moments")
+    p.add_argument("--json", action="store_true", help="end with one JSON line")
+    p.set_defaults(func=run)
+
+
+def _timed(fn, repeat: int) -> list[float]:
+    fn()  # warm-up: first-touch allocations, caches
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmtp_hpc.errors import InputError
+    from mmtp_hpc.io.formats import read_configurations
+    from mmtp_hpc.potentials.mtp.engine import MTPEngine
+    from mmtp_hpc.potentials.mtp.mlip_io import load_potential
+
+    if args.repeat < 1:
+        raise InputError(f"--repeat must be >= 1, got {args.repeat}")
+    pot = load_potential(args.potential)
+    cfg = read_configurations(args.configuration, species=pot.species_names)[0]
+    if pot.magnetic and cfg.magmoms is None:
+        if args.magmoms is None:
+            raise InputError(f"{args.configuration}: no magnetic moments; pass --magmoms")
+        cfg.magmoms = np.full(len(cfg), args.magmoms)
+    engine = MTPEngine(pot, num_threads=args.threads)
+    n = len(cfg)
+    nl = engine.neighbor_list(cfg)
+    results = {"n_atoms": n, "neighbors_mean": nl.neighbors_mean, "threads": engine.num_threads,
+               "level": pot.level, "magnetic": pot.magnetic, "n_params": pot.n_params}
+    timings = {
+        "neighbor": _timed(lambda: engine.neighbor_list(cfg), args.repeat),
+        "energy": _timed(lambda: engine.evaluate(cfg, nl=nl, derivatives=False, symmetric=False),
+                         args.repeat),
+        "efs": _timed(lambda: engine.evaluate(cfg, nl=nl, symmetric=False), args.repeat),
+    }
+    if pot.magnetic:
+        timings["symmetric"] = _timed(lambda: engine.evaluate(cfg, nl=nl, symmetric=True), args.repeat)
+    for key, values in timings.items():
+        results[f"{key}_us_per_atom_median"] = 1e6 * statistics.median(values) / n
+        results[f"{key}_us_per_atom_min"] = 1e6 * min(values) / n
+    if not pot.magnetic:
+        results["symmetric_us_per_atom_median"] = results["efs_us_per_atom_median"]
+        results["symmetric_us_per_atom_min"] = results["efs_us_per_atom_min"]
+    nl_bytes = sum(a.nbytes for a in (nl.positions, nl.image_of, nl.shifts, nl.offsets, nl.neighbors))
+    per_call = nl.n_pairs * 4 * 8 + nl.n_total * 4 * 8  # pair derivatives and per-entry outputs
+    results["memory_bytes_per_atom"] = (nl_bytes + per_call) / n
+    results["efs_over_energy"] = results["efs_us_per_atom_median"] / results["energy_us_per_atom_median"]
+    results["symmetric_over_efs"] = results["symmetric_us_per_atom_median"] / results["efs_us_per_atom_median"]
+    results["neighbor_over_efs"] = results["neighbor_us_per_atom_median"] / results["efs_us_per_atom_median"]
+    print(f"mmtp bench: {n} atoms, {results['neighbors_mean']:.1f} neighbours/atom, level {pot.level}"
+          f"{' magnetic' if pot.magnetic else ''}, {engine.num_threads} thread(s), {args.repeat} repeats")
+    print(f"  {'path':<22}{'median µs/atom':>16}{'min µs/atom':>14}")
+    for key, label in (("neighbor", "neighbour list"), ("energy", "energy only"),
+                       ("efs", "E+F+S" + ("+dE/dm" if pot.magnetic else "")),
+                       ("symmetric", "symmetrised E+F+S+dE/dm")):
+        if f"{key}_us_per_atom_median" in results and (key != "symmetric" or pot.magnetic):
+            print(f"  {label:<22}{results[f'{key}_us_per_atom_median']:>16.2f}"
+                  f"{results[f'{key}_us_per_atom_min']:>14.2f}")
+    print(f"  memory: {results['memory_bytes_per_atom']:.0f} bytes/atom (neighbour list and per-call arrays)")
+    if args.json:
+        print(json.dumps(results))
+    return 0
