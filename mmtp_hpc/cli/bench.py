@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     n = len(cfg)
     nl = engine.neighbor_list(cfg)
     results = {"n_atoms": n, "neighbors_mean": nl.neighbors_mean, "threads": engine.num_threads,
+               "energy": engine.evaluate(cfg, nl=nl, symmetric=False)["energy"],
                "level": pot.level, "magnetic": pot.magnetic, "n_params": pot.n_params}
     timings = {
         "neighbor": _timed(lambda: engine.neighbor_list(cfg), args.repeat),
