@@ -14,3 +14,6 @@ def shared_data() -> Path:
     if not DATA.is_dir():
         pytest.fail(f"reference data not found at {DATA} (set MMTP_SHARED_DATA)")
     return DATA
+
+# the magnetic potential of the MD physics tests (a session fixture; see tests/md_potential.py)
+from md_potential import fe_potential  # noqa: E402, F401

@@ -109,3 +109,20 @@ def test_mpi_training_equals_serial(tmp_path, problem):
     parallel = np.load(out)
     # the per-configuration reduction is ordered, so MPI training is bit-identical to serial
     np.testing.assert_array_equal(parallel, serial)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_batched_objective_equals_per_configuration(problem, symmetric):
+    template, configs, _ = problem
+    settings = TrainSettings(magnetic_weight=0.05, seed=2, magnetic_interval="auto")
+    pot, _ = prepare_potential(template, configs[:7], settings, log=lambda m: None)
+    pot.symmetric = symmetric
+    samples = make_samples(pot, configs[:7], settings.weights)
+    theta = pot.get_params() + np.random.default_rng(1).normal(scale=1e-3, size=pot.n_params)
+    fast = Objective(pot, samples, batched=True)(theta)
+    slow = Objective(pot, samples, batched=False)(theta)
+    assert fast.loss == pytest.approx(slow.loss, rel=1e-12)
+    np.testing.assert_allclose(fast.gradient, slow.gradient, rtol=1e-10,
+                               atol=1e-12 * np.abs(slow.gradient).max())
+    for key, value in slow.sums.items():
+        assert fast.sums[key] == pytest.approx(value, rel=1e-12, abs=1e-15)

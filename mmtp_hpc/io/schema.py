@@ -199,3 +199,104 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     return str(obj)
+
+
+# =================================================================== MD: trajectory and checkpoint
+# (owned by the MD driver, mmtp_hpc.dynamics; readers: mmtp_hpc.io.trajectory, .checkpoint)
+
+KIND_TRAJECTORY = "trajectory"
+KIND_CHECKPOINT = "checkpoint"
+
+MD_UNITS: dict[str, str] = {
+    "velocities": "Å/fs",
+    "masses": "amu",
+    "time": "fs",
+    "step": "1",
+    "potential_energy": "eV",
+    "kinetic_energy": "eV",
+    "conserved_energy": "eV",
+    "temperature": "K",
+    "pressure": "GPa",
+    "volume": "Å³",
+    "moment_mean": "μB",
+    "moment_abs_mean": "μB",
+    "magnetization": "μB",
+    "grade": "1",
+    "heat": "eV",
+    "build_positions": "Å",
+    "build_cell": "Å",
+}
+UNITS.update(MD_UNITS)
+
+
+class Trajectory:
+    """Names in a trajectory file (kind ``trajectory``), appendable along the frame axis::
+
+        /                   attrs: header, settings (JSON), species_names (JSON), n_atoms
+        types (N,) int64    ids (N,) int64    masses (N,) amu    pbc (3,) bool
+        /frames/            one row per frame, maxshape (None, …), chunked, gzip
+            step (F,) int64             time (F,) fs              cell (F,3,3) Å
+            potential_energy, kinetic_energy, conserved_energy (F,) eV
+            temperature (F,) K          pressure (F,) GPa         volume (F,) Å³
+            moment_mean, moment_abs_mean (F,) μB   magnetization (F,) μB (|Σ m_i|)
+            grade (F,) 1 (last computed extrapolation grade, NaN if none yet)
+            per atom, as chosen in [output] store:
+            positions (F,N,3) Å   velocities (F,N,3) Å/fs   magmoms (F,N) μB
+            forces (F,N,3) eV/Å   site_energies (F,N) eV    magnetic_gradient (F,N) eV/μB
+            nbh_grades (F,N) 1
+    """
+
+    SPECIES_ATTR = "species_names"
+    N_ATOMS_ATTR = "n_atoms"
+    TYPES = "types"
+    IDS = "ids"
+    MASSES = "masses"
+    PBC = "pbc"
+    FRAMES = "frames"
+    STEP = "step"
+    TIME = "time"
+    CELL = "cell"
+    SCALARS = ("potential_energy", "kinetic_energy", "conserved_energy", "temperature", "pressure",
+               "volume", "moment_mean", "moment_abs_mean", "magnetization", "grade")
+    # per-atom quantities: name -> trailing shape after (frames, atoms)
+    PER_ATOM: dict[str, tuple[int, ...]] = {
+        "positions": (3,), "velocities": (3,), "magmoms": (), "forces": (3,),
+        "site_energies": (), "magnetic_gradient": (), "nbh_grades": (),
+    }
+
+
+class Checkpoint:
+    """Names in a checkpoint (kind ``checkpoint``); everything for a bit-identical restart::
+
+        /                   attrs: header, settings (JSON), step, time (fs), seed, heat (eV),
+                            species_names (JSON), potential (path), potential_sha256,
+                            stop_reason ("" unless the run stopped early)
+        /state/             positions (N,3) Å unwrapped, velocities (N,3) Å/fs, masses (N,) amu,
+                            types, ids (N,) int64, magmoms (N,) μB, cell (3,3) Å, pbc (3,) bool
+        /evaluation/        energy eV (attr), site_energies (N,), forces (N,3), virial (3,3) eV,
+                            magnetic_gradient (N,) — the potential at the stored state
+        /neighbors/         build_positions (N,3) Å, build_cell (3,3) Å: the neighbour list's
+                            build inputs, so the restart rebuilds the identical list
+        /thermostat/, /barostat/   one dataset per named variable (e.g. nhc_xi, nhc_v)
+        /observers/         attrs: counters of the observers (frames written, saved configurations, …)
+    """
+
+    STEP_ATTR = "step"
+    TIME_ATTR = "time"
+    SEED_ATTR = "seed"
+    HEAT_ATTR = "heat"
+    SPECIES_ATTR = "species_names"
+    POTENTIAL_ATTR = "potential"
+    POTENTIAL_SHA_ATTR = "potential_sha256"
+    STOP_REASON_ATTR = "stop_reason"
+    STATE = "state"
+    STATE_ARRAYS = ("positions", "velocities", "masses", "types", "ids", "magmoms", "cell", "pbc")
+    EVALUATION = "evaluation"
+    ENERGY_ATTR = "energy"
+    EVALUATION_ARRAYS = ("site_energies", "forces", "virial", "magnetic_gradient")
+    NEIGHBORS = "neighbors"
+    BUILD_POSITIONS = "build_positions"
+    BUILD_CELL = "build_cell"
+    THERMOSTAT = "thermostat"
+    BAROSTAT = "barostat"
+    OBSERVERS = "observers"

@@ -99,8 +99,11 @@ def make_samples(pot: MTPPotential, configs: list[Configuration], weights: Weigh
 class Objective:
     """L(θ) and ∂L/∂θ summed over all ranks' samples."""
 
-    def __init__(self, pot: MTPPotential, samples: list[Sample], comm=None, num_threads: int | None = None):
+    def __init__(self, pot: MTPPotential, samples: list[Sample], comm=None, num_threads: int | None = None,
+                 batched: bool = True):
         self.pot = pot
+        self.batched = batched
+        self._batch = None
         self.samples = samples
         self.comm = get_comm(comm)
         self.engine = MTPEngine(pot, num_threads=num_threads)
@@ -115,7 +118,15 @@ class Objective:
         P = self.pot.n_params
         width = 1 + len(SUM_KEYS) + (P if gradient else 0)
         rows = {}
-        for s in self.samples:
+        if self.batched and self.samples:
+            if self._batch is None:
+                from mmtp_hpc.training.batch import Batch
+                self._batch = Batch(self.samples, self.pot.magnetic)
+            block = self._batch.rows(self.engine, bool(self.pot.symmetric and self.pot.magnetic), gradient,
+                                     SUM_KEYS)
+            for k, index in enumerate(self._batch.index):
+                rows[int(index)] = block[k]
+        for s in (self.samples if not self.batched else ()):
             loss, grad, sums = self.sample_terms(s, gradient)
             row = np.empty(width)
             row[0] = loss

@@ -569,7 +569,7 @@ def scatter_pairs(const double[:, ::1] pos, const int64_t[::1] offsets, const in
 
 cdef void tangent_atom(Tables* t, Work* w, int nn, int zi, double t_mi, double* t_out,
                        double* grad_radial, double* grad_moment, double* grad_site,
-                       bint want_tangent) noexcept nogil:
+                       bint want_tangent, double site_scale=1.0) noexcept nogil:
     """∂E_i/∂θ (grad_site, radial block of species zi) and, with a tangent, Ė_i and ∂Ė_i/∂θ.
 
     Needs gather, forward (monomials kept in w.monos) and backward (g) done for this atom.
@@ -579,7 +579,7 @@ cdef void tangent_atom(Tables* t, Work* w, int nn, int zi, double t_mi, double* 
     """
     cdef int n, s, mu, k, b, c, q, R = t.R, M = t.M, K = t.K, zj, nm = t.n_mono, p_, d_
     cdef const int* row
-    cdef double gs, fdot, tr, val, val2, gk, hk, G, A, A2, dummy, px, py, pz, r
+    cdef double gs, fdot, tr, val, gk, hk, G, A, px, py, pz, r
     cdef double* q_
     cdef double* dq
     cdef double* mono
@@ -632,32 +632,52 @@ cdef void tangent_atom(Tables* t, Work* w, int nn, int zi, double t_mi, double* 
         memset(w.gxm, 0, K * nm * sizeof(double))     # hm: adjoint of M for Ė, (μ, q) layout
         for s in range(t.n_basic):
             w.gxm[t.basic[4 * s] * nm + t.basic_q[s]] += w.h[s]
-    # radial-coefficient gradients, neighbour by neighbour
+    # radial-coefficient gradients, neighbour by neighbour:
+    # ∂E_i/∂C[zj,μ,k,b,c] ∋ G_μ Q_k X_bc and ∂Ė_i/∂C ∋ Q_k (A_μ X_bc + G_μ Y_bc) + Q'_k G_μ δr X_bc
+    # with X_bc = ψ_b(m_i) ψ_c(m_j), Y_bc = ψ'_b δm_i ψ_c + ψ_b ψ'_c δm_j (contiguous over k, b, c)
+    cdef int MM = M * M, bc
+    cdef double[16] X
+    cdef double[16] Y
+    cdef double[16] U
+    cdef double[16] V
+    cdef double[16] S
+    cdef double* gr
+    cdef double* gsite
+    cdef bint same = grad_site != NULL and grad_site == grad_radial
     for n in range(nn):
         zj = w.z[n]
         mono = w.monos + n * nm
         q_ = w.q + n * R
         dq = w.dq + n * R
         tr = w.tr[n] if want_tangent else 0.0
+        for b in range(M):
+            for c in range(M):
+                X[b * M + c] = w.psii[b] * w.psij[n * M + c]
+                if want_tangent:
+                    Y[b * M + c] = (w.dpsii[b] * t_mi * w.psij[n * M + c]
+                                    + w.psii[b] * w.dpsij[n * M + c] * w.tmj[n])
         for mu in range(K):
-            mmtp_dot2(w.gm + mu * nm, mono, mono, t.mu_len[mu], &G, &dummy)
-            A = 0.0
+            G = mmtp_dot(w.gm + mu * nm, mono, t.mu_len[mu])
+            off = (zj * K + mu) * R * MM
             if want_tangent:
-                mmtp_dot2(w.gxm + mu * nm, mono, mono, t.mu_len[mu], &A, &dummy)
-                mmtp_dot2(w.gm + mu * nm, w.tmono + n * nm, w.tmono + n * nm, t.mu_len[mu], &A2, &dummy)
-                A = A + A2
-            for k in range(R):
-                off = ((zj * K + mu) * R + k) * M * M
-                for b in range(M):
-                    for c in range(M):
-                        val = q_[k] * w.psii[b] * w.psij[n * M + c]
-                        if grad_site != NULL:
-                            grad_site[off + b * M + c] += G * val
-                        if want_tangent:
-                            val2 = (dq[k] * tr * w.psii[b] * w.psij[n * M + c]
-                                    + q_[k] * w.dpsii[b] * t_mi * w.psij[n * M + c]
-                                    + q_[k] * w.psii[b] * w.dpsij[n * M + c] * w.tmj[n])
-                            grad_radial[off + b * M + c] += A * val + G * val2
+                A = (mmtp_dot(w.gxm + mu * nm, mono, t.mu_len[mu])
+                     + mmtp_dot(w.gm + mu * nm, w.tmono + n * nm, t.mu_len[mu]))
+                for bc in range(MM):
+                    U[bc] = A * X[bc] + G * Y[bc]
+                    V[bc] = G * tr * X[bc]
+                    if same:
+                        U[bc] = U[bc] + site_scale * G * X[bc]
+                gr = grad_radial + off
+                for k in range(R):
+                    for bc in range(MM):
+                        gr[k * MM + bc] += q_[k] * U[bc] + dq[k] * V[bc]
+            if grad_site != NULL and not same:
+                for bc in range(MM):
+                    S[bc] = site_scale * G * X[bc]
+                gsite = grad_site + off
+                for k in range(R):
+                    for bc in range(MM):
+                        gsite[k * MM + bc] += q_[k] * S[bc]
 
 
 cdef inline double mono_dot(Work* w, int n, int a, int b, int c, double mono) noexcept nogil:
@@ -679,13 +699,18 @@ def param_terms(dict tab, const double[:, ::1] pos, const int[::1] types, const 
                 const int64_t[::1] offsets, const int64_t[::1] nbrs, Py_ssize_t n_local,
                 double[::1] site_en, double[:, ::1] site_grad, bint want_site_grad,
                 const double[:, ::1] t_pos, const double[::1] t_mag, bint want_tangent,
-                double[::1] t_site, double[:, ::1] t_grad, int num_threads=0):
+                double[::1] t_site, double[:, ::1] t_grad, int num_threads=0,
+                const int64_t[::1] group=None, const double[::1] e_weight=None):
     """Parameter gradients.
 
     ``site_grad`` (n_local, n_params): ∂E_i/∂θ in MLIP-3 order (when ``want_site_grad``).
     With a tangent (``t_pos`` (n_total, 3) already including the strain part, ``t_mag``
-    (n_total,)): ``t_site`` (n_local,) = Ė_i and ``t_grad`` (n_threads_rows, n_params)
-    accumulates ∂Ė_i/∂θ; the caller sums its rows (one row per thread, no races).
+    (n_total,)): ``t_site`` (n_local,) = Ė_i and ``t_grad`` rows accumulate ∂Ė_i/∂θ, one row
+    per thread; the caller sums the rows (no races).
+
+    Grouped mode (``group`` given, single thread): centre i adds into row ``group[i]`` of
+    ``t_grad`` both its tangent gradient and ``e_weight[i]``·∂E_i/∂θ — one row per training
+    configuration, so sums over configurations can be taken in a fixed order.
     """
     cdef Tables t = make_tables(tab)
     cdef int nmax = max_neighbors(offsets)
@@ -697,9 +722,12 @@ def param_terms(dict tab, const double[:, ::1] pos, const int[::1] types, const 
     cdef int block = t.C * t.K * t.R * t.M * t.M
     cdef double* gs
     cdef double* tg
-    cdef double tval, dx, dy, dz
+    cdef double tval, dx, dy, dz, scale
+    cdef bint grouped = group is not None
     if n_local == 0:
         return
+    if grouped:
+        num_threads = 1
     with nogil, parallel(num_threads=num_threads if num_threads > 0 else openmp_threads()):
         w = alloc_work(&t, nmax)
         for i in prange(n_local, schedule="dynamic", chunksize=8):
@@ -708,15 +736,25 @@ def param_terms(dict tab, const double[:, ::1] pos, const int[::1] types, const 
             site_en[i] = forward(&t, w, nn, types[i])
             backward(&t, w)
             gs = NULL
-            if want_site_grad:
+            scale = 1.0
+            tg = NULL
+            if grouped:
+                tg = &t_grad[group[i], 0]
+                scale = e_weight[i]
+                if scale != 0.0:
+                    for k in range(t.n_basis):
+                        tg[n_radial + t.C + k] += scale * w.moments[t.mapping[k]]
+                    tg[n_radial + types[i]] += scale
+                    gs = tg + types[i] * block
+            elif want_site_grad:
                 gs = &site_grad[i, 0]
                 for k in range(t.n_basis):
                     site_grad[i, n_radial + t.C + k] = w.moments[t.mapping[k]]
                 site_grad[i, n_radial + types[i]] = 1.0
                 gs = gs + types[i] * block
-            tg = NULL
             if want_tangent:
-                tg = &t_grad[tid, 0]
+                if not grouped:
+                    tg = &t_grad[tid, 0]
                 for n in range(nn):
                     p = w.pair[n]
                     j = nbrs[p]
@@ -731,10 +769,36 @@ def param_terms(dict tab, const double[:, ::1] pos, const int[::1] types, const 
             tval = 0.0
             tangent_atom(&t, w, nn, types[i], t_mag[i] if want_tangent else 0.0, &tval,
                          tg + types[i] * block if want_tangent else NULL,
-                         tg + n_radial + t.C if want_tangent else NULL, gs, want_tangent)
+                         tg + n_radial + t.C if want_tangent else NULL, gs, want_tangent, scale)
             if want_tangent:
                 t_site[i] = tval
         free_work(w)
+
+
+def scatter_pairs_grouped(const double[:, ::1] pos, const int64_t[::1] offsets, const int64_t[::1] nbrs,
+                          const double[:, ::1] pair_grad, const double[::1] pair_dmj, const double[::1] dmi,
+                          const int64_t[::1] group, double[:, ::1] forces, double[::1] dedm,
+                          double[:, :, ::1] virials):
+    """As :func:`scatter_pairs`, with one virial per group (training configuration) of centres."""
+    cdef Py_ssize_t i, a, b, n_local = offsets.shape[0] - 1
+    cdef int64_t p, j, gi
+    cdef double g[3]
+    cdef double d[3]
+    with nogil:
+        for i in range(n_local):
+            dedm[i] += dmi[i]
+            gi = group[i]
+            for p in range(offsets[i], offsets[i + 1]):
+                j = nbrs[p]
+                for a in range(3):
+                    g[a] = pair_grad[p, a]
+                    d[a] = pos[j, a] - pos[i, a]
+                for a in range(3):
+                    forces[j, a] -= g[a]
+                    forces[i, a] += g[a]
+                    for b in range(3):
+                        virials[gi, a, b] -= g[a] * d[b]
+                dedm[j] += pair_dmj[p]
 
 
 cdef extern from *:

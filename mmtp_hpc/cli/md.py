@@ -1,0 +1,52 @@
+"""``mmtp md INPUT.toml``: molecular dynamics with moment dynamics, grades, trajectory, checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_STOPPED_BY_EXTRAPOLATION = 3
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("md", help="run molecular dynamics (with magnetic moment dynamics) from a TOML input",
+                       description="Runs the MD described by INPUT (TOML; `mmtp md --help-input` lists every "
+                                   "key). Exit status 0 when the run finished, 3 when it stopped because an "
+                                   "extrapolation grade exceeded [extrapolation] break (a checkpoint is "
+                                   "written in both cases), 1 on bad input.")
+    p.add_argument("input", nargs="?", help="input file (.toml)")
+    p.add_argument("--restart", nargs="?", const="", default=None, metavar="CHECKPOINT",
+                   help="continue from a checkpoint (default: the input's [output] checkpoint)")
+    p.add_argument("--steps", type=int, default=None, help="override [md] steps (total step count)")
+    p.add_argument("--quiet", action="store_true", help="no log on standard output")
+    p.add_argument("--help-input", action="store_true", help="print all input sections and keys, then exit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmtp_hpc.dynamics.driver import Simulation
+    from mmtp_hpc.dynamics.settings import describe, load_settings
+    from mmtp_hpc.errors import InputError
+
+    if args.help_input:
+        print(describe())
+        return 0
+    if args.input is None:
+        raise InputError("an input file is required: mmtp md INPUT.toml (see mmtp md --help-input)")
+    settings = load_settings(args.input)
+    if args.steps is not None:
+        if args.steps < 0:
+            raise InputError(f"--steps must be >= 0, got {args.steps}")
+        settings.md.steps = args.steps
+    restart = None
+    if args.restart is not None:
+        restart = args.restart or settings.output.checkpoint
+        if not restart:
+            raise InputError("--restart needs a checkpoint: give one, or set [output] checkpoint")
+        restart = settings.path(restart) if args.restart == "" else restart
+    sim = Simulation.from_settings(settings, restart=restart, stream=None if args.quiet else sys.stdout)
+    reason = sim.run()
+    if reason:
+        print(f"mmtp md: stopped at step {sim.state.step}: {reason}", file=sys.stderr)
+        return EXIT_STOPPED_BY_EXTRAPOLATION
+    return 0

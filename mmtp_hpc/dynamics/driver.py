@@ -1,0 +1,293 @@
+"""The MD driver: a fixed sequence of hooks per step, observers attached with intervals.
+
+One step n → n + 1 of :meth:`Simulation.step` is always, in this order
+(CONVENTIONS item 4; LAMMPS ``Verlet::run`` is the model)::
+
+    1. integrate, first half   thermostat half step (Nosé–Hoover), half kick, barostat,
+                               drift (Langevin: drift/2, O, drift/2)      integrators.py
+    2. exchange / neighbours   refresh ghost positions, or rebuild the list when an atom
+                               may have crossed the skin (MPI: migrate + halo exchange)
+    3. forces                  E, E_i, F, virial, ∂E/∂m at the new positions; with
+                               moments.mode = relax the moments are relaxed first  forcefield.py
+    4. reverse sum             ghost forces and ∂E/∂m folded onto their owners
+    5. integrate, second half  half kick, thermostat (CSVR / Nosé–Hoover half step)
+    6. moment update           langevin or mc moves, every ``moments.every`` steps  moments.py
+    7. observers               each attached with an interval, in order: extrapolation
+                               grades, log, trajectory, checkpoint, user     observers.py
+
+Observers also run at step 0 of a new run (not after a restart: those frames exist).
+Only observers produce output. An observer may :meth:`Simulation.request_stop` (the
+extrapolation monitor does, at γ > break); the run then ends after step 7 and the
+observers' ``close`` writes the final log line, the summary and a checkpoint.
+
+Restart: :meth:`Simulation.from_settings` with ``restart=checkpoint`` restores the state,
+the last evaluation, the neighbour list (rebuilt from its stored build inputs) and the
+thermostat variables; random numbers are counter-based, so the continuation is bit for
+bit the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from mmtp_hpc.dynamics.forcefield import ForceField
+from mmtp_hpc.dynamics.integrators import Integrator
+from mmtp_hpc.dynamics.moments import LangevinMoments, MonteCarloMoments, RelaxMoments
+from mmtp_hpc.dynamics.observers import CallbackObserver, ExtrapolationObserver, Observer
+from mmtp_hpc.dynamics.state import Evaluation, MDState
+from mmtp_hpc.io.checkpoint import CheckpointData, read_checkpoint, write_checkpoint
+
+
+class Simulation:
+    """An MD run: state + force field + integrator + moment dynamics + observers.
+
+    Build one from an input file with :meth:`from_settings`, or by hand::
+
+        ff = ForceField(MTPEngine(pot), skin=1.0)
+        sim = Simulation(state, ff, Integrator(1.0, Langevin(300, 100, Streams(1))), seed=1)
+        sim.attach(lambda s: print(s.state.step, s.thermo()["temperature"]), interval=100)
+        sim.run(1000)
+    """
+
+    def __init__(self, state: MDState, forcefield: ForceField, integrator: Integrator, *,
+                 moments: RelaxMoments | LangevinMoments | MonteCarloMoments | None = None,
+                 moment_every: int = 1, seed: int = 0, settings=None, potential_path: str | None = None):
+        self.state = state
+        self.forcefield = forcefield
+        self.integrator = integrator
+        self.moments = moments
+        self.moment_every = int(moment_every)
+        self.seed = int(seed)
+        self.settings = settings
+        self.potential_path = potential_path
+        self.observers: list[tuple[Observer, int]] = []
+        self.evaluation: Evaluation | None = None
+        self.stop_reason = ""
+        self.aborted = False
+        self.last_grade = math.nan
+        self.restarted = False
+        self.start_step = state.step
+        self.target_step = state.step
+        self._initialized = False
+        self._wall = 0.0
+        self._steps_done = 0
+        self._extrapolation = None
+        integrator.setup(state)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_settings(cls, settings, restart: str | Path | None = None, stream: TextIO | None = sys.stdout,
+                      ) -> Simulation:
+        """Everything an input file describes: system, potential, integrator, moments, observers.
+
+        ``restart``: a checkpoint to continue from (the state comes from it; the settings
+        from the input, differences are reported on ``stream``).
+        """
+        from mmtp_hpc.dynamics import setup
+
+        return setup.build_simulation(settings, restart=restart, stream=stream)
+
+    def attach(self, observer: Observer | object, interval: int = 1) -> Observer:
+        """Call ``observer`` (an :class:`Observer` or a function of the simulation) every
+        ``interval`` steps; returns the observer."""
+        if not isinstance(observer, Observer):
+            observer = CallbackObserver(observer)
+        if int(interval) < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+        self.observers.append((observer, int(interval)))
+        self.observers.sort(key=lambda item: item[0].order)
+        if isinstance(observer, ExtrapolationObserver):
+            self._extrapolation = observer
+        return observer
+
+    # ------------------------------------------------------------------ running
+    def initialize(self) -> None:
+        """Neighbour list and forces at the starting state, observers at step 0 (new runs)."""
+        if self._initialized:
+            return
+        s = self.state
+        if self.evaluation is None:
+            self.forcefield.build(s.positions, s.cell, s.pbc, s.types)
+            self.evaluation = self._forces()
+        self._initialized = True
+        if not self.restarted:
+            for observer, _ in self.observers:
+                if observer.call_at_start:
+                    observer(self)
+
+    def run(self, steps: int | None = None) -> str:
+        """Run until step ``steps`` (total count; default: the target set up from the input)
+        or until an observer requests a stop. Returns the stop reason ("" if none)."""
+        if steps is not None:
+            self.target_step = int(steps)
+        self.initialize()
+        t0 = time.perf_counter()
+        try:
+            while self.state.step < self.target_step and not self.stop_reason:
+                self.step()
+        except BaseException:
+            # interrupted inside a step: the state is not consistent, so no final checkpoint
+            # (the last one stands); buffered trajectory frames (complete steps) are written
+            self.aborted = True
+            raise
+        finally:
+            self._wall += time.perf_counter() - t0
+            for observer, _ in self.observers:
+                observer.close(self)
+        return self.stop_reason
+
+    def step(self) -> None:
+        """One MD step: the hook sequence of the module docstring."""
+        s = self.state
+        s.step += 1
+        s.time_fs += self.integrator.dt
+        self.integrator.first_half(s, self.evaluation)              # 1
+        self.forcefield.update(s)                                     # 2
+        self.evaluation = self._forces()                              # 3 + 4 (ForceField folds ghosts)
+        self.integrator.second_half(s, self.evaluation)             # 5
+        if self.moments is not None and s.step % self.moment_every == 0:   # 6
+            if isinstance(self.moments, LangevinMoments):
+                self.moments.update(s, self.evaluation)
+            elif isinstance(self.moments, MonteCarloMoments):
+                self.moments.update(self.forcefield, s, self.evaluation)
+        self._steps_done += 1
+        for observer, interval in self.observers:                     # 7
+            if s.step % interval == 0:
+                observer(self)
+
+    def _forces(self) -> Evaluation:
+        if isinstance(self.moments, RelaxMoments) and self.state.step % self.moment_every == 0:
+            return self.moments.relax(self.forcefield, self.state)
+        return self.forcefield.evaluate(self.state)
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after the current step's observers (the run ends cleanly, with a checkpoint)."""
+        if not self.stop_reason:
+            self.stop_reason = reason
+
+    # ------------------------------------------------------------------ measurements
+    def thermo(self) -> dict[str, float]:
+        """Scalars of the current state: energies (eV), T (K), P (GPa), V (Å³), moments (μB), grade."""
+        s, ev = self.state, self.evaluation
+        kinetic = s.kinetic_energy()
+        m = s.magmoms
+        return {
+            "potential_energy": ev.energy,
+            "kinetic_energy": kinetic,
+            "conserved_energy": self.integrator.conserved_energy(s, ev.energy),
+            "temperature": self.integrator.temperature(s),
+            "pressure": float(np.trace(s.pressure_tensor(ev.virial))) / 3.0 if s.pbc.all() else math.nan,
+            "volume": s.volume if s.pbc.all() else math.nan,
+            "moment_mean": float(m.mean()) if len(m) else 0.0,
+            "moment_abs_mean": float(np.abs(m).mean()) if len(m) else 0.0,
+            "magnetization": float(abs(m.sum())),
+            "grade": self.last_grade,
+        }
+
+    def nbh_grades(self) -> np.ndarray | None:
+        obs = self._extrapolation
+        return None if obs is None else obs.last_nbh_grades
+
+    # ------------------------------------------------------------------ checkpoints
+    def settings_dict(self) -> dict:
+        return {} if self.settings is None else self.settings.to_dict()
+
+    def checkpoint_data(self) -> CheckpointData:
+        s, ev, nl = self.state, self.evaluation, self.forcefield.nl
+        sha = ""
+        if self.potential_path and Path(self.potential_path).is_file():
+            sha = hashlib.sha256(Path(self.potential_path).read_bytes()).hexdigest()
+        return CheckpointData(
+            step=s.step, time=s.time_fs, seed=self.seed, heat=s.heat, species=s.species,
+            state={"positions": s.positions, "velocities": s.velocities, "masses": s.masses, "types": s.types,
+                   "ids": s.ids, "magmoms": s.magmoms, "cell": s.cell, "pbc": s.pbc},
+            energy=ev.energy,
+            evaluation={"site_energies": ev.site_energies, "forces": ev.forces, "virial": ev.virial,
+                        "magnetic_gradient": ev.magnetic_gradient},
+            build_positions=nl.reference_positions, build_cell=self.forcefield.build_cell,
+            thermostat=dict(s.thermostat), barostat=dict(s.barostat),
+            observers={obs.name: obs.state_dict() for obs, _ in self.observers if obs.state_dict()},
+            settings=self.settings_dict(), potential=str(self.potential_path or ""), potential_sha256=sha,
+            stop_reason=self.stop_reason)
+
+    def write_checkpoint(self, path: str | Path) -> None:
+        """Flush buffered output, then write the checkpoint atomically."""
+        for observer, _ in self.observers:
+            flush = getattr(observer, "flush", None)
+            if flush is not None:
+                flush()
+        write_checkpoint(path, self.checkpoint_data())
+
+    def restore(self, data: CheckpointData) -> None:
+        """Continue from checkpoint ``data``: state, evaluation, neighbour list, counters."""
+        s = self.state
+        for name in ("positions", "velocities", "masses", "magmoms", "cell"):
+            setattr(s, name, np.array(data.state[name], dtype=np.float64))
+        s.types = np.array(data.state["types"], dtype=np.int64)
+        s.ids = np.array(data.state["ids"], dtype=np.int64)
+        s.pbc = np.array(data.state["pbc"], dtype=bool)
+        s.species = list(data.species)
+        s.step, s.time_fs, s.heat = data.step, data.time, data.heat
+        s.thermostat = {k: np.array(v) for k, v in data.thermostat.items()}
+        s.barostat = {k: np.array(v) for k, v in data.barostat.items()}
+        self.integrator.setup(s)
+        self.forcefield.restore(np.array(data.build_positions), np.array(data.build_cell), s)
+        names = ("site_energies", "forces", "virial", "magnetic_gradient")
+        self.evaluation = Evaluation(data.energy, *(np.array(data.evaluation[k]) for k in names))
+        for observer, _ in self.observers:
+            if observer.name in data.observers:
+                observer.load_state_dict(data.observers[observer.name])
+        self.restarted = True
+        self.start_step = s.step
+        self._initialized = True
+
+    @staticmethod
+    def read_checkpoint(path: str | Path) -> CheckpointData:
+        return read_checkpoint(path)
+
+    # ------------------------------------------------------------------ summary
+    def summary_lines(self, samples: dict[str, list[float]]) -> list[str]:
+        s = self.state
+        steps = self._steps_done
+        rate = steps / self._wall if self._wall > 0 else math.nan
+        per_atom = 1e6 * self._wall / max(steps * s.n_atoms, 1)
+        lines = ["", f"mmtp md summary: {steps} steps (step {self.start_step} → {s.step}, "
+                 f"{s.time_fs / 1000.0:.3f} ps) in {self._wall:.2f} s: {rate:.1f} steps/s, "
+                 f"{per_atom:.2f} µs/atom/step, {s.n_atoms} atoms"]
+        if samples.get("T"):
+            lines.append(f"  logged averages: T = {np.mean(samples['T']):.1f} K, "
+                         f"P = {np.mean(samples['P']):.3f} GPa, "
+                         f"E_pot = {np.mean(samples['Epot']):.5f} eV/atom, "
+                         f"<m> = {np.mean(samples['m']):.3f} μB ({len(samples['T'])} log lines)")
+        ff = self.forcefield
+        lines.append(f"  neighbour list: {ff.rebuilds} builds, skin {ff.skin:g} Å; "
+                     f"{ff.evaluations} force evaluations")
+        m = self.moments
+        if isinstance(m, RelaxMoments):
+            lines.append(f"  moments relaxed {m.relaxations} times, {m.evaluations} evaluations, "
+                         f"{m.unconverged} not converged to {m.tol:g} eV/μB")
+        elif isinstance(m, MonteCarloMoments) and m.tried:
+            lines.append(f"  moment MC: {m.accepted}/{m.tried} moves accepted "
+                         f"({100.0 * m.accepted / m.tried:.1f} %)")
+        if self._extrapolation is not None:
+            ex = self._extrapolation
+            lines.append(f"  extrapolation: {ex.evaluated} grades, max {ex.max_grade:.4g}, "
+                         f"{ex.saved} configurations saved to {ex.save_to}")
+        for observer, _ in self.observers:
+            path = getattr(observer, "path", None)
+            if observer.name == "trajectory":
+                lines.append(f"  trajectory: {path} ({observer.frames} frames)")
+            elif observer.name == "checkpoint":
+                lines.append(f"  checkpoint: {path} (step {s.step})")
+        if self.stop_reason:
+            lines.append(f"  STOPPED EARLY: {self.stop_reason}")
+        if self.aborted:
+            lines.append(f"  ABORTED during step {s.step}; restart from the last checkpoint")
+        return lines

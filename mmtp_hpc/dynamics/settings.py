@@ -1,0 +1,510 @@
+"""MD input settings: dataclasses loaded from TOML and validated with clear messages.
+
+This module's single job is turning an ``mmtp md`` input file into validated
+:class:`RunSettings` (CONVENTIONS item 7). Every key is declared once, in the dataclasses
+below, with its type, default, allowed values and a one-line description; the same
+declarations drive validation, ``mmtp md --help-input`` and :meth:`RunSettings.to_dict`
+(the resolved settings echoed into logs and HDF5 files).
+
+Errors name the file, the line, the key, what was expected and what was found; an
+unknown or mistyped key names the allowed keys of its section (and the closest match).
+Relative paths are relative to the directory of the input file.
+
+Sections and keys (defaults in brackets; ``mmtp md --help-input`` prints this table from
+the declarations)::
+
+    [system]       structure | lattice, a, repeat, species, magmoms, composition, jitter
+    [potential]    file, symmetrize, threads
+    [md]           steps, timestep_fs, ensemble, temperature_K, initial_temperature_K,
+                   pressure_GPa, thermostat, damping_fs, nh_chain, barostat,
+                   barostat_damping_fs, compressibility_per_GPa, seed, velocities, skin
+    [moments]      mode, every, relax_tol, relax_max_iter, gamma, mc_sweeps,
+                   mc_flip_fraction, mc_max_change, bounds
+    [extrapolation] every, mode, select, break, save_to
+    [output]       trajectory, every, store, checkpoint, checkpoint_every, log, log_every
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmtp_hpc.errors import InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+# --------------------------------------------------------------------------- declarations
+def _key(default: Any, doc: str, check: Callable[[Any], Any] | None = None, **extra: Any) -> Any:
+    """Declare a settings key: default, one-line doc and a checker returning the normalised value."""
+    meta = {"doc": doc, "check": check, **extra}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class _Bad(ValueError):
+    """Raised by checkers; the loader adds file, line and key."""
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _number(value: Any, what: str = "a number") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Bad(f"expected {what}, got {_type_name(value)} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise _Bad(f"expected a finite number, got {value}")
+    return value
+
+
+def real(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+         optional: bool = False) -> Callable[[Any], Any]:
+    def check(value: Any) -> float | None:
+        if value is None and optional:
+            return None
+        x = _number(value)
+        if lo is not None and (x < lo or (lo_open and x == lo)):
+            raise _Bad(f"expected a number {'>' if lo_open else '>='} {lo:g}, got {x:g}")
+        if hi is not None and x > hi:
+            raise _Bad(f"expected a number <= {hi:g}, got {x:g}")
+        return x
+    return check
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Bad(f"expected an integer, got {_type_name(value)} {value!r}")
+        if lo is not None and value < lo:
+            raise _Bad(f"expected an integer >= {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise _Bad(f"expected an integer <= {hi}, got {value}")
+        return int(value)
+    return check
+
+
+def choice(*options: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise _Bad(f"expected one of {', '.join(map(repr, options))}, got {_type_name(value)} {value!r}")
+        v = value.lower()
+        if v not in options:
+            hint = difflib.get_close_matches(v, options, n=1)
+            raise _Bad(f"expected one of {', '.join(map(repr, options))}, got {value!r}"
+                       + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        return v
+    return check
+
+
+def boolean(optional: bool = False) -> Callable[[Any], bool | None]:
+    def check(value: Any) -> bool | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, bool):
+            raise _Bad(f"expected true or false, got {_type_name(value)} {value!r}")
+        return value
+    return check
+
+
+def text(optional: bool = True) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            raise _Bad(f"expected a string, got {_type_name(value)} {value!r}")
+        return value
+    return check
+
+
+def _repeat(value: Any) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value] * 3
+    if not (isinstance(value, list) and len(value) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise _Bad(f"expected an integer or three integers, got {value!r}")
+    if min(value) < 1:
+        raise _Bad(f"expected repeats >= 1, got {value}")
+    return [int(v) for v in value]
+
+
+def _species(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+        raise _Bad(f"expected a list of chemical symbols such as [\"Fe\", \"Al\"], got {value!r}")
+    from ase.data import atomic_numbers
+    for s in value:
+        if s not in atomic_numbers:
+            raise _Bad(f"{s!r} is not a chemical symbol")
+    if len(set(value)) != len(value):
+        raise _Bad(f"species must be distinct, got {value}")
+    return list(value)
+
+
+def _magmoms(value: Any) -> float | list[float] | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [_number(v, "a moment in μB") for v in value]
+    return _number(value, "a moment in μB (one number, or one per species)")
+
+
+def _composition(value: Any) -> dict[str, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise _Bad(f"expected a table of species fractions such as {{Fe = 0.75, Al = 0.25}}, got {value!r}")
+    out = {str(k): _number(v, "a fraction") for k, v in value.items()}
+    if any(v < 0 for v in out.values()):
+        raise _Bad(f"fractions must be >= 0, got {out}")
+    total = sum(out.values())
+    if abs(total - 1.0) > 1e-6:
+        raise _Bad(f"fractions must add up to 1, they add up to {total:g}")
+    return out
+
+
+def _pressure(value: Any) -> float | list[float]:
+    if isinstance(value, list):
+        if len(value) != 3:
+            raise _Bad(f"expected one pressure or three (xx, yy, zz), got {len(value)} values")
+        return [_number(v, "a pressure in GPa") for v in value]
+    return _number(value, "a pressure in GPa (one number, or three for an anisotropic barostat)")
+
+
+def _bounds(value: Any) -> list[float] | list[list[float]] | None:
+    if value is None:
+        return None
+    if isinstance(value, list) and len(value) == 2 and not any(isinstance(v, list) for v in value):
+        lo, hi = (_number(v, "a moment in μB") for v in value)
+        if not lo < hi:
+            raise _Bad(f"expected [min, max] with min < max, got {value}")
+        return [lo, hi]
+    if isinstance(value, list) and value and all(isinstance(v, list) and len(v) == 2 for v in value):
+        pairs = [[_number(a), _number(b)] for a, b in value]
+        if any(not lo < hi for lo, hi in pairs):
+            raise _Bad(f"every [min, max] needs min < max, got {value}")
+        return pairs
+    raise _Bad(f"expected [min, max] in μB, or one [min, max] per species, got {value!r}")
+
+
+TRAJECTORY_QUANTITIES = ("positions", "velocities", "magmoms", "forces", "site_energies",
+                         "magnetic_gradient", "nbh_grades")
+
+
+def _store(value: Any) -> list[str]:
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise _Bad(f"expected a list of names from {list(TRAJECTORY_QUANTITIES)}, got {value!r}")
+    for v in value:
+        if v not in TRAJECTORY_QUANTITIES:
+            hint = difflib.get_close_matches(v, TRAJECTORY_QUANTITIES, n=1)
+            raise _Bad(f"unknown quantity {v!r}; allowed: {', '.join(TRAJECTORY_QUANTITIES)}"
+                       + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    return list(dict.fromkeys(value))
+
+
+def _path_with(*suffixes: str, optional: bool = True) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value is None or value == "":
+            if optional:
+                return None
+            raise _Bad("a file name is required")
+        if not isinstance(value, str):
+            raise _Bad(f"expected a file name, got {_type_name(value)} {value!r}")
+        if suffixes and Path(value).suffix.lower() not in suffixes:
+            raise _Bad(f"expected a file name ending in {' or '.join(suffixes)}, got {value!r}")
+        return value
+    return check
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass
+class SystemSettings:
+    """The atoms: a structure file or a generated lattice."""
+
+    structure: str | None = _key(None, "structure file (.cfg, extended XYZ, .h5, POSCAR, …); "
+                                 "or give lattice", text())
+    structure_index: int = _key(0, "which configuration of the structure file (0 = first)", integer(0))
+    lattice: str | None = _key(None, "generated lattice: bcc, fcc, b2, sc, l12",
+                               lambda v: None if v is None else choice("bcc", "fcc", "b2", "sc", "l12")(v))
+    a: float | None = _key(None, "lattice parameter (Å) of the generated lattice",
+                           real(0.0, lo_open=True, optional=True))
+    repeat: list[int] = _key([1, 1, 1], "repeats of the conventional cell (one integer or three)", _repeat)
+    species: list[str] | None = _key(None, "chemical symbols of potential types 0, 1, … (default: "
+                                     "the potential's species names)", _species)
+    magmoms: float | list[float] | None = _key(None, "initial moments (μB): one value, or one per species; "
+                                               "default: the structure file's", _magmoms)
+    composition: dict[str, float] | None = _key(None, "random substitution on all sites, e.g. "
+                                                "{Fe = 0.75, Al = 0.25} (seeded by md.seed)", _composition)
+    jitter: float = _key(0.0, "Gaussian displacement (Å) added to the generated lattice", real(0.0))
+
+
+@dataclass
+class PotentialSettings:
+    file: str | None = _key(None, "potential file (.mtp, .almtp, .mtpr, .h5); required", text())
+    symmetrize: bool | None = _key(None, "spin-symmetrised energy ½[E(M)+E(−M)] (default: the "
+                                   "potential's flag)", boolean(optional=True))
+    threads: int = _key(0, "OpenMP threads for the kernels (0: OMP_NUM_THREADS or 1)", integer(0))
+
+
+@dataclass
+class MDSettings:
+    steps: int = _key(1000, "total number of steps of the run (a restart continues up to this step)",
+                      integer(0))
+    timestep_fs: float = _key(1.0, "time step (fs)", real(0.0, 20.0, lo_open=True))
+    ensemble: str = _key("nvt", "nve, nvt or npt", choice("nve", "nvt", "npt"))
+    temperature_K: float = _key(300.0, "target temperature (K) of thermostat and moment dynamics", real(0.0))
+    initial_temperature_K: float | None = _key(None, "temperature of the initial Maxwell–Boltzmann "
+                                               "velocities (default: temperature_K)",
+                                               real(0.0, optional=True))
+    pressure_GPa: float | list[float] = _key(0.0, "target pressure (GPa, positive = compression); three "
+                                             "values (xx, yy, zz) with barostat = anisotropic", _pressure)
+    thermostat: str = _key("langevin", "langevin (BAOAB), csvr (Bussi) or nose-hoover (chain)",
+                           choice("langevin", "csvr", "nose-hoover"))
+    damping_fs: float = _key(100.0, "thermostat time constant (fs)", real(0.0, lo_open=True))
+    nh_chain: int = _key(3, "Nosé–Hoover chain length", integer(1, 10))
+    barostat: str = _key("isotropic", "stochastic cell rescaling: isotropic or anisotropic (x, y, z apart)",
+                         choice("isotropic", "anisotropic"))
+    barostat_damping_fs: float = _key(1000.0, "barostat time constant (fs)", real(0.0, lo_open=True))
+    compressibility_per_GPa: float = _key(0.006, "isothermal compressibility (1/GPa) used by the barostat",
+                                          real(0.0, lo_open=True))
+    seed: int = _key(12345, "seed of all random streams", integer(0, 2 ** 63 - 1))
+    velocities: str = _key("maxwell", "initial velocities: maxwell (scaled to initial_temperature_K "
+                           "exactly, no drift) or zero", choice("maxwell", "zero"))
+    skin: float = _key(1.0, "neighbour-list skin (Å); lists are rebuilt when an atom moved > skin/2",
+                       real(0.0))
+
+
+@dataclass
+class MomentSettings:
+    mode: str = _key("fixed", "fixed, relax (minimise E over m), langevin (overdamped longitudinal) or mc",
+                     choice("fixed", "relax", "langevin", "mc"))
+    every: int = _key(1, "update moments every this many steps", integer(1))
+    relax_tol: float = _key(1e-4, "relax: convergence on max |∂E/∂m| (eV/μB)", real(0.0, lo_open=True))
+    relax_max_iter: int = _key(200, "relax: iterations per relaxation", integer(1))
+    gamma: float = _key(0.01, "langevin: mobility Γ (μB²/(eV·fs)); Δt = every × timestep_fs",
+                        real(0.0, lo_open=True))
+    mc_sweeps: int = _key(1, "mc: trial moves per atom per update", integer(1))
+    mc_flip_fraction: float = _key(0.5, "mc: fraction of trial moves that are flips m → −m", real(0.0, 1.0))
+    mc_max_change: float = _key(0.3, "mc: largest magnitude change of a trial move (μB)",
+                                real(0.0, lo_open=True))
+    bounds: list | None = _key(None, "[min, max] μB (or one pair per species) for relax, langevin and mc "
+                               "(default: the potential's magnetic interval)", _bounds)
+
+
+@dataclass
+class ExtrapolationSettings:
+    every: int = _key(0, "compute extrapolation grades every this many steps (0: never)", integer(0))
+    mode: str = _key("auto", "cfg (per configuration), nbh (per neighbourhood) or auto (as the active "
+                     "set was built)", choice("auto", "cfg", "nbh"))
+    select: float = _key(2.0, "save configurations with grade > select", real(0.0))
+    break_: float = _key(10.0, "stop the run (with a checkpoint) at grade > break", real(0.0),
+                         toml_name="break")
+    save_to: str | None = _key("extrapolative.cfg", "where saved configurations go (.cfg or .h5)",
+                               _path_with(".cfg", ".h5", ".hdf5"))
+
+
+@dataclass
+class OutputSettings:
+    trajectory: str | None = _key("trajectory.h5", "HDF5 trajectory (\"\" for none)",
+                                  _path_with(".h5", ".hdf5"))
+    every: int = _key(100, "trajectory frame interval (steps)", integer(1))
+    store: list[str] = _key(["positions", "velocities", "magmoms", "site_energies"],
+                            f"per-atom data in frames, from {list(TRAJECTORY_QUANTITIES)}", _store)
+    checkpoint: str | None = _key("checkpoint.h5", "checkpoint file, written atomically (\"\" for none)",
+                                  _path_with(".h5", ".hdf5"))
+    checkpoint_every: int = _key(1000, "checkpoint interval (steps); one is always written at the end",
+                                 integer(1))
+    log: str | None = _key(None, "log file (the log also goes to standard output)", text())
+    log_every: int = _key(100, "log interval (steps)", integer(1))
+
+
+SECTIONS: dict[str, type] = {
+    "system": SystemSettings,
+    "potential": PotentialSettings,
+    "md": MDSettings,
+    "moments": MomentSettings,
+    "extrapolation": ExtrapolationSettings,
+    "output": OutputSettings,
+}
+
+
+@dataclass
+class RunSettings:
+    """All settings of one MD run; ``source`` is the input file, ``base_dir`` resolves paths."""
+
+    system: SystemSettings = field(default_factory=SystemSettings)
+    potential: PotentialSettings = field(default_factory=PotentialSettings)
+    md: MDSettings = field(default_factory=MDSettings)
+    moments: MomentSettings = field(default_factory=MomentSettings)
+    extrapolation: ExtrapolationSettings = field(default_factory=ExtrapolationSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+    source: str | None = None
+    base_dir: str = "."
+
+    def path(self, value: str | None) -> Path | None:
+        """A path from the input resolved against the input file's directory."""
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def to_dict(self) -> dict:
+        """Resolved settings as a TOML-shaped dict (key names as written in the input)."""
+        out: dict[str, dict] = {}
+        for name in SECTIONS:
+            section = getattr(self, name)
+            out[name] = {_toml_name(f): getattr(section, f.name) for f in dataclasses.fields(section)}
+        return out
+
+    @property
+    def initial_temperature(self) -> float:
+        t = self.md.initial_temperature_K
+        return self.md.temperature_K if t is None else t
+
+
+def _toml_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("toml_name", f.name)
+
+
+# --------------------------------------------------------------------------- loading
+def load_settings(path: str | Path) -> RunSettings:
+    """Read and validate an ``mmtp md`` input file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("input file not found", path=str(path))
+    raw = path.read_bytes()
+    try:
+        text_ = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text: {exc}", path=str(path)) from None
+    try:
+        data = tomllib.loads(text_)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise InputError(f"TOML syntax error: {exc}", path=str(path),
+                         line=int(m.group(1)) if m else None) from None
+    return settings_from_dict(data, source=str(path), base_dir=str(path.parent), text=text_)
+
+
+def settings_from_dict(data: dict, source: str | None = None, base_dir: str = ".",
+                       text: str | None = None) -> RunSettings:
+    """Validate a TOML-shaped dict (``{"md": {"steps": 10}, ...}``) into :class:`RunSettings`."""
+    where = source or "<settings>"
+
+    def fail(message: str, section: str | None = None, key: str | None = None) -> InputError:
+        line = _find_line(text, section, key) if text is not None else None
+        name = None if section is None else (section if key is None else f"{section}.{key}")
+        return InputError(message, path=where, line=line, field=name)
+
+    if not isinstance(data, dict):
+        raise fail("expected a table of sections")
+    for name in data:
+        if name not in SECTIONS:
+            hint = difflib.get_close_matches(name, list(SECTIONS), n=1)
+            raise fail(f"unknown section [{name}]; allowed sections: "
+                       f"{', '.join('[' + s + ']' for s in SECTIONS)}"
+                       + (f" (did you mean [{hint[0]}]?)" if hint else ""), name)
+    out = RunSettings(source=source, base_dir=base_dir)
+    for name, cls in SECTIONS.items():
+        values = data.get(name, {})
+        if not isinstance(values, dict):
+            raise fail(f"[{name}] must be a table, got {_type_name(values)}", name)
+        fields = {_toml_name(f): f for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in fields:
+                hint = difflib.get_close_matches(key, list(fields), n=1)
+                raise fail(f"unknown key {key!r}; allowed keys in [{name}]: {', '.join(fields)}"
+                           + (f" (did you mean {hint[0]!r}?)" if hint else ""), name, key)
+        kwargs = {}
+        for key, f in fields.items():
+            if key in values:
+                try:
+                    kwargs[f.name] = f.metadata["check"](values[key])
+                except _Bad as exc:
+                    raise fail(str(exc), name, key) from None
+        setattr(out, name, cls(**kwargs))
+    _cross_check(out, fail)
+    return out
+
+
+def _cross_check(s: RunSettings, fail: Callable[..., InputError]) -> None:
+    """Checks that involve more than one key."""
+    sy = s.system
+    if (sy.structure is None) == (sy.lattice is None):
+        raise fail("give either structure = \"file\" or lattice = \"bcc\"/\"fcc\"/\"b2\"/… (exactly one)",
+                   "system", "structure" if sy.structure is not None else None)
+    if sy.lattice is not None and sy.a is None:
+        raise fail("a generated lattice needs the lattice parameter a (Å)", "system", "lattice")
+    if sy.structure is not None:
+        if sy.a is not None:
+            raise fail("a is only used with lattice = …, not with a structure file", "system", "a")
+        if sy.jitter != 0.0:
+            raise fail("jitter is only used with lattice = …", "system", "jitter")
+    if sy.composition is not None and sy.species is not None:
+        unknown = sorted(set(sy.composition) - set(sy.species))
+        if unknown:
+            raise fail(f"composition names {unknown}, which are not in species {sy.species}",
+                       "system", "composition")
+    if isinstance(sy.magmoms, list) and sy.species is not None and len(sy.magmoms) != len(sy.species):
+        raise fail(f"{len(sy.magmoms)} moments for {len(sy.species)} species {sy.species}",
+                   "system", "magmoms")
+    if s.potential.file is None:
+        raise fail("the potential file is required: [potential] file = \"pot.mtp\"", "potential", "file")
+    md = s.md
+    if md.ensemble == "npt":
+        if md.barostat == "isotropic" and isinstance(md.pressure_GPa, list):
+            raise fail("three pressures need barostat = \"anisotropic\"", "md", "pressure_GPa")
+    ex = s.extrapolation
+    if ex.every > 0:
+        if not ex.select < ex.break_:
+            raise fail(f"select ({ex.select:g}) must be smaller than break ({ex.break_:g})",
+                       "extrapolation", "select")
+        if ex.save_to is None:
+            raise fail("save_to is needed to keep the extrapolative configurations", "extrapolation",
+                       "save_to")
+
+
+def _find_line(text: str | None, section: str | None, key: str | None) -> int | None:
+    """Line (1-based) of ``key = …`` inside ``[section]`` (or of the section header)."""
+    if text is None or section is None:
+        return None
+    current = None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        m = re.match(r"^\[\s*([A-Za-z0-9_.-]+)\s*\]", stripped)
+        if m:
+            current = m.group(1)
+            if key is None and current == section:
+                return lineno
+            continue
+        if current == section and key is not None:
+            if re.match(rf"^[\"']?{re.escape(key)}[\"']?\s*=", stripped):
+                return lineno
+    return None
+
+
+def describe() -> str:
+    """The input format as text: every section and key with default and description."""
+    lines = ["mmtp md input (TOML). Paths are relative to the input file.", ""]
+    for name, cls in SECTIONS.items():
+        lines.append(f"[{name}]")
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            shown = "(none)" if default is None else repr(default).replace("'", '"')
+            lines.append(f"  {_toml_name(f):<24} = {shown:<22} # {f.metadata['doc']}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""MD checkpoints: everything for a bit-identical restart, written atomically.
+
+Layout and names: :class:`mmtp_hpc.io.schema.Checkpoint`. The file is written beside
+the target and renamed over it (:func:`mmtp_hpc.io.atomic.atomic_path`), so a run killed
+while writing leaves the previous checkpoint intact. All floats are float64 and stored
+exactly. This module knows the file; :mod:`mmtp_hpc.dynamics.driver` maps its state to
+and from :class:`CheckpointData`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from mmtp_hpc.errors import InputError
+from mmtp_hpc.io import schema
+from mmtp_hpc.io.atomic import atomic_path
+from mmtp_hpc.io.schema import Checkpoint as C
+
+
+@dataclass
+class CheckpointData:
+    step: int
+    time: float
+    seed: int
+    heat: float
+    species: list[str]
+    state: dict[str, np.ndarray]             # Checkpoint.STATE_ARRAYS
+    energy: float
+    evaluation: dict[str, np.ndarray]        # Checkpoint.EVALUATION_ARRAYS
+    build_positions: np.ndarray
+    build_cell: np.ndarray
+    thermostat: dict[str, np.ndarray] = field(default_factory=dict)
+    barostat: dict[str, np.ndarray] = field(default_factory=dict)
+    observers: dict[str, Any] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    potential: str = ""
+    potential_sha256: str = ""
+    stop_reason: str = ""
+
+
+def write_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        schema.write_header(f, schema.KIND_CHECKPOINT, data.settings)
+        f.attrs[C.STEP_ATTR] = int(data.step)
+        f.attrs[C.TIME_ATTR] = float(data.time)
+        f.attrs[C.SEED_ATTR] = int(data.seed)
+        f.attrs[C.HEAT_ATTR] = float(data.heat)
+        f.attrs[C.SPECIES_ATTR] = json.dumps(list(data.species))
+        f.attrs[C.POTENTIAL_ATTR] = data.potential
+        f.attrs[C.POTENTIAL_SHA_ATTR] = data.potential_sha256
+        f.attrs[C.STOP_REASON_ATTR] = data.stop_reason
+        g = f.create_group(C.STATE)
+        for name in C.STATE_ARRAYS:
+            schema.set_units(g.create_dataset(name, data=np.asarray(data.state[name])), name)
+        g = f.create_group(C.EVALUATION)
+        g.attrs[C.ENERGY_ATTR] = float(data.energy)
+        for name in C.EVALUATION_ARRAYS:
+            schema.set_units(g.create_dataset(name, data=np.asarray(data.evaluation[name])), name)
+        g = f.create_group(C.NEIGHBORS)
+        schema.set_units(g.create_dataset(C.BUILD_POSITIONS, data=data.build_positions), C.BUILD_POSITIONS)
+        schema.set_units(g.create_dataset(C.BUILD_CELL, data=data.build_cell), C.BUILD_CELL)
+        for group, values in ((C.THERMOSTAT, data.thermostat), (C.BAROSTAT, data.barostat)):
+            g = f.create_group(group)
+            for name, value in values.items():
+                g.create_dataset(name, data=np.asarray(value))
+        g = f.create_group(C.OBSERVERS)
+        for name, value in data.observers.items():
+            g.attrs[name] = json.dumps(value)
+
+
+def read_checkpoint(path: str | os.PathLike) -> CheckpointData:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("checkpoint not found", path=str(path))
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"cannot read the checkpoint: {exc}", path=str(path)) from None
+    with f:
+        schema.check_header(f, schema.KIND_CHECKPOINT, str(path))
+
+        def text(name: str) -> str:
+            v = f.attrs.get(name, "")
+            return v.decode() if isinstance(v, bytes) else str(v)
+
+        ev = f[C.EVALUATION]
+        return CheckpointData(
+            step=int(f.attrs[C.STEP_ATTR]), time=float(f.attrs[C.TIME_ATTR]), seed=int(f.attrs[C.SEED_ATTR]),
+            heat=float(f.attrs[C.HEAT_ATTR]), species=json.loads(text(C.SPECIES_ATTR)),
+            state={name: f[C.STATE][name][...] for name in C.STATE_ARRAYS},
+            energy=float(ev.attrs[C.ENERGY_ATTR]),
+            evaluation={name: ev[name][...] for name in C.EVALUATION_ARRAYS},
+            build_positions=f[C.NEIGHBORS][C.BUILD_POSITIONS][...],
+            build_cell=f[C.NEIGHBORS][C.BUILD_CELL][...],
+            thermostat={k: v[...] for k, v in f[C.THERMOSTAT].items()},
+            barostat={k: v[...] for k, v in f[C.BAROSTAT].items()},
+            observers={k: json.loads(v) for k, v in f[C.OBSERVERS].attrs.items()},
+            settings=schema.read_settings(f), potential=text(C.POTENTIAL_ATTR),
+            potential_sha256=text(C.POTENTIAL_SHA_ATTR), stop_reason=text(C.STOP_REASON_ATTR))
