@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from md_potential import MDPotential, fe_model_potential, md_settings
+from md_potential import MDPotential, fe_model_potential, md_settings, write_model_potential
 
 from mmtp_hpc.active.grades import ActiveSet
 from mmtp_hpc.cli import main
@@ -180,6 +180,8 @@ def test_grades_stay_low_near_the_training_data(fe_with_active_set, tmp_path):
 
 
 def test_extrapolation_needs_an_active_set(fe_potential, tmp_path):
+    # the hand-built model potential has no active set (the shipped trained one has)
+    model = MDPotential(write_model_potential(tmp_path / "model.mtp"), ["Fe"], "bcc", 2.87, 2.35)
     with pytest.raises(InputError, match="no active set"):
-        Simulation.from_settings(md_settings(fe_potential, tmp_path, extrapolation={"every": 10}),
+        Simulation.from_settings(md_settings(model, tmp_path, extrapolation={"every": 10}),
                                  stream=None)

@@ -125,7 +125,8 @@ def test_mc_local_energy_changes_are_exact(fe_potential, tmp_path, repeat, symme
     assert ff.symmetric == symmetric
     n = state.n_atoms
     mc = MonteCarloMoments(sweeps=20, flip_fraction=0.3, max_change=0.5, temperature_K=5000.0,
-                           lo=np.full(n, -4.0), hi=np.full(n, 4.0), streams=Streams(8))
+                           lo=np.full(n, float(load_potential(fe_potential.path).mag_min[0])),
+                           hi=np.full(n, float(load_potential(fe_potential.path).mag_max[0])), streams=Streams(8))
     site = sim.evaluation.site_energies.copy()
     model = MTPSiteModel(ff, state.magmoms)
     before = state.magmoms.copy()
