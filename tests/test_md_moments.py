@@ -114,6 +114,7 @@ def test_reflection_keeps_moments_inside_bounds():
 
 
 @pytest.mark.parametrize("repeat,symmetric", [(1, False), (2, False), (2, True)])
+@pytest.mark.filterwarnings("ignore:the potential was trained spin-symmetrised")  # bookkeeping test
 def test_mc_local_energy_changes_are_exact(fe_potential, tmp_path, repeat, symmetric):
     """After many accepted moves, the incrementally updated E_i equal a fresh evaluation —
     also in a cell smaller than the cutoff, where atoms see their own images."""

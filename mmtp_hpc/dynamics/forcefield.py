@@ -20,6 +20,8 @@ the future ``parallel/halo`` replaces it with an MPI reverse communication).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from mmtp_hpc.dynamics.state import Evaluation, MDState
@@ -33,6 +35,11 @@ class ForceField:
         pot = engine.pot
         self.magnetic = bool(pot.magnetic)
         self.symmetric = bool(pot.symmetric if symmetric is None else symmetric) and self.magnetic
+        if pot.symmetric and self.magnetic and not self.symmetric:
+            # only ½[E(M) + E(−M)] was fitted; the raw E(M) is unconstrained away from the data
+            warnings.warn("the potential was trained spin-symmetrised but is evaluated without "
+                          "symmetrisation ([potential] symmetrize = false): its raw energy E(M) was "
+                          "not fitted and can be unphysical", UserWarning, stacklevel=2)
         self.cutoff = float(pot.cutoff)
         self.skin = float(skin)
         self.nl: NeighborList | None = None
