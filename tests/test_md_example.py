@@ -17,13 +17,16 @@ def test_example_input_is_valid():
 
 
 def test_example_runs(tmp_path, capsys):
-    for name in ("input.toml", "fe_fs_model.mtp"):
-        shutil.copy(EXAMPLE / name, tmp_path / name)
+    text = (EXAMPLE / "input.toml").read_text()
+    potential = (EXAMPLE / "../potentials/fe_bcc_l16.almtp").resolve()
+    assert '"../potentials/fe_bcc_l16.almtp"' in text
+    (tmp_path / "input.toml").write_text(text.replace('"../potentials/fe_bcc_l16.almtp"', f'"{potential}"'))
     assert main(["md", str(tmp_path / "input.toml"), "--steps", "60"]) == 0
     out = capsys.readouterr().out
     assert "250 atoms" in out and "mmtp md summary: 60 steps" in out and "moment MC:" in out
+    assert "extrapolation: 2 grades" in out
     # the first log line of the README's expected output
-    assert "0     0.000    298.8    -4.67532" in out
+    assert "0     0.000    298.8    -4.24000" in out
     traj = read_trajectory(tmp_path / "trajectory.h5")
     assert traj["step"].tolist() == [0, 20, 40, 60] and traj["magmoms"].shape == (4, 250)
     assert (tmp_path / "checkpoint.h5").is_file()
