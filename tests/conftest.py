@@ -3,7 +3,11 @@
 import os
 from pathlib import Path
 
-import pytest
+# small dense linear algebra (line searches, 6×6 cell filters) stalls with OpenBLAS threads on
+# a busy 2-core machine; one thread keeps it fast and reproducible
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import pytest  # noqa: E402  (after the environment is set)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MMTP_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -14,7 +14,8 @@ from mmtp_hpc import __version__
 from mmtp_hpc.errors import MMTPError
 
 # module names under mmtp_hpc.cli, in the order they appear in --help
-COMMANDS = ["efs", "info", "convert", "new_potential", "train", "errors", "label", "md", "bench"]
+COMMANDS = ["efs", "info", "convert", "new_potential", "train", "errors", "label", "md", "post", "scan",
+            "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

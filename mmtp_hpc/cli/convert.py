@@ -1,12 +1,21 @@
-"""``mmtp convert IN OUT``: convert configurations between .cfg, extended XYZ, HDF5 and ASE formats."""
+"""``mmtp convert IN OUT``: convert configurations between .cfg, extended XYZ, HDF5 and ASE formats.
+
+An MD trajectory (``.h5`` of kind ``trajectory``) as input is exported frame by frame
+(:func:`mmtp_hpc.io.formats.export_trajectory`): to extended XYZ or an ASE ``.traj`` with
+velocities and moments (for OVITO, ASE), or to ``.cfg`` / a training set.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from mmtp_hpc.errors import InputError
-from mmtp_hpc.io.formats import (detect_format, read_configurations_and_species,
-                                 write_configurations)
+from mmtp_hpc.io.formats import (
+    detect_format,
+    export_trajectory,
+    read_configurations_and_species,
+    write_configurations,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "convert", help="convert configurations between .cfg, .xyz/.extxyz, .h5 and ASE formats",
         description="Convert configurations between MLIP-3 .cfg, extended XYZ, the HDF5 "
                     "training-set format and anything ASE reads. The format is taken from the "
-                    "file name unless --in-format/--out-format is given.")
+                    "file name unless --in-format/--out-format is given. An MD trajectory "
+                    "(HDF5 from `mmtp md`) is exported frame by frame, with velocities and "
+                    "moments in extended XYZ / ASE .traj output (OVITO reads the .xyz).")
     p.add_argument("input", help="input file")
     p.add_argument("output", help="output file (written atomically)")
     p.add_argument("--en-der-sign", type=int, choices=[1, -1], default=1, metavar="{+1,-1}",
@@ -32,13 +43,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--append", action="store_true", help="append to OUT instead of replacing it")
     p.add_argument("--in-format", help="input format (cfg, extxyz, h5 or an ASE format name)")
     p.add_argument("--out-format", help="output format (cfg, extxyz, h5 or an ASE format name)")
+    p.add_argument("--frames", metavar="START:STOP:STEP",
+                   help="frames to convert, Python slice syntax (e.g. ::10, 100:, -1); default all")
+    p.add_argument("--wrap", action="store_true",
+                   help="fold MD trajectory positions into the cell (they are stored unwrapped)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmtp_hpc.io.trajectory_frames import is_trajectory, parse_frames
+
+    frames = parse_frames(args.frames)
+    if detect_format(args.input, args.in_format) == "h5" and is_trajectory(args.input):
+        if args.append:
+            raise InputError("--append is not supported when exporting a trajectory",
+                             field="append")
+        count = export_trajectory(args.input, args.output, fmt=args.out_format, frames=frames,
+                                  wrap=args.wrap)
+        print(f"exported {count} frames of the MD trajectory {args.input} to {args.output}")
+        return 0
+    if args.wrap:
+        raise InputError("--wrap applies to MD trajectory input only", field="wrap")
     configs, species = read_configurations_and_species(
         args.input, fmt=args.in_format, en_der_sign=args.en_der_sign, species=args.species,
         virial_sign=args.virial_sign)
+    configs = configs[frames]
     if args.species is not None and species is not None and list(args.species) != species:
         raise InputError(f"--species {' '.join(args.species)} differs from the species stored "
                          f"in the input ({' '.join(species)})", path=args.input, field="species")

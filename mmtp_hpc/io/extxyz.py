@@ -176,10 +176,14 @@ def _features_from_info(info: dict, where: str | None) -> dict:
         except (TypeError, ValueError):
             raise InputError("expected a list of [key, value] pairs", path=where,
                              field=FEATURES_KEY) from None
-    # Other metadata (config_type, ... from foreign files) is kept as text features.
+    # Other metadata (config_type, ... from foreign files) is kept as text features, one line
+    # each; library objects (e.g. the Spacegroup ASE's cif reader puts in info) are not data.
     for key, value in info.items():
         if key not in _NOT_FEATURES and key not in features:
-            features[str(key)] = _as_text(value)
+            if not isinstance(value, (str, bytes, int, float, bool, np.generic, np.ndarray, list, tuple,
+                                      dict)):
+                continue
+            features[str(key)] = " ".join(_as_text(value).split("\n"))
     return features
 
 

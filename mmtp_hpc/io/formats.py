@@ -1,8 +1,12 @@
 """Pick the reader/writer for a configuration file from its name (or an explicit format).
 
 ``.cfg`` → MLIP-3 (:mod:`.cfg`), ``.xyz``/``.extxyz`` → extended XYZ (:mod:`.extxyz`),
-``.h5``/``.hdf5`` → HDF5 training set (:mod:`.trainingset`); any other file that ASE
-recognises (POSCAR, OUTCAR, ...) goes through ASE.
+``.h5``/``.hdf5`` → HDF5 training set (:mod:`.trainingset`) or MD trajectory (every frame
+a configuration, told apart by the file's ``kind``); LAMMPS data (``*.lmp``, ``*.lammps``,
+``*.data``: symbols from the Masses section) and any other file that ASE
+recognises (POSCAR, cif, OUTCAR, ...) go through ASE. :func:`export_trajectory` writes
+the frames of an MD trajectory to extended XYZ or an ASE trajectory (with velocities and
+moments, for OVITO and ASE), or to ``.cfg`` / a training set.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from mmtp_hpc.errors import InputError
 from mmtp_hpc.system.configuration import Configuration
@@ -35,6 +41,9 @@ def detect_format(path: str | os.PathLike, fmt: str | None = None, reading: bool
     suffix = Path(path).suffix.lower()
     if suffix in EXTENSIONS:
         return EXTENSIONS[suffix]
+    if suffix in (".lmp", ".lammps", ".data"):
+        # LAMMPS data files have no signature ASE can sniff; symbols come from their Masses
+        return _ASE_PREFIX + "lammps-data"
     known = " ".join(EXTENSIONS)
     try:
         name = filetype(str(path), read=reading and Path(path).is_file())
@@ -68,6 +77,11 @@ def read_configurations_and_species(
 
         return read_cfg(path, en_der_sign=en_der_sign), None if species is None else list(species)
     if kind == "h5":
+        from mmtp_hpc.io.trajectory_frames import is_trajectory
+
+        if is_trajectory(path):
+            configs, stored = trajectory_configurations(path)
+            return configs, stored or (None if species is None else list(species))
         from mmtp_hpc.io.trainingset import read_trainingset_h5, trainingset_species
 
         stored = trainingset_species(path)
@@ -126,4 +140,113 @@ def write_configurations(path: str | os.PathLike, configs: Configuration | Itera
             # e.g. POSCAR holds one structure only
             raise InputError(f"ASE cannot write this as {ase_format!r}: {exc}",
                              path=str(path)) from exc
+    return len(images)
+
+
+# ===================================================================== MD trajectories
+def trajectory_configurations(path: str | os.PathLike, frames: slice = slice(None),
+                              wrap: bool = False) -> tuple[list[Configuration], list[str]]:
+    """Frames of an MD trajectory (HDF5, kind ``trajectory``) as configurations, and its species.
+
+    Each configuration has the frame's cell, positions (unwrapped as stored, or folded into
+    the cell with ``wrap``), types, ids, moments and the per-atom data that were stored
+    (forces, site energies, ∂E/∂m, grades), ``energy`` = the potential energy, and the
+    features ``step`` and ``time_fs``. Velocities are not part of a configuration; see
+    :func:`export_trajectory`.
+    """
+    from mmtp_hpc.io.trajectory_frames import read_frames
+
+    t = read_frames(path, frames)
+    configs = []
+    for k in range(t.n_frames):
+        frame = {name: t.data[name][k] for name in ("positions", "magmoms", "forces", "site_energies",
+                                                     "magnetic_gradient", "nbh_grades") if name in t.data}
+        positions = frame.get("positions")
+        if positions is None:
+            raise InputError("the trajectory stores no positions ([output] store)", path=str(path),
+                             field="positions")
+        cell = t.cell[k]
+        if wrap:
+            positions = wrap_positions(positions, cell, t.pbc)
+        energy = t.data.get("potential_energy")
+        cfg = Configuration(cell=cell, positions=positions, types=t.types, pbc=t.pbc, ids=t.ids,
+                            magmoms=frame.get("magmoms"),
+                            energy=None if energy is None or not np.isfinite(energy[k]) else energy[k],
+                            forces=frame.get("forces"), site_energies=frame.get("site_energies"),
+                            magnetic_gradient=frame.get("magnetic_gradient"),
+                            nbh_grades=frame.get("nbh_grades"),
+                            features={"step": str(int(t.step[k])), "time_fs": repr(float(t.time[k]))})
+        configs.append(cfg)
+    return configs, list(t.species)
+
+
+def wrap_positions(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """Positions folded into the cell along the periodic directions."""
+    frac = np.asarray(positions) @ np.linalg.inv(cell)
+    pbc = np.asarray(pbc, dtype=bool)
+    frac[:, pbc] -= np.floor(frac[:, pbc])
+    return frac @ cell
+
+
+def export_trajectory(path: str | os.PathLike, out: str | os.PathLike, fmt: str | None = None,
+                      frames: slice = slice(None), wrap: bool = False) -> int:
+    """Write frames of an MD trajectory to ``out``; return the number of frames written.
+
+    Extended XYZ and every other ASE format (``.traj`` for ASE, ``.xyz`` for OVITO) get
+    ASE ``Atoms`` with masses, velocities (from the stored Å/fs), ``initial_magmoms``, a
+    single-point calculator holding the energy, forces, site energies (``energies``) and
+    moments that were stored, and ``info`` entries ``step``, ``time_fs``, ``temperature_K``,
+    ``pressure_GPa``. ``.cfg`` and the HDF5 training-set format get configurations
+    (:func:`trajectory_configurations`).
+    """
+    kind = detect_format(out, fmt, reading=False)
+    if kind in ("cfg", "h5"):
+        configs, species = trajectory_configurations(path, frames, wrap)
+        return write_configurations(out, configs, fmt=fmt, species=species,
+                                    provenance=f"{path} (MD trajectory)")
+    from ase import Atoms, units
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from mmtp_hpc.io.atomic import atomic_path
+    from mmtp_hpc.io.trajectory_frames import read_frames
+
+    t = read_frames(path, frames)
+    if not t.species:
+        raise InputError("the trajectory records no chemical symbols", path=str(path), field="species")
+    symbols = [t.species[z] for z in t.types.tolist()]
+    scalars = {"temperature": "temperature_K", "pressure": "pressure_GPa",
+               "kinetic_energy": "kinetic_energy_eV", "magnetization": "magnetization_uB"}
+    images = []
+    for k in range(t.n_frames):
+        positions = t.require("positions", "exporting a trajectory")[k]
+        if wrap:
+            positions = wrap_positions(positions, t.cell[k], t.pbc)
+        atoms = Atoms(symbols=symbols, positions=positions, cell=t.cell[k], pbc=t.pbc,
+                      masses=t.masses)
+        if "velocities" in t.data:
+            atoms.set_velocities(t.data["velocities"][k] / units.fs)   # Å/fs -> ASE units
+        if "magmoms" in t.data:
+            atoms.set_initial_magnetic_moments(t.data["magmoms"][k])
+        atoms.info["step"] = int(t.step[k])
+        atoms.info["time_fs"] = float(t.time[k])
+        for name, key in scalars.items():
+            if name in t.data and np.isfinite(t.data[name][k]):
+                atoms.info[key] = float(t.data[name][k])
+        results: dict = {}
+        if "potential_energy" in t.data and np.isfinite(t.data["potential_energy"][k]):
+            results["energy"] = float(t.data["potential_energy"][k])
+        for name, key in (("forces", "forces"), ("site_energies", "energies"), ("magmoms", "magmoms")):
+            if name in t.data:
+                results[key] = np.array(t.data[name][k])
+        if results:
+            atoms.calc = SinglePointCalculator(atoms, **results)
+        images.append(atoms)
+    ase_format = "extxyz" if kind == "extxyz" else kind[len(_ASE_PREFIX):]
+    with atomic_path(out) as tmp:
+        try:
+            write(str(tmp), images, format=ase_format)
+        except (ValueError, TypeError, NotImplementedError) as exc:
+            raise InputError(f"ASE cannot write a trajectory as {ase_format!r}: {exc}",
+                             path=str(out)) from exc
     return len(images)
