@@ -6,7 +6,7 @@ centres; neighbour indices (CSR ``offsets``/``neighbors``) point into the
 local+ghost arrays ``positions``/``types``/``magmoms``. Pairs at r ≥ cutoff
 (the skin of a Verlet list) are skipped. Derivatives are written per pair
 (∂E_i/∂r_ij and ∂E_i/∂m_j) and per centre (∂E_i/∂m_i), so the parallel loop
-over centres has no write conflicts; :func:`scatter_pairs` folds them into
+over centres has no write conflicts; :func:`scatter_pairs_grouped` folds them into
 forces, ∂E/∂m and the virial.
 
 All outputs are allocated by the caller. No Python objects in the loops.
@@ -533,40 +533,6 @@ def site_energies_of(dict tab, const double[:, ::1] pos, const int[::1] types, c
         free_work(w)
 
 
-def scatter_pairs(const double[:, ::1] pos, const int64_t[::1] offsets, const int64_t[::1] nbrs,
-                  const double[:, ::1] pair_grad, const double[::1] pair_dmj, const double[::1] dmi,
-                  double[:, ::1] forces, double[::1] dedm, double[:, ::1] virial):
-    """Fold per-pair derivatives into forces (n_total, 3), ∂E/∂m (n_total,), virial (3, 3).
-
-    F_j −= ∂E_i/∂r_ij, F_i += ∂E_i/∂r_ij; S_ab −= (∂E_i/∂r_ij)_a (r_ij)_b (spec §2).
-    Outputs are accumulated into (not zeroed).
-    """
-    cdef Py_ssize_t i, a, b, n_local = offsets.shape[0] - 1
-    cdef int64_t p, j
-    cdef double g[3]
-    cdef double d[3]
-    cdef double vir[9]
-    for a in range(9):
-        vir[a] = 0.0
-    with nogil:
-        for i in range(n_local):
-            dedm[i] += dmi[i]
-            for p in range(offsets[i], offsets[i + 1]):
-                j = nbrs[p]
-                for a in range(3):
-                    g[a] = pair_grad[p, a]
-                    d[a] = pos[j, a] - pos[i, a]
-                for a in range(3):
-                    forces[j, a] -= g[a]
-                    forces[i, a] += g[a]
-                    for b in range(3):
-                        vir[3 * a + b] -= g[a] * d[b]
-                dedm[j] += pair_dmj[p]
-    for a in range(3):
-        for b in range(3):
-            virial[a, b] += vir[3 * a + b]
-
-
 cdef void tangent_atom(Tables* t, Work* w, int nn, int zi, double t_mi, double* t_out,
                        double* grad_radial, double* grad_moment, double* grad_site,
                        bint want_tangent, double site_scale=1.0) noexcept nogil:
@@ -779,7 +745,12 @@ def scatter_pairs_grouped(const double[:, ::1] pos, const int64_t[::1] offsets, 
                           const double[:, ::1] pair_grad, const double[::1] pair_dmj, const double[::1] dmi,
                           const int64_t[::1] group, double[:, ::1] forces, double[::1] dedm,
                           double[:, :, ::1] virials):
-    """As :func:`scatter_pairs`, with one virial per group (training configuration) of centres."""
+    """Fold per-pair derivatives into forces (n_total, 3), ∂E/∂m (n_total,) and one virial per
+    group of centres (``virials[group[i]]``; a single group gives the whole system's virial).
+
+    F_j −= ∂E_i/∂r_ij, F_i += ∂E_i/∂r_ij; S_ab −= (∂E_i/∂r_ij)_a (r_ij)_b (spec §2).
+    Outputs are accumulated into (not zeroed).
+    """
     cdef Py_ssize_t i, a, b, n_local = offsets.shape[0] - 1
     cdef int64_t p, j, gi
     cdef double g[3]

@@ -149,8 +149,10 @@ class MTPEngine:
             return LocalResult(site, None, None, None, basis_out if basis else None)
         forces = np.zeros((n_total, 3))
         dedm = np.zeros(n_total)
-        virial = np.zeros((3, 3))
-        _kernels.scatter_pairs(pos, offsets, nbrs, pair_grad, pair_dmj, dmi, forces, dedm, virial)
+        virials = np.zeros((1, 3, 3))
+        _kernels.scatter_pairs_grouped(pos, offsets, nbrs, pair_grad, pair_dmj, dmi,
+                                       np.zeros(n_local, dtype=np.int64), forces, dedm, virials)
+        virial = virials[0]
         return LocalResult(site, forces, dedm if self.pot.magnetic else np.zeros(n_total), virial,
                            basis_out if basis else None)
 
