@@ -30,8 +30,6 @@ cdef extern from "_simd.h" nogil:
                    const double* qdp, int n, double* s, double* w, double* wd, double* wi)
     void mmtp_dot2(const double* cf, const double* q, const double* dq, int n, double* s, double* w)
     void mmtp_axpy(double* y, double alpha, const double* x, int n)
-    void mmtp_dot_grad(const double* g, const double* m, const double* gx, const double* gy,
-                       const double* gz, int n, double* G, double* bx, double* by, double* bz)
 
 
 cdef struct Tables:
@@ -78,9 +76,6 @@ cdef struct Work:
     double* py
     double* pz
     double* gmu
-    double* mono
-    double* hq
-    double* dmono   # (3, n_mono) ∇_u of each monomial
     double* pm      # (K, n_mono) Σ_n f_μ mono_q: basic moments in (μ, q) layout
     double* gm      # (K, n_mono) ∂E_i/∂M in (μ, q) layout
     double* gxm     # (3, K, n_mono) lowered adjoints: Σ_q g_μq ∂mono_q/∂u_d = Σ_q' gxm[d,μ,q'] mono_q'
@@ -124,9 +119,6 @@ cdef Work* alloc_work(Tables* t, int nmax) noexcept nogil:
     w.py = <double*> malloc((t.max_pow + 1) * sizeof(double))
     w.pz = <double*> malloc((t.max_pow + 1) * sizeof(double))
     w.gmu = <double*> malloc(t.K * sizeof(double))
-    w.mono = <double*> malloc(t.n_mono * sizeof(double))
-    w.hq = <double*> malloc(t.n_mono * sizeof(double))
-    w.dmono = <double*> malloc(3 * t.n_mono * sizeof(double))
     w.pm = <double*> malloc(t.K * t.n_mono * sizeof(double))
     w.gm = <double*> malloc(t.K * t.n_mono * sizeof(double))
     w.gxm = <double*> malloc(3 * t.K * t.n_mono * sizeof(double))
@@ -148,8 +140,8 @@ cdef void free_work(Work* w) noexcept nogil:
     free(w.r); free(w.u); free(w.z); free(w.mj); free(w.pair); free(w.q); free(w.dq)
     free(w.psij); free(w.dpsij); free(w.f); free(w.dfr); free(w.dfmi); free(w.dfmj)
     free(w.moments); free(w.g); free(w.d); free(w.dd); free(w.psii); free(w.dpsii)
-    free(w.px); free(w.py); free(w.pz); free(w.gmu); free(w.mono); free(w.hq)
-    free(w.dmono); free(w.pm); free(w.gm); free(w.gxm); free(w.monos); free(w.tmono); free(w.qp); free(w.dqp); free(w.qdp)
+    free(w.px); free(w.py); free(w.pz); free(w.gmu)
+    free(w.pm); free(w.gm); free(w.gxm); free(w.monos); free(w.tmono); free(w.qp); free(w.dqp); free(w.qdp)
     free(w.tr); free(w.tv); free(w.tmj); free(w.mdot); free(w.h); free(w.amu)
     free(w)
 
@@ -275,15 +267,6 @@ cdef inline void powers(Tables* t, Work* w, int n) noexcept nogil:
         w.pz[k] = w.pz[k - 1] * w.u[3 * n + 2]
 
 
-cdef inline void monomials(Tables* t, Work* w, int n) noexcept nogil:
-    """u_x^a u_y^b u_z^c of neighbour n for every monomial, each one product from its parent."""
-    cdef int q
-    cdef double* u = w.u + 3 * n
-    w.mono[0] = 1.0
-    for q in range(1, t.n_mono):
-        w.mono[q] = w.mono[t.mono_parent[q]] * u[t.mono_dir[q]]
-
-
 cdef inline void monomials_into(Tables* t, const double* u, double* mono) noexcept nogil:
     cdef int q
     mono[0] = 1.0
@@ -314,34 +297,6 @@ cdef double forward(Tables* t, Work* w, int nn, int zi) noexcept nogil:
     for k in range(t.n_basis):
         e = e + t.moment[k] * w.moments[t.mapping[k]]
     return e
-
-
-cdef inline void monomials_grad(Tables* t, Work* w, int n) noexcept nogil:
-    """Monomials of neighbour n and their gradients ∇_u (recursion over parents)."""
-    cdef int q, p, d, nm = t.n_mono
-    cdef double* u = w.u + 3 * n
-    cdef double* gx = w.dmono
-    cdef double* gy = w.dmono + nm
-    cdef double* gz = w.dmono + 2 * nm
-    cdef double ud
-    w.mono[0] = 1.0
-    gx[0] = 0.0
-    gy[0] = 0.0
-    gz[0] = 0.0
-    for q in range(1, nm):
-        p = t.mono_parent[q]
-        d = t.mono_dir[q]
-        ud = u[d]
-        w.mono[q] = w.mono[p] * ud
-        gx[q] = gx[p] * ud
-        gy[q] = gy[p] * ud
-        gz[q] = gz[p] * ud
-        if d == 0:
-            gx[q] += w.mono[p]
-        elif d == 1:
-            gy[q] += w.mono[p]
-        else:
-            gz[q] += w.mono[p]
 
 
 cdef void backward(Tables* t, Work* w) noexcept nogil:
@@ -556,7 +511,7 @@ cdef void tangent_atom(Tables* t, Work* w, int nn, int zi, double t_mi, double* 
     for s in range(t.n_basic):
         w.gm[t.basic[4 * s] * nm + t.basic_q[s]] += w.g[s]
     if want_tangent:
-        # tangents of the monomials, kept per neighbour (w.dmono reused as (nmax, n_mono) store)
+        # tangents of the monomials, kept per neighbour (w.tmono, (nmax, n_mono))
         for mu in range(K):
             memset(w.pm + mu * nm, 0, t.mu_len[mu] * sizeof(double))
         for n in range(nn):
@@ -644,21 +599,6 @@ cdef void tangent_atom(Tables* t, Work* w, int nn, int zi, double t_mi, double* 
                 for k in range(R):
                     for bc in range(MM):
                         gsite[k * MM + bc] += q_[k] * S[bc]
-
-
-cdef inline double mono_dot(Work* w, int n, int a, int b, int c, double mono) noexcept nogil:
-    """d(u_x^a u_y^b u_z^c) along the tangent vector tv[n]: (∇_u mono − ν mono u)·δr / r."""
-    cdef double gx = 0.0, gy = 0.0, gz = 0.0, dot
-    cdef int nu = a + b + c
-    if a > 0:
-        gx = a * w.px[a - 1] * w.py[b] * w.pz[c]
-    if b > 0:
-        gy = b * w.px[a] * w.py[b - 1] * w.pz[c]
-    if c > 0:
-        gz = c * w.px[a] * w.py[b] * w.pz[c - 1]
-    dot = (gx * w.tv[3 * n] + gy * w.tv[3 * n + 1] + gz * w.tv[3 * n + 2]
-           - nu * mono * w.tr[n])
-    return dot / w.r[n]
 
 
 def param_terms(dict tab, const double[:, ::1] pos, const int[::1] types, const double[::1] mag,

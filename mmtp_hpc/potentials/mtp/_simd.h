@@ -54,22 +54,6 @@ static inline void mmtp_axpy(double *y, double alpha, const double *x, int n)
         y[k] += alpha * x[k];
 }
 
-/* G = Σ g·m, bx = Σ g·gx, by = Σ g·gy, bz = Σ g·gz */
-static inline void mmtp_dot_grad(const double *g, const double *m, const double *gx,
-                                 const double *gy, const double *gz, int n,
-                                 double *G, double *bx, double *by, double *bz)
-{
-    double a = 0.0, b = 0.0, c = 0.0, d = 0.0;
-    #pragma omp simd reduction(+:a,b,c,d)
-    for (int k = 0; k < n; k++) {
-        a += g[k] * m[k];
-        b += g[k] * gx[k];
-        c += g[k] * gy[k];
-        d += g[k] * gz[k];
-    }
-    *G = a; *bx = b; *by = c; *bz = d;
-}
-
 /* four dot products of a, b, c, d with the same vector m */
 static inline void mmtp_dot4m(const double *a, const double *b, const double *c, const double *d,
                               const double *m, int n, double *sa, double *sb, double *sc, double *sd)
