@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmtp_hpc.potentials.mtp import _kernels
-from mmtp_hpc.potentials.mtp.engine import MTPEngine
+from mmtp_hpc.potentials.mtp.engine import MTPEngine, combine_symmetric
 
 EV_A3_TO_GPA = 160.21766208
 
@@ -107,14 +107,7 @@ class Batch:
         K, N = len(self.samples), self.n_local
         signs = (1.0, -1.0) if symmetric else (1.0,)
         preds = [self.predict(engine, s) for s in signs]
-        if symmetric:
-            plus, minus = preds
-            pred = {"energy": 0.5 * (plus["energy"] + minus["energy"]),
-                    "forces": 0.5 * (plus["forces"] + minus["forces"]),
-                    "virial": 0.5 * (plus["virial"] + minus["virial"]),
-                    "magnetic_gradient": 0.5 * (plus["magnetic_gradient"] - minus["magnetic_gradient"])}
-        else:
-            pred = preds[0]
+        pred = combine_symmetric(*preds) if symmetric else preds[0]
         g = self.group
         d_e = np.where(self.has_energy, pred["energy"] - self.e_ref, 0.0)
         d_f = np.where(self.has_forces[g][:, None], pred["forces"] - self.f_ref, 0.0)

@@ -123,7 +123,6 @@ def prepare_potential(pot: MTPPotential, configs: list[Configuration], settings:
         # give different members of an ensemble; identical on every rank (same seed)
         pot.radial_coeffs = pot.radial_coeffs + rng.uniform(-1.0, 1.0, size=pot.radial_shape) * 1e-2
         pot.moment_coeffs = np.zeros(pot.n_basis)
-    pot.scaling = 1.0 if settings.init != "keep" else pot.scaling
     if settings.init != "keep":
         pot.scaling = radial_scaling(pot, configs, comm)
         notes.append(f"scaling = {pot.scaling:.6g} (radial basis normalised on the data)")

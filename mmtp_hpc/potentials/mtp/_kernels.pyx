@@ -75,7 +75,6 @@ cdef struct Work:
     double* px
     double* py
     double* pz
-    double* gmu
     double* pm      # (K, n_mono) Σ_n f_μ mono_q: basic moments in (μ, q) layout
     double* gm      # (K, n_mono) ∂E_i/∂M in (μ, q) layout
     double* gxm     # (3, K, n_mono) lowered adjoints: Σ_q g_μq ∂mono_q/∂u_d = Σ_q' gxm[d,μ,q'] mono_q'
@@ -90,7 +89,6 @@ cdef struct Work:
     double* tmj
     double* mdot
     double* h
-    double* amu
 
 
 cdef Work* alloc_work(Tables* t, int nmax) noexcept nogil:
@@ -118,7 +116,6 @@ cdef Work* alloc_work(Tables* t, int nmax) noexcept nogil:
     w.px = <double*> malloc((t.max_pow + 1) * sizeof(double))
     w.py = <double*> malloc((t.max_pow + 1) * sizeof(double))
     w.pz = <double*> malloc((t.max_pow + 1) * sizeof(double))
-    w.gmu = <double*> malloc(t.K * sizeof(double))
     w.pm = <double*> malloc(t.K * t.n_mono * sizeof(double))
     w.gm = <double*> malloc(t.K * t.n_mono * sizeof(double))
     w.gxm = <double*> malloc(3 * t.K * t.n_mono * sizeof(double))
@@ -132,7 +129,6 @@ cdef Work* alloc_work(Tables* t, int nmax) noexcept nogil:
     w.tmj = <double*> malloc(n * sizeof(double))
     w.mdot = <double*> malloc(t.n_moments * sizeof(double))
     w.h = <double*> malloc(t.n_moments * sizeof(double))
-    w.amu = <double*> malloc(t.K * sizeof(double))
     return w
 
 
@@ -140,9 +136,9 @@ cdef void free_work(Work* w) noexcept nogil:
     free(w.r); free(w.u); free(w.z); free(w.mj); free(w.pair); free(w.q); free(w.dq)
     free(w.psij); free(w.dpsij); free(w.f); free(w.dfr); free(w.dfmi); free(w.dfmj)
     free(w.moments); free(w.g); free(w.d); free(w.dd); free(w.psii); free(w.dpsii)
-    free(w.px); free(w.py); free(w.pz); free(w.gmu)
+    free(w.px); free(w.py); free(w.pz)
     free(w.pm); free(w.gm); free(w.gxm); free(w.monos); free(w.tmono); free(w.qp); free(w.dqp); free(w.qdp)
-    free(w.tr); free(w.tv); free(w.tmj); free(w.mdot); free(w.h); free(w.amu)
+    free(w.tr); free(w.tv); free(w.tmj); free(w.mdot); free(w.h)
     free(w)
 
 
