@@ -1,0 +1,837 @@
+r"""Oracles of the active-learning loop: label selected configurations behind one interface.
+
+This module's single job is turning configurations (positions, cell, types, *target*
+moments) into labelled ones: energy (eV), forces (eV/Å), virial (PlusStress, eV; periodic
+cells), the moments actually reached (μB) and, when the oracle provides it, the magnetic
+gradient **+∂E/∂m** (eV/μB, MLIP-3's ``en_der`` sign). Spec §5.
+
+Oracles
+-------
+- :class:`AnalyticOracle` — the built-in analytic Fe–Al model
+  (:class:`~mmtp_hpc.potentials.analytic.AnalyticMagneticModel`): moments held at their
+  targets (constrained DFT stand-in) or relaxed. For tests, demos and benchmarks.
+- :class:`ASEOracle` — any ASE calculator. Moments from ``get_magnetic_moments()`` when the
+  calculator has them (else the targets), ∂E/∂m from ``results["magnetic_gradient"]``.
+- :class:`CommandOracle` — an external program run once per configuration (and per λ rung)
+  in its own directory: the writer (``"cfg"``, ``"vasp"``, ``"abinit"``) puts the inputs
+  there, the template directory's files (job script, POTCAR, datasets) are copied beside
+  them, the command runs as an argument list (never through a shell) with
+  ``subprocess``-level timeout, and the writer parses the outputs.
+
+Soft constraints (arXiv 2605.26897 SI)
+--------------------------------------
+DFT holds the moments at m_target with a penalty λ Σ_i (m_i − m_target,i)². A finite λ
+leaves the moments short of the target, so the command oracle climbs a ladder of λ values,
+one run per rung in ``step_00``, ``step_01``, … until every |m_i − m_target,i| ≤
+``moment_tolerance``. The label is the configuration at the moments actually reached, with
+∂E/∂m from the constraining field; if the ladder ends first, the last rung's result is
+kept and ``features['oracle_warning']`` says by how much the moments missed. Writers with an
+exact constraint (ABINIT's ``constraint_kind``) run once.
+
+The ``cfg`` writer
+------------------
+``input.cfg`` (MLIP-3 format: the configuration with its target moments, no labels, and
+``Feature constraint_lambda λ`` on a λ rung) is written in the run directory; the command
+must write ``output.cfg`` with one labelled configuration (same atoms, same order):
+``Energy``, forces, optionally ``PlusStress``, ``magmom_x`` (the moments reached; default the
+targets) and ``en_der_mx`` (+∂E/∂m). Any program, e.g. ``mlp calc-efs``, can so be an oracle.
+
+Placeholders in the command
+---------------------------
+``{workdir}`` (the run directory, also the working directory), ``{cfgdir}`` (the
+configuration's directory), ``{index}`` (position in the batch), ``{step}`` (λ rung) and
+``{lambda}`` are replaced inside argument strings; anything else is passed literally. The
+same values are in the environment as ``MMTP_WORKDIR``, ``MMTP_CFGDIR``, ``MMTP_INDEX``,
+``MMTP_STEP``, ``MMTP_LAMBDA``.
+
+Resumable batches
+-----------------
+:func:`label_all` labels configuration k in ``workdir/cfg_{k:05d}/`` and writes the result
+atomically to ``labelled.cfg`` there; each λ rung keeps its parsed result in
+``step_XX/step_result.cfg``. A rerun reads both back instead of recomputing, so a killed
+batch loses at most the runs that were in flight.
+
+TOML (the ``[oracle]`` table, read by :func:`oracle_from_settings`)::
+
+    [oracle]
+    kind = "command"                       # "analytic" | "ase" | "command"
+    command = ["mpirun", "-n", "4", "vasp_ncl"]
+    writer = "vasp"                        # "cfg" | "vasp" | "abinit"
+    template_dir = "vasp_template"         # relative to the TOML file
+    timeout = 7200                         # s per run
+    lambdas = [10.0, 20.0, 50.0]           # eV/μB², the soft-constraint ladder
+    moment_tolerance = 0.05                # μB
+    [oracle.vasp]
+    rwigs = {Fe = 1.3, Al = 1.4}
+    encut = 450
+
+    # kind = "analytic": model = "default" | "path.json", relax = false
+    # kind = "ase": calculator = "package.module:ClassOrFactory", parameters = {...},
+    #               path_parameters = ["potential"] (resolved relative to the TOML file),
+    #               magnetic = true
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import importlib
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmtp_hpc.active import dft_abinit
+from mmtp_hpc.active.dft_abinit import (
+    AbinitSettings,
+    label_from_abinit,
+    read_abinit_output,
+    write_abinit_input,
+)
+from mmtp_hpc.active.dft_vasp import VaspSettings, label_from_vasp, write_vasp_inputs
+from mmtp_hpc.errors import InputError, MMTPError
+from mmtp_hpc.io.cfg import read_cfg, write_cfg
+from mmtp_hpc.system.configuration import Configuration
+
+WRITERS = ("cfg", "vasp", "abinit")
+KINDS = ("analytic", "ase", "command")
+LABELLED_NAME = "labelled.cfg"
+STEP_RESULT_NAME = "step_result.cfg"
+CFG_INPUT = "input.cfg"
+CFG_OUTPUT = "output.cfg"
+DEFAULT_VASP_LAMBDAS = (10.0, 20.0, 50.0, 100.0)
+_PLACEHOLDER = re.compile(r"\{(workdir|cfgdir|index|step|lambda)\}")
+
+
+class OracleError(MMTPError):
+    """Labelling failed; names the configuration index and its working directory."""
+
+    def __init__(self, message: str, index: int | None = None,
+                 workdir: str | os.PathLike | None = None):
+        self.reason = message
+        self.index = index
+        self.workdir = None if workdir is None else Path(workdir)
+        parts = []
+        if index is not None:
+            parts.append(f"configuration {index}")
+        if workdir is not None:
+            parts.append(f"workdir {workdir}")
+        super().__init__(f"{', '.join(parts)}: {message}" if parts else message)
+
+
+# =====================================================================================
+# interface
+# =====================================================================================
+class Oracle:
+    """Base class: ``label(cfg, workdir)`` returns a labelled copy of ``cfg``.
+
+    The copy carries energy, forces, virial (periodic cells; PlusStress eV), ``magmoms`` = the
+    moments actually reached, ``magnetic_gradient`` = +∂E/∂m (eV/μB) when the oracle provides
+    it (else None), ``features['EFS_by']`` and ``features['oracle'] = self.name``. The target
+    moments are ``cfg.magmoms``.
+    """
+
+    name: str = "oracle"
+
+    def label(self, cfg: Configuration, workdir: Path | None = None) -> Configuration:
+        raise NotImplementedError
+
+    def label_at(self, cfg: Configuration, workdir: Path | None, index: int) -> Configuration:
+        """``label`` for the ``index``-th configuration of a batch (used by :func:`label_all`)."""
+        return self.label(cfg, workdir)
+
+    def _finish(self, out: Configuration, efs_by: str) -> Configuration:
+        out.features = dict(out.features)
+        out.features["EFS_by"] = efs_by
+        out.features["oracle"] = self.name
+        out.nbh_grades = None
+        return out
+
+
+class AnalyticOracle(Oracle):
+    """The built-in analytic magnetic model: ``model.label(cfg, relax=relax)``."""
+
+    def __init__(self, model: Any, relax: bool = False, name: str = "analytic"):
+        self.model = model
+        self.relax = bool(relax)
+        self.name = name
+
+    def label(self, cfg: Configuration, workdir: Path | None = None) -> Configuration:
+        out = self.model.label(cfg, relax=self.relax)
+        return self._finish(out, out.features.get("EFS_by", "mmtp_analytic"))
+
+
+class ASEOracle(Oracle):
+    """Any ASE calculator (see the module doc). ``species[t]`` is the symbol of type ``t``
+    (default: the calculator's ``species`` attribute, as :class:`mmtp_hpc.ase.MMTPCalculator`
+    has). With ``magnetic``, the targets are set as initial moments; ``workdir`` becomes the
+    calculator's ``directory`` when it has one (file-based DFT calculators)."""
+
+    def __init__(self, calculator: Any, magnetic: bool = True, species: Sequence[str] | None = None,
+                 name: str = "ase"):
+        if not (hasattr(calculator, "get_property") or hasattr(calculator, "get_potential_energy")):
+            raise InputError(f"expected an ASE calculator, got {type(calculator).__name__}",
+                             field="calculator")
+        self.calculator = calculator
+        self.magnetic = bool(magnetic)
+        if species is None:
+            species = getattr(calculator, "species", None)
+        self.species = None if species is None else [str(s) for s in species]
+        self.name = name
+
+    def label(self, cfg: Configuration, workdir: Path | None = None) -> Configuration:
+        from ase import Atoms
+        from ase.calculators.calculator import PropertyNotImplementedError
+
+        if self.species is None:
+            raise InputError("the ASE oracle needs the chemical symbols of the types: pass species",
+                             field="species")
+        if len(cfg) and cfg.types.max() >= len(self.species):
+            raise InputError(f"atom type {int(cfg.types.max())} has no symbol in species {self.species}",
+                             field="species")
+        atoms = Atoms(symbols=[self.species[t] for t in cfg.types.tolist()], positions=cfg.positions,
+                      cell=cfg.cell, pbc=cfg.pbc)
+        if self.magnetic and cfg.magmoms is not None:
+            atoms.set_initial_magnetic_moments(cfg.magmoms)
+        calc = self.calculator
+        if workdir is not None and hasattr(calc, "directory"):
+            calc.directory = str(workdir)
+        atoms.calc = calc
+        out = cfg.copy()
+        out.clear_labels()
+        out.energy = float(atoms.get_potential_energy())
+        out.forces = np.array(atoms.get_forces(), dtype=float)
+        if cfg.pbc.all():
+            try:
+                stress = np.array(atoms.get_stress(voigt=False), dtype=float)   # eV/Å³, ASE sign
+            except (PropertyNotImplementedError, NotImplementedError):
+                stress = None
+            if stress is not None:
+                out.virial = -stress * cfg.volume
+        results = getattr(calc, "results", {}) or {}
+        if "energies" in results:
+            out.site_energies = np.array(results["energies"], dtype=float)
+        if self.magnetic:
+            try:
+                m = np.array(atoms.get_magnetic_moments(), dtype=float)
+            except (PropertyNotImplementedError, NotImplementedError, AttributeError):
+                m = None
+            if m is not None:
+                if m.ndim != 1:
+                    raise OracleError("the calculator returned non-collinear moments; a collinear "
+                                      "(one value per atom) calculator is needed")
+                out.magmoms = m
+            grad = results.get("magnetic_gradient")
+            out.magnetic_gradient = None if grad is None else np.array(grad, dtype=float)
+        return self._finish(out, f"ase:{type(calc).__name__}")
+
+
+# =====================================================================================
+# command oracle
+# =====================================================================================
+class _Writer:
+    """Inputs and outputs of one external program; see the module doc."""
+
+    name = "cfg"
+    uses_lambda = True
+    default_lambdas: tuple[float, ...] | None = None
+
+    def write(self, cfg: Configuration, directory: Path, lambda_: float | None, comment: str) -> None:
+        clean = cfg.copy()
+        clean.clear_labels()
+        clean.features = {k: v for k, v in clean.features.items() if k != "constraint_lambda"}
+        if lambda_ is not None:
+            clean.features["constraint_lambda"] = repr(float(lambda_))
+        write_cfg(directory / CFG_INPUT, clean)
+
+    def read(self, cfg: Configuration, directory: Path) -> Configuration:
+        path = directory / CFG_OUTPUT
+        if not path.is_file():
+            raise OracleError(f"the command did not write {CFG_OUTPUT}")
+        got = read_cfg(path)
+        if len(got) != 1:
+            raise InputError(f"expected one configuration, got {len(got)}", path=str(path))
+        res = got[0]
+        if len(res) != len(cfg) or not np.array_equal(res.types, cfg.types):
+            raise InputError(f"the output has {len(res)} atoms of types {sorted(set(res.types.tolist()))}, "
+                             f"the input {len(cfg)} of {sorted(set(cfg.types.tolist()))}", path=str(path))
+        if np.max(np.abs(res.positions - cfg.positions), initial=0.0) > 1e-6:
+            raise InputError("the output's positions differ from the input's (atoms reordered or "
+                             "moved?)", path=str(path))
+        if res.energy is None or res.forces is None:
+            raise InputError("the output needs Energy and forces (fx fy fz)", path=str(path))
+        out = cfg.copy()
+        out.clear_labels()
+        out.energy, out.forces = res.energy, res.forces
+        out.site_energies = res.site_energies
+        out.virial = res.virial if cfg.pbc.all() else None
+        if res.magmoms is not None:
+            out.magmoms = res.magmoms
+        out.magnetic_gradient = res.magnetic_gradient
+        out.features = dict(out.features)
+        for key, value in res.features.items():
+            if key not in ("constraint_lambda",):
+                out.features[key] = value
+        out.features.setdefault("EFS_by", "command")
+        return out
+
+
+class _VaspWriter(_Writer):
+    name = "vasp"
+    uses_lambda = True
+    default_lambdas = DEFAULT_VASP_LAMBDAS
+
+    def __init__(self, settings: VaspSettings, species: Sequence[str]):
+        self.settings = settings
+        self.species = list(species)
+
+    def write(self, cfg: Configuration, directory: Path, lambda_: float | None, comment: str) -> None:
+        if cfg.magmoms is None:
+            raise InputError("the configuration has no target moments (the VASP writer constrains "
+                             "moments)", field="magmoms")
+        write_vasp_inputs(cfg, directory, self.species, self.settings, float(lambda_), comment=comment)
+
+    def read(self, cfg: Configuration, directory: Path) -> Configuration:
+        return label_from_vasp(cfg, directory)
+
+
+class _AbinitWriter(_Writer):
+    name = "abinit"
+    uses_lambda = False
+
+    def __init__(self, settings: AbinitSettings, species: Sequence[str]):
+        self.settings = settings
+        self.species = list(species)
+
+    def write(self, cfg: Configuration, directory: Path, lambda_: float | None, comment: str) -> None:
+        if cfg.magmoms is None:
+            raise InputError("the configuration has no target moments (the ABINIT writer "
+                             "constrains moments)", field="magmoms")
+        write_abinit_input(cfg, directory, self.species, self.settings, comment=comment)
+
+    def read(self, cfg: Configuration, directory: Path) -> Configuration:
+        path = directory / dft_abinit.OUTPUT_NAME
+        return label_from_abinit(cfg, read_abinit_output(path), source=str(path))
+
+
+def _substitute(arg: str, values: Mapping[str, str]) -> str:
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], arg)
+
+
+def _tail(path: Path, n_chars: int = 1500) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    text = text.strip()
+    return text if len(text) <= n_chars else "…" + text[-n_chars:]
+
+
+def _output_tail(directory: Path) -> str:
+    """The end of the command's stderr, or of its stdout when stderr is empty (ABINIT logs there)."""
+    err = _tail(directory / "stderr.txt")
+    if err:
+        return f"stderr: {err}"
+    out = _tail(directory / "stdout.txt")
+    return f"stdout: {out}" if out else "no output on stdout or stderr"
+
+
+def _as_settings(cls: type, value: Any, what: str) -> Any:
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        return _settings_from_table(cls, dict(value), what, "", Path("."))
+    raise InputError(f"expected {cls.__name__} or a table, got {type(value).__name__}", field=what)
+
+
+class CommandOracle(Oracle):
+    """An external command per configuration (see the module doc).
+
+    ``command`` argv list with placeholders; ``writer`` ``"cfg"`` | ``"vasp"`` | ``"abinit"``;
+    ``template_dir`` files copied into every run directory; ``timeout`` seconds per run;
+    ``lambdas`` the soft-constraint ladder (eV/μB²; default VASP (10, 20, 50, 100), none for
+    ``cfg`` unless given, not allowed for ABINIT's exact constraint); ``moment_tolerance`` μB;
+    ``species`` symbols of types 0, 1, … (needed by the DFT writers); ``vasp`` / ``abinit``
+    writer settings (dataclass or table); ``env`` extra environment variables.
+    """
+
+    def __init__(self, command: Sequence[str], writer: str = "cfg", template_dir: Path | None = None,
+                 timeout: float = 3600.0, lambdas: Sequence[float] | None = None,
+                 moment_tolerance: float = 0.05, *, species: Sequence[str] | None = None,
+                 vasp: VaspSettings | Mapping | None = None,
+                 abinit: AbinitSettings | Mapping | None = None,
+                 env: Mapping[str, str] | None = None, name: str | None = None):
+        if isinstance(command, str) or not command or not all(isinstance(a, str) for a in command):
+            raise InputError(f"expected a non-empty list of strings (argv), got {command!r}",
+                             field="command")
+        if writer not in WRITERS:
+            raise InputError(f"expected one of {WRITERS}, got {writer!r}", field="writer")
+        if not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise InputError(f"expected a positive number of seconds, got {timeout!r}", field="timeout")
+        if not (moment_tolerance > 0):
+            raise InputError(f"expected a positive tolerance (μB), got {moment_tolerance!r}",
+                             field="moment_tolerance")
+        self.command = list(command)
+        self.template_dir = None if template_dir is None else Path(template_dir)
+        if self.template_dir is not None and not self.template_dir.is_dir():
+            raise InputError(f"template directory {self.template_dir} does not exist",
+                             field="template_dir")
+        self.timeout = float(timeout)
+        self.moment_tolerance = float(moment_tolerance)
+        self.species = None if species is None else [str(s) for s in species]
+        self.env = {str(k): str(v) for k, v in (env or {}).items()}
+        if writer == "cfg":
+            self.writer: _Writer = _Writer()
+        else:
+            if self.species is None:
+                raise InputError(f"the {writer} writer needs the chemical symbols of the types",
+                                 field="species")
+            if writer == "vasp":
+                self.writer = _VaspWriter(_as_settings(VaspSettings, vasp, "vasp"), self.species)
+            else:
+                self.writer = _AbinitWriter(_as_settings(AbinitSettings, abinit, "abinit"), self.species)
+        if lambdas is not None:
+            lambdas = [float(x) for x in lambdas]
+            if not self.writer.uses_lambda:
+                raise InputError("ABINIT's constraint_kind constraint is exact (a Lagrange multiplier); "
+                                 "it has no λ ladder: drop lambdas", field="lambdas")
+            if not lambdas or any(not (x > 0 and math.isfinite(x)) for x in lambdas) or \
+                    any(b <= a for a, b in zip(lambdas[:-1], lambdas[1:], strict=True)):
+                raise InputError(f"expected increasing positive numbers, got {lambdas}", field="lambdas")
+        elif self.writer.default_lambdas is not None:
+            lambdas = list(self.writer.default_lambdas)
+        self.lambdas = lambdas
+        self.name = name or f"command:{writer}"
+
+    # ------------------------------------------------------------------ labelling
+    def label(self, cfg: Configuration, workdir: Path | None = None) -> Configuration:
+        return self.label_at(cfg, workdir, 0)
+
+    def label_at(self, cfg: Configuration, workdir: Path | None, index: int) -> Configuration:
+        if workdir is None:
+            with tempfile.TemporaryDirectory(prefix="mmtp_oracle_") as tmp:
+                return self._label(cfg, Path(tmp), index)
+        return self._label(cfg, Path(workdir), index)
+
+    def _label(self, cfg: Configuration, workdir: Path, index: int) -> Configuration:
+        workdir = workdir.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        target = cfg.magmoms
+        ladder: list[float | None] = list(self.lambdas) if (self.lambdas and target is not None) else [None]
+        result = None
+        deviation = 0.0
+        for step, lam in enumerate(ladder):
+            result = self._step(cfg, workdir, index, step, lam)
+            deviation = 0.0
+            if target is not None and result.magmoms is not None:
+                deviation = float(np.max(np.abs(result.magmoms - target), initial=0.0))
+            if deviation <= self.moment_tolerance:
+                break
+        assert result is not None
+        out = result
+        out.features = dict(out.features)
+        if target is not None:
+            out.features["moment_deviation"] = f"{deviation:.6g}"
+            if deviation > self.moment_tolerance:
+                rungs = [x for x in ladder if x is not None]
+                out.features["oracle_warning"] = (
+                    f"moments missed the target: max|m - m_target| = {deviation:.4g} muB > "
+                    f"tolerance {self.moment_tolerance:g} muB"
+                    + (f" after the lambda ladder {rungs} eV/muB^2" if rungs else ""))
+        return self._finish(out, out.features.get("EFS_by", self.writer.name))
+
+    def _step(self, cfg: Configuration, workdir: Path, index: int, step: int,
+              lam: float | None) -> Configuration:
+        sd = workdir / f"step_{step:02d}"
+        done = sd / STEP_RESULT_NAME
+        if done.is_file():
+            got = read_cfg(done)
+            if len(got) == 1 and len(got[0]) == len(cfg):
+                return got[0]
+        if sd.exists():      # an unfinished earlier attempt: start this rung afresh
+            shutil.rmtree(sd)
+        sd.mkdir(parents=True)
+        values = {"workdir": str(sd), "cfgdir": str(workdir), "index": str(index), "step": str(step),
+                  "lambda": "" if lam is None else f"{lam:.10g}"}
+        try:
+            if self.template_dir is not None:
+                shutil.copytree(self.template_dir, sd, dirs_exist_ok=True)
+            comment = f"mmtp_hpc oracle: configuration {index}, step {step}" + (
+                f", lambda {lam:g}" if lam is not None else "")
+            self.writer.write(cfg, sd, lam, comment)
+        except InputError as exc:
+            raise OracleError(f"writing the inputs failed: {exc}", index, sd) from exc
+        argv = [_substitute(a, values) for a in self.command]
+        env = dict(os.environ)
+        env.update({"MMTP_WORKDIR": values["workdir"], "MMTP_CFGDIR": values["cfgdir"],
+                    "MMTP_INDEX": values["index"], "MMTP_STEP": values["step"],
+                    "MMTP_LAMBDA": values["lambda"]})
+        env.update(self.env)
+        self._run(argv, sd, env, index)
+        try:
+            res = self.writer.read(cfg, sd)
+        except OracleError as exc:
+            raise OracleError(f"{exc.reason}; {_output_tail(sd)}", index, sd) from exc
+        except InputError as exc:
+            raise OracleError(f"reading the outputs failed: {exc}", index, sd) from exc
+        res.features = dict(res.features)
+        if lam is not None:
+            res.features["constraint_lambda"] = f"{lam:.10g}"
+        write_cfg(done, res)        # atomic: the rung counts as done only once this exists
+        return read_cfg(done)[0]    # what a resumed run would read: identical either way
+
+    def _run(self, argv: list[str], cwd: Path, env: dict, index: int) -> None:
+        stdout, stderr = cwd / "stdout.txt", cwd / "stderr.txt"
+        t0 = time.perf_counter()
+        with open(stdout, "wb") as out, open(stderr, "wb") as err:
+            try:
+                proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+            except OSError as exc:
+                raise OracleError(f"cannot start {argv[0]!r}: {exc.strerror or exc}", index, cwd) from None
+            try:
+                rc = proc.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)     # the whole group: mpirun's children too
+                proc.wait()
+                raise OracleError(f"command {argv!r} exceeded the timeout of {self.timeout:g} s",
+                                  index, cwd) from None
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise
+        if rc != 0:
+            raise OracleError(f"command {argv!r} exited with status {rc} after "
+                              f"{time.perf_counter() - t0:.1f} s; {_output_tail(cwd)}", index, cwd)
+
+
+# =====================================================================================
+# batches
+# =====================================================================================
+def label_all(oracle: Oracle, configs: Sequence[Configuration], workdir: Path,
+              log: Callable[[str], None] | None = None, keep_going: bool = False) -> list[Configuration]:
+    """Label ``configs`` resumably (see the module doc); return the labelled configurations.
+
+    Configuration k runs in ``workdir/cfg_{k:05d}/``; its result goes atomically to
+    ``labelled.cfg`` there and is read back, not recomputed, on a rerun. A failure raises
+    :class:`OracleError` (index and directory named) after the finished results are on disk;
+    with ``keep_going`` the remaining configurations are labelled first and the error names all
+    failures.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    say = log or (lambda _msg: None)
+    name = getattr(oracle, "name", type(oracle).__name__)
+    n = len(configs)
+    out: list[Configuration | None] = [None] * n
+    failures: list[OracleError] = []
+    for k, cfg in enumerate(configs):
+        d = workdir / f"cfg_{k:05d}"
+        result = d / LABELLED_NAME
+        if result.is_file():
+            try:
+                got = read_cfg(result)
+            except InputError as exc:
+                raise OracleError(f"cannot read the earlier result: {exc}", k, d) from exc
+            if len(got) != 1 or len(got[0]) != len(cfg) or not np.array_equal(got[0].types, cfg.types):
+                raise OracleError(f"{result} does not hold this configuration (a different batch in "
+                                  "the same directory?)", k, d)
+            out[k] = got[0]
+            say(f"oracle {name}: {k + 1}/{n} cfg_{k:05d} already labelled, read back")
+            continue
+        d.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        try:
+            label_at = getattr(oracle, "label_at", None)    # duck-typed oracles may only have label
+            labelled = label_at(cfg, d, k) if label_at is not None else oracle.label(cfg, d)
+        except OracleError as exc:
+            err = exc if exc.index is not None else OracleError(exc.reason, k, exc.workdir or d)
+            if not keep_going:
+                raise err from exc
+            failures.append(err)
+            say(f"oracle {name}: {k + 1}/{n} cfg_{k:05d} FAILED: {err}")
+            continue
+        except (MMTPError, ValueError, OSError, RuntimeError) as exc:
+            err = OracleError(f"{type(exc).__name__}: {exc}", k, d)
+            if not keep_going:
+                raise err from exc
+            failures.append(err)
+            say(f"oracle {name}: {k + 1}/{n} cfg_{k:05d} FAILED: {err}")
+            continue
+        write_cfg(result, labelled)
+        out[k] = read_cfg(result)[0]
+        extra = ""
+        if "oracle_warning" in labelled.features:
+            extra = f"; warning: {labelled.features['oracle_warning']}"
+        energy = "" if labelled.energy is None else f" (E = {labelled.energy:.6f} eV)"
+        say(f"oracle {name}: {k + 1}/{n} cfg_{k:05d} labelled in {time.perf_counter() - t0:.2f} s"
+            f"{energy}{extra}")
+    if failures:
+        listing = "; ".join(str(f) for f in failures)
+        raise OracleError(f"{len(failures)} of {n} configurations failed: {listing}",
+                          failures[0].index, failures[0].workdir)
+    return [c for c in out if c is not None]
+
+
+# =====================================================================================
+# settings
+# =====================================================================================
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a table"}.get(type(value), type(value).__name__)
+
+
+class _Bad(ValueError):
+    """A value of the wrong kind; the loader adds file and key."""
+
+
+def _number(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        raise _Bad(f"expected a finite number, got {_type_name(v)} {v!r}")
+    return float(v)
+
+
+def _integer(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _Bad(f"expected an integer, got {_type_name(v)} {v!r}")
+    return int(v)
+
+
+def _check_kind(kind: str, v: Any, base_dir: Path) -> Any:
+    if kind == "positive":
+        x = _number(v)
+        if x <= 0:
+            raise _Bad(f"expected a positive number, got {v!r}")
+        return x
+    if kind == "number":
+        return _number(v)
+    if kind == "int":
+        return _integer(v)
+    if kind == "posint":
+        x = _integer(v)
+        if x < 1:
+            raise _Bad(f"expected a positive integer, got {v!r}")
+        return x
+    if kind == "bool":
+        if not isinstance(v, bool):
+            raise _Bad(f"expected true or false, got {_type_name(v)} {v!r}")
+        return v
+    if kind == "str":
+        if not isinstance(v, str):
+            raise _Bad(f"expected a string, got {_type_name(v)} {v!r}")
+        return v
+    if kind == "path":
+        if not isinstance(v, str) or not v:
+            raise _Bad(f"expected a path string, got {_type_name(v)} {v!r}")
+        p = Path(v).expanduser()
+        return str(p if p.is_absolute() else (base_dir / p))
+    if kind == "ints3":
+        if not isinstance(v, list) or len(v) != 3:
+            raise _Bad(f"expected a list of 3 positive integers, got {_type_name(v)} {v!r}")
+        out = [_integer(x) for x in v]
+        if min(out) < 1:
+            raise _Bad(f"expected 3 positive integers, got {v!r}")
+        return out
+    if kind == "species_dataset":      # resolved by oracle_from_settings (depends on pp_dirpath)
+        if not isinstance(v, dict) or not all(isinstance(x, str) and x for x in v.values()):
+            raise _Bad(f"expected a table {{Symbol = \"dataset\"}}, got {_type_name(v)} {v!r}")
+        return {str(s): x for s, x in v.items()}
+    if kind in ("species_float", "species_int", "species_path"):
+        single = {"species_float": "positive", "species_int": "int", "species_path": "path"}[kind]
+        if isinstance(v, dict):
+            return {str(s): _check_kind(single, x, base_dir) for s, x in v.items()}
+        if kind == "species_path":
+            raise _Bad(f"expected a table {{Symbol = \"path\"}}, got {_type_name(v)} {v!r}")
+        return _check_kind(single, v, base_dir)
+    if kind == "table":
+        if not isinstance(v, dict):
+            raise _Bad(f"expected a table, got {_type_name(v)} {v!r}")
+        return dict(v)
+    raise AssertionError(kind)
+
+
+def _settings_from_table(cls: type, table: dict, where: str, source: str, base_dir: Path) -> Any:
+    """Build the settings dataclass ``cls`` from a TOML table, checking every key's kind."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if not isinstance(table, dict):
+        raise InputError(f"expected a table, got {_type_name(table)}", path=source or None, field=where)
+    kwargs = {}
+    for key, value in table.items():
+        if key not in fields:
+            hint = difflib.get_close_matches(key, list(fields), n=1)
+            raise InputError(f"unknown key {key!r}; allowed: {', '.join(fields)}"
+                             + (f" (did you mean {hint[0]!r}?)" if hint else ""),
+                             path=source or None, field=f"{where}.{key}")
+        try:
+            kwargs[key] = _check_kind(fields[key].metadata["kind"], value, base_dir)
+        except _Bad as exc:
+            raise InputError(str(exc), path=source or None, field=f"{where}.{key}") from None
+    return cls(**kwargs)
+
+
+_COMMON = {"kind", "name"}
+_ALLOWED = {
+    "analytic": _COMMON | {"model", "relax"},
+    "ase": _COMMON | {"calculator", "parameters", "path_parameters", "magnetic"},
+    "command": _COMMON | {"command", "writer", "template_dir", "timeout", "lambdas", "moment_tolerance",
+                          "env", "vasp", "abinit"},
+}
+
+
+def oracle_from_settings(table: dict, base_dir: Path, species: list[str], source: str = "") -> Oracle:
+    """The oracle described by a TOML ``[oracle]`` table (see the module doc).
+
+    Relative paths are relative to ``base_dir`` (the TOML file's directory); ``species`` are the
+    symbols of types 0, 1, …. Unknown keys and wrong types raise :class:`InputError` naming
+    ``source``, the key, what was expected and what was found.
+    """
+    base_dir = Path(base_dir)
+    path = source or None
+
+    def fail(message: str, key: str | None = None) -> InputError:
+        return InputError(message, path=path, field="oracle" if key is None else f"oracle.{key}")
+
+    def get(key: str, kind: str, default: Any = None) -> Any:
+        if key not in table:
+            return default
+        try:
+            return _check_kind(kind, table[key], base_dir)
+        except _Bad as exc:
+            raise fail(str(exc), key) from None
+
+    if not isinstance(table, dict):
+        raise fail(f"expected a table, got {_type_name(table)}")
+    kind = table.get("kind")
+    if kind not in KINDS:
+        raise fail(f"expected kind = one of {', '.join(repr(k) for k in KINDS)}, got "
+                   + ("nothing" if kind is None else f"{_type_name(kind)} {kind!r}"), "kind")
+    allowed = _ALLOWED[kind]
+    for key in table:
+        if key not in allowed:
+            hint = difflib.get_close_matches(key, sorted(allowed), n=1)
+            raise fail(f"unknown key {key!r} for kind = {kind!r}; allowed: {', '.join(sorted(allowed))}"
+                       + (f" (did you mean {hint[0]!r}?)" if hint else ""), key)
+    name = get("name", "str")
+    species = [str(s) for s in species]
+
+    if kind == "analytic":
+        from mmtp_hpc.potentials.analytic import AnalyticMagneticModel
+
+        model = table.get("model", "default")
+        if not isinstance(model, str):
+            raise fail(f"expected \"default\" or a JSON file path, got {_type_name(model)} {model!r}",
+                       "model")
+        spec = model if model.lower() in ("default", "builtin") else str(base_dir / Path(model).expanduser())
+        try:
+            m = AnalyticMagneticModel.load(spec, species=species or None)
+        except FileNotFoundError as exc:
+            raise fail(str(exc), "model") from None
+        return AnalyticOracle(m, relax=get("relax", "bool", False), name=name or "analytic")
+
+    if kind == "ase":
+        target = table.get("calculator")
+        if not isinstance(target, str) or not re.fullmatch(r"[\w.]+:[\w.]+", target):
+            raise fail("expected \"package.module:ClassOrFactory\", got "
+                       + ("nothing" if target is None else f"{_type_name(target)} {target!r}"),
+                       "calculator")
+        module_name, attr = target.split(":", 1)
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise fail(f"cannot import {module_name!r}: {exc}", "calculator") from None
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise fail(f"{module_name!r} has no attribute {attr!r}", "calculator")
+            obj = getattr(obj, part)
+        if not callable(obj):
+            raise fail(f"{target!r} is not a class or factory", "calculator")
+        params = get("parameters", "table", {})
+        path_params = table.get("path_parameters", [])
+        if not isinstance(path_params, list) or not all(isinstance(p, str) for p in path_params):
+            raise fail(f"expected a list of parameter names, got {_type_name(path_params)} "
+                       f"{path_params!r}", "path_parameters")
+        for p in path_params:
+            if p not in params:
+                raise fail(f"{p!r} is not in parameters", "path_parameters")
+            if not isinstance(params[p], str):
+                raise fail(f"parameters.{p} must be a path string to be resolved, got "
+                           f"{_type_name(params[p])}", "path_parameters")
+            params[p] = str(base_dir / Path(params[p]).expanduser())
+        try:
+            calc = obj(**params)
+        except (TypeError, ValueError, MMTPError, OSError) as exc:
+            raise fail(f"{target}(**parameters) failed: {exc}", "parameters") from None
+        return ASEOracle(calc, magnetic=get("magnetic", "bool", True), species=species or None,
+                         name=name or "ase")
+
+    # command
+    command = table.get("command")
+    writer = table.get("writer", "cfg")
+    if writer not in WRITERS:
+        raise fail(f"expected one of {', '.join(repr(w) for w in WRITERS)}, got {_type_name(writer)} "
+                   f"{writer!r}", "writer")
+    if command is None and writer == "abinit":
+        command = ["abinit", dft_abinit.INPUT_NAME]
+    if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+        raise fail("expected a non-empty list of strings (argv, no shell), got "
+                   + ("nothing" if command is None else f"{_type_name(command)} {command!r}"), "command")
+    command = list(command)
+    first = Path(command[0])
+    if not first.is_absolute() and len(first.parts) > 1 and (base_dir / first).exists():
+        command[0] = str(base_dir / first)    # a script beside the TOML file
+    template_dir = get("template_dir", "path")
+    if template_dir is not None and not Path(template_dir).is_dir():
+        raise fail(f"no such directory: {template_dir}", "template_dir")
+    timeout = get("timeout", "positive", 3600.0)
+    tol = get("moment_tolerance", "positive", 0.05)
+    lambdas = table.get("lambdas")
+    if lambdas is not None:
+        if not isinstance(lambdas, list) or not lambdas:
+            raise fail(f"expected a non-empty list of increasing positive numbers, got "
+                       f"{_type_name(lambdas)} {lambdas!r}", "lambdas")
+        try:
+            lambdas = [_check_kind("positive", x, base_dir) for x in lambdas]
+        except _Bad as exc:
+            raise fail(str(exc), "lambdas") from None
+        if any(b <= a for a, b in zip(lambdas[:-1], lambdas[1:], strict=True)):
+            raise fail(f"expected increasing values, got {lambdas}", "lambdas")
+    env = get("env", "table", {})
+    for k, v in env.items():
+        if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+            raise fail(f"expected string values, got {_type_name(v)} {v!r} for {k!r}", "env")
+    vasp = abinit = None
+    for sub, cls in (("vasp", VaspSettings), ("abinit", AbinitSettings)):
+        if sub in table:
+            if writer != sub:
+                raise fail(f"[oracle.{sub}] is only used with writer = {sub!r} (writer is {writer!r})", sub)
+            settings = _settings_from_table(cls, table[sub], f"oracle.{sub}", source, base_dir)
+            if sub == "vasp":
+                vasp = settings
+            else:
+                abinit = settings
+                if abinit.pp_dirpath is None:     # datasets beside the TOML file, else in the run dir
+                    abinit.pseudos = {s: (str(base_dir / p) if not Path(p).is_absolute()
+                                          and (base_dir / p).is_file() else p)
+                                      for s, p in abinit.pseudos.items()}
+    try:
+        return CommandOracle(command, writer=writer, template_dir=template_dir, timeout=timeout,
+                             lambdas=lambdas, moment_tolerance=tol, species=species or None,
+                             vasp=vasp, abinit=abinit, env={k: str(v) for k, v in env.items()},
+                             name=name)
+    except InputError as exc:
+        raise InputError(exc.reason, path=path,
+                         field=f"oracle.{exc.field}" if exc.field else "oracle") from None
