@@ -14,8 +14,8 @@ from mmtp_hpc import __version__
 from mmtp_hpc.errors import MMTPError
 
 # module names under mmtp_hpc.cli, in the order they appear in --help
-COMMANDS = ["efs", "info", "convert", "new_potential", "train", "errors", "label", "md", "post", "scan",
-            "bench"]
+COMMANDS = ["efs", "info", "convert", "new_potential", "train", "errors", "label", "grade", "select", "md",
+            "learn", "post", "scan", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,12 +36,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except MMTPError as exc:
-        print(f"mmtp {args.command}: error: {exc}", file=sys.stderr)
+    except (MMTPError, FileNotFoundError) as exc:
+        from mmtp_hpc.parallel.comm import abort_all, get_comm
+
+        comm = get_comm()
+        where = f" (rank {comm.Get_rank()} of {comm.Get_size()})" if comm.Get_size() > 1 else ""
+        print(f"mmtp {args.command}: error{where}: {exc}", file=sys.stderr, flush=True)
+        abort_all(comm, 1)   # under MPI: end every rank now, none may wait forever in a collective
         return 1
-    except FileNotFoundError as exc:
-        print(f"mmtp {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    except Exception:
+        from mmtp_hpc.parallel.comm import abort_all, get_comm
+
+        comm = get_comm()
+        if comm.Get_size() > 1:   # also when started as plain `mpirun mmtp ...` (not python -m mpi4py)
+            import traceback
+
+            print(f"mmtp {args.command}: unexpected error on rank {comm.Get_rank()}:", file=sys.stderr)
+            traceback.print_exc()
+            abort_all(comm, 1)
+        raise
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--species", nargs="+", default=None,
                    help="chemical symbols of types 0, 1, ... (extended XYZ input/output)")
     p.add_argument("--threads", type=int, default=None, help="OpenMP threads (default OMP_NUM_THREADS or 1)")
+    p.add_argument("--grid", type=int, nargs=3, default=None, metavar=("PX", "PY", "PZ"),
+                   help="MPI rank grid for the domain decomposition (default: MPI.Compute_dims)")
     p.set_defaults(func=run)
 
 
@@ -37,12 +39,17 @@ def run(args: argparse.Namespace) -> int:
     from mmtp_hpc.potentials.mtp.engine import MTPEngine
     from mmtp_hpc.potentials.mtp.mlip_io import load_potential
 
+    from mmtp_hpc.parallel.comm import get_comm
+
+    comm = get_comm()
+    root = comm.Get_rank() == 0
     pot = load_potential(args.potential)
     species = args.species or pot.species_names
     configs = read_configurations(args.input, en_der_sign=args.en_der_sign, species=species)
     engine = MTPEngine(pot, num_threads=args.threads)
     n_atoms = 0
     elapsed = 0.0
+    layout = ""
     for k, cfg in enumerate(configs):
         magmoms = None
         if pot.magnetic and cfg.magmoms is None:
@@ -51,16 +58,30 @@ def run(args: argparse.Namespace) -> int:
                                  "potential is magnetic; pass --magmoms VALUE")
             cfg.magmoms = np.full(len(cfg), args.magmoms)
         t0 = time.perf_counter()
-        out = engine.evaluate(cfg, magmoms, symmetric=args.symmetrize)
-        elapsed += time.perf_counter() - t0
-        n_atoms += len(cfg)
+        if comm.Get_size() > 1:
+            # every configuration domain-decomposed over all ranks; results gathered on rank 0
+            from mmtp_hpc.dynamics.domain import evaluate_distributed
+
+            out = evaluate_distributed(engine, cfg, comm, magmoms, symmetric=args.symmetrize, grid=args.grid)
+            elapsed += time.perf_counter() - t0
+            n_atoms += len(cfg)
+            if not root:
+                continue
+            layout = out["decomposition"]
+        else:
+            out = engine.evaluate(cfg, magmoms, symmetric=args.symmetrize)
+            elapsed += time.perf_counter() - t0
+            n_atoms += len(cfg)
         cfg.energy = out["energy"]
         cfg.site_energies = out["site_energies"]
         cfg.forces = out["forces"]
         cfg.virial = out["virial"] if cfg.pbc.all() else None
         cfg.magnetic_gradient = out["magnetic_gradient"] if pot.magnetic else None
+    if not root:
+        return 0
     write_configurations(args.output, configs, species=species)
     per_atom = 1e6 * elapsed / max(n_atoms, 1)
+    ranks = f" on {comm.Get_size()} ranks ({layout} for the last)" if comm.Get_size() > 1 else ""
     print(f"mmtp efs: {len(configs)} configurations, {n_atoms} atoms, "
-          f"{elapsed:.3f} s evaluation, {per_atom:.1f} µs/atom -> {args.output}", file=sys.stdout)
+          f"{elapsed:.3f} s evaluation, {per_atom:.1f} µs/atom{ranks} -> {args.output}", file=sys.stdout)
     return 0

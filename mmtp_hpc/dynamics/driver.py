@@ -84,15 +84,17 @@ class Simulation:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_settings(cls, settings, restart: str | Path | None = None, stream: TextIO | None = sys.stdout,
-                      ) -> Simulation:
+                      comm=None) -> Simulation:
         """Everything an input file describes: system, potential, integrator, moments, observers.
 
         ``restart``: a checkpoint to continue from (the state comes from it; the settings
-        from the input, differences are reported on ``stream``).
+        from the input, differences are reported on ``stream``). ``comm``: the communicator
+        the atoms are spread over (default: COMM_WORLD under mpirun; a
+        :class:`~mmtp_hpc.parallel.comm.SerialComm` keeps the whole run on this rank).
         """
         from mmtp_hpc.dynamics import setup
 
-        return setup.build_simulation(settings, restart=restart, stream=stream)
+        return setup.build_simulation(settings, restart=restart, stream=stream, comm=comm)
 
     def attach(self, observer: Observer | object, interval: int = 1) -> Observer:
         """Call ``observer`` (an :class:`Observer` or a function of the simulation) every
@@ -114,7 +116,10 @@ class Simulation:
             return
         s = self.state
         if self.evaluation is None:
-            self.forcefield.build(s.positions, s.cell, s.pbc, s.types)
+            if self.forcefield.nl is None:
+                self.forcefield.setup(s)
+                if self.distributed:
+                    self._after_migration()
             self.evaluation = self._forces()
         self._initialized = True
         if not self.restarted:
@@ -149,7 +154,8 @@ class Simulation:
         s.step += 1
         s.time_fs += self.integrator.dt
         self.integrator.first_half(s, self.evaluation)              # 1
-        self.forcefield.update(s)                                     # 2
+        if self.forcefield.update(s) and self.distributed:           # 2
+            self._after_migration()
         self.evaluation = self._forces()                              # 3 + 4 (ForceField folds ghosts)
         self.integrator.second_half(s, self.evaluation)             # 5
         if self.moments is not None and s.step % self.moment_every == 0:   # 6
@@ -157,10 +163,29 @@ class Simulation:
                 self.moments.update(s, self.evaluation)
             elif isinstance(self.moments, MonteCarloMoments):
                 self.moments.update(self.forcefield, s, self.evaluation)
+                if self.distributed:       # parallel MC migrates atoms first
+                    self._after_migration()
         self._steps_done += 1
         for observer, interval in self.observers:                     # 7
             if s.step % interval == 0:
                 observer(self)
+
+    @property
+    def distributed(self) -> bool:
+        """True when the atoms are spread over MPI ranks (domain decomposition)."""
+        return bool(getattr(self.forcefield, "distributed", False))
+
+    @property
+    def is_root(self) -> bool:
+        comm = self.state.comm
+        return comm is None or comm.Get_rank() == 0
+
+    def _after_migration(self) -> None:
+        """This rank's atoms changed: refresh per-atom constants that follow the types."""
+        self.integrator.refresh(self.state)
+        set_types = getattr(self.moments, "set_types", None)
+        if set_types is not None:
+            set_types(self.state.types)
 
     def _forces(self) -> Evaluation:
         if isinstance(self.moments, RelaxMoments) and self.state.step % self.moment_every == 0:
@@ -178,6 +203,8 @@ class Simulation:
         s, ev = self.state, self.evaluation
         kinetic = s.kinetic_energy()
         m = s.magmoms
+        n = s.n_global
+        sums = s.global_sum(np.array([m.sum(), np.abs(m).sum()])) if len(m) or s.distributed else np.zeros(2)
         return {
             "potential_energy": ev.energy,
             "kinetic_energy": kinetic,
@@ -185,9 +212,9 @@ class Simulation:
             "temperature": self.integrator.temperature(s),
             "pressure": float(np.trace(s.pressure_tensor(ev.virial))) / 3.0 if s.pbc.all() else math.nan,
             "volume": s.volume if s.pbc.all() else math.nan,
-            "moment_mean": float(m.mean()) if len(m) else 0.0,
-            "moment_abs_mean": float(np.abs(m).mean()) if len(m) else 0.0,
-            "magnetization": float(abs(m.sum())),
+            "moment_mean": float(sums[0]) / n if n else 0.0,
+            "moment_abs_mean": float(sums[1]) / n if n else 0.0,
+            "magnetization": float(abs(sums[0])),
             "grade": self.last_grade,
         }
 
@@ -199,19 +226,61 @@ class Simulation:
     def settings_dict(self) -> dict:
         return {} if self.settings is None else self.settings.to_dict()
 
-    def checkpoint_data(self) -> CheckpointData:
+    def gather_state(self) -> dict[str, np.ndarray] | None:
+        """Per-atom state, evaluation and build positions of all atoms, on rank 0 in id order
+        (None on the other ranks); the local arrays without domain decomposition."""
         s, ev, nl = self.state, self.evaluation, self.forcefield.nl
+        columns = {"positions": s.positions, "velocities": s.velocities, "masses": s.masses,
+                   "types": s.types, "ids": s.ids, "magmoms": s.magmoms,
+                   "site_energies": ev.site_energies, "forces": ev.forces,
+                   "magnetic_gradient": ev.magnetic_gradient, "build_positions": nl.reference_positions}
+        if not self.distributed:
+            return columns
+        out = self.forcefield.gather(s, columns)
+        if out is not None:
+            for name in ("types", "ids"):
+                out[name] = np.rint(out[name]).astype(np.int64)
+        return out
+
+    def global_configuration(self, nbh_grades: np.ndarray | None = None):
+        """The whole configuration with this step's labels, on rank 0 (None elsewhere)."""
+        from mmtp_hpc.system.configuration import Configuration
+
+        g = self.gather_state()
+        extra = None
+        if nbh_grades is not None and self.distributed:
+            extra = self.forcefield.gather(self.state, {"g": nbh_grades})
+        if g is None:
+            return None
+        s, ev = self.state, self.evaluation
+        cfg = Configuration(cell=s.cell.copy(), positions=np.array(g["positions"]), types=np.array(g["types"]),
+                            pbc=s.pbc.copy(), magmoms=np.array(g["magmoms"]), ids=np.array(g["ids"]))
+        cfg.energy = ev.energy
+        cfg.forces = np.array(g["forces"])
+        cfg.site_energies = np.array(g["site_energies"])
+        cfg.virial = ev.virial.copy() if s.pbc.all() else None
+        cfg.magnetic_gradient = np.array(g["magnetic_gradient"])
+        if nbh_grades is not None:
+            cfg.nbh_grades = np.array(extra["g"]).reshape(-1) if extra is not None else np.array(nbh_grades)
+        return cfg
+
+    def checkpoint_data(self) -> CheckpointData | None:
+        """Everything a restart needs (rank 0 under MPI; None on the other ranks)."""
+        s, ev = self.state, self.evaluation
+        g = self.gather_state()
+        if g is None:
+            return None
         sha = ""
         if self.potential_path and Path(self.potential_path).is_file():
             sha = hashlib.sha256(Path(self.potential_path).read_bytes()).hexdigest()
         return CheckpointData(
             step=s.step, time=s.time_fs, seed=self.seed, heat=s.heat, species=s.species,
-            state={"positions": s.positions, "velocities": s.velocities, "masses": s.masses, "types": s.types,
-                   "ids": s.ids, "magmoms": s.magmoms, "cell": s.cell, "pbc": s.pbc},
+            state={"positions": g["positions"], "velocities": g["velocities"], "masses": g["masses"],
+                   "types": g["types"], "ids": g["ids"], "magmoms": g["magmoms"], "cell": s.cell, "pbc": s.pbc},
             energy=ev.energy,
-            evaluation={"site_energies": ev.site_energies, "forces": ev.forces, "virial": ev.virial,
-                        "magnetic_gradient": ev.magnetic_gradient},
-            build_positions=nl.reference_positions, build_cell=self.forcefield.build_cell,
+            evaluation={"site_energies": g["site_energies"], "forces": g["forces"], "virial": ev.virial,
+                        "magnetic_gradient": g["magnetic_gradient"]},
+            build_positions=g["build_positions"], build_cell=self.forcefield.build_cell,
             thermostat=dict(s.thermostat), barostat=dict(s.barostat),
             observers={obs.name: obs.state_dict() for obs, _ in self.observers if obs.state_dict()},
             settings=self.settings_dict(), potential=str(self.potential_path or ""), potential_sha256=sha,
@@ -223,7 +292,11 @@ class Simulation:
             flush = getattr(observer, "flush", None)
             if flush is not None:
                 flush()
-        write_checkpoint(path, self.checkpoint_data())
+        data = self.checkpoint_data()
+        if data is not None:
+            write_checkpoint(path, data)
+        if self.distributed:
+            self.state.comm.Barrier()   # the file is complete before any rank goes on
 
     def restore(self, data: CheckpointData) -> None:
         """Continue from checkpoint ``data``: state, evaluation, neighbour list, counters."""
@@ -237,10 +310,20 @@ class Simulation:
         s.step, s.time_fs, s.heat = data.step, data.time, data.heat
         s.thermostat = {k: np.array(v) for k, v in data.thermostat.items()}
         s.barostat = {k: np.array(v) for k, v in data.barostat.items()}
-        self.integrator.setup(s)
-        self.forcefield.restore(np.array(data.build_positions), np.array(data.build_cell), s)
+        s.n_global = s.n_atoms
         names = ("site_energies", "forces", "virial", "magnetic_gradient")
-        self.evaluation = Evaluation(data.energy, *(np.array(data.evaluation[k]) for k in names))
+        evaluation = {k: np.array(data.evaluation[k]) for k in names}
+        if self.distributed:
+            # the checkpoint is global (any rank count wrote it): keep this rank's atoms
+            per_atom = {k: evaluation[k] for k in ("site_energies", "forces", "magnetic_gradient")}
+            evaluation.update(self.forcefield.restore_distributed(
+                np.array(data.build_positions), np.array(data.build_cell), s, per_atom))
+            self.integrator.setup(s)
+            self._after_migration()
+        else:
+            self.integrator.setup(s)
+            self.forcefield.restore(np.array(data.build_positions), np.array(data.build_cell), s)
+        self.evaluation = Evaluation(data.energy, *(evaluation[k] for k in names))
         for observer, _ in self.observers:
             if observer.name in data.observers:
                 observer.load_state_dict(data.observers[observer.name])
@@ -257,10 +340,10 @@ class Simulation:
         s = self.state
         steps = self._steps_done
         rate = steps / self._wall if self._wall > 0 else math.nan
-        per_atom = 1e6 * self._wall / max(steps * s.n_atoms, 1)
+        per_atom = 1e6 * self._wall / max(steps * s.n_global, 1)
         lines = ["", f"mmtp md summary: {steps} steps (step {self.start_step} → {s.step}, "
                  f"{s.time_fs / 1000.0:.3f} ps) in {self._wall:.2f} s: {rate:.1f} steps/s, "
-                 f"{per_atom:.2f} µs/atom/step, {s.n_atoms} atoms"]
+                 f"{per_atom:.2f} µs/atom/step, {s.n_global} atoms"]
         if samples.get("T"):
             lines.append(f"  logged averages: T = {np.mean(samples['T']):.1f} K, "
                          f"P = {np.mean(samples['P']):.3f} GPa, "
@@ -269,13 +352,22 @@ class Simulation:
         ff = self.forcefield
         lines.append(f"  neighbour list: {ff.rebuilds} builds, skin {ff.skin:g} Å; "
                      f"{ff.evaluations} force evaluations")
+        if self.distributed:
+            split = s.global_sum(np.array([ff.time["force"], ff.time["comm"], ff.time["neighbor"]]))
+            split = split / s.comm.Get_size()
+            total = max(self._wall, 1e-12)
+            lines.append(f"  MPI: {ff.decomp.describe()}; {ff.migrations} atom migrations; time per rank: "
+                         f"force {split[0]:.2f} s ({100 * split[0] / total:.0f} %), communication "
+                         f"{split[1]:.2f} s ({100 * split[1] / total:.0f} %), neighbour/migration "
+                         f"{split[2]:.2f} s ({100 * split[2] / total:.0f} %)")
         m = self.moments
         if isinstance(m, RelaxMoments):
             lines.append(f"  moments relaxed {m.relaxations} times, {m.evaluations} evaluations, "
                          f"{m.unconverged} not converged to {m.tol:g} eV/μB")
-        elif isinstance(m, MonteCarloMoments) and m.tried:
-            lines.append(f"  moment MC: {m.accepted}/{m.tried} moves accepted "
-                         f"({100.0 * m.accepted / m.tried:.1f} %)")
+        elif isinstance(m, MonteCarloMoments):
+            accepted, tried = (int(x) for x in s.global_sum(np.array([float(m.accepted), float(m.tried)])))
+            if tried:
+                lines.append(f"  moment MC: {accepted}/{tried} moves accepted ({100.0 * accepted / tried:.1f} %)")
         if self._extrapolation is not None:
             ex = self._extrapolation
             lines.append(f"  extrapolation: {ex.evaluated} grades, max {ex.max_grade:.4g}, "

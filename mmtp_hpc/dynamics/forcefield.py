@@ -49,7 +49,13 @@ class ForceField:
         self.evaluations = 0
         self.generation = 0       # bumped at every rebuild (caches keyed on the list use it)
 
+    distributed = False
+
     # ------------------------------------------------------------------ neighbour list
+    def setup(self, state: MDState) -> None:
+        """First build, from the state (the MPI version also distributes the atoms)."""
+        self.build(state.positions, state.cell, state.pbc, state.types)
+
     def build(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, types: np.ndarray) -> None:
         """Build the list from ``positions`` (N, 3) Å in ``cell``."""
         self.nl = build_neighbor_list(cell, pbc, positions, self.cutoff, self.skin)

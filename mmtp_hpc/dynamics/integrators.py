@@ -41,9 +41,13 @@ class Integrator:
         self._inv_m: np.ndarray | None = None
 
     def setup(self, state: MDState) -> None:
-        n = state.n_atoms
+        n = state.n_global
         self.dof = max(3 * n - (0 if self.thermostat.removes_momentum else 3), 1)
         self.thermostat.setup(state, self.dof)
+        self.refresh(state)
+
+    def refresh(self, state: MDState) -> None:
+        """Per-atom constants (1/m) after the atoms of this rank changed (MPI migration)."""
         self._inv_m = (1.0 / (state.masses * MVV2E))[:, None]
 
     def kick(self, state: MDState, forces: np.ndarray) -> None:

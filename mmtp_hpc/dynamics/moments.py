@@ -49,6 +49,34 @@ from mmtp_hpc.dynamics.state import Evaluation, MDState
 from mmtp_hpc.dynamics.units import KB_EV_PER_K
 
 
+class _TypeBounds:
+    """Per-atom moment bounds ``lo``/``hi`` that follow the atoms' types (they change on an
+    MPI rank when atoms migrate): ``type_bounds = (lo_t, hi_t)`` per type, or fixed arrays."""
+
+    type_bounds: tuple[np.ndarray, np.ndarray] | None = None
+
+    def set_types(self, types: np.ndarray) -> None:
+        if self.type_bounds is not None:
+            self.lo = self.type_bounds[0][types]
+            self.hi = self.type_bounds[1][types]
+
+
+def _global_dot(comm, a: np.ndarray, b: np.ndarray) -> float:
+    value = float(a @ b)
+    if comm is None or comm.Get_size() == 1:
+        return value
+    from mmtp_hpc.parallel.comm import allreduce_sum
+    return float(allreduce_sum(comm, np.array([value]))[0])
+
+
+def _global_max(comm, a: np.ndarray) -> float:
+    value = float(np.max(a, initial=0.0))
+    if comm is None or comm.Get_size() == 1:
+        return value
+    from mmtp_hpc.parallel.comm import max_op
+    return float(comm.allreduce(value, op=max_op()))
+
+
 def reflect(m: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Reflect values into [lo, hi] (once), then clip what is still outside."""
     m = np.where(m > hi, 2.0 * hi - m, m)
@@ -56,7 +84,7 @@ def reflect(m: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.clip(m, lo, hi)
 
 
-class RelaxMoments:
+class RelaxMoments(_TypeBounds):
     """Bounded minimisation of E over the moments at fixed positions.
 
     Spectral projected gradient (Birgin, Martínez & Raydan, SIAM J. Optim. 10, 1196 (2000),
@@ -76,11 +104,12 @@ class RelaxMoments:
         self.relaxations = 0
         self.unconverged = 0
         self.last_gradient = 0.0
+        self.comm = None      # set from the state: sums and maxima over MPI ranks
 
     def projected_gradient(self, m: np.ndarray, g: np.ndarray) -> float:
         """max |∂E/∂m| ignoring components that push against an active bound."""
         free = ~(((m <= self.lo) & (g > 0)) | ((m >= self.hi) & (g < 0)))
-        return float(np.max(np.abs(g[free]), initial=0.0))
+        return _global_max(self.comm, np.abs(g[free]))
 
     def minimize(self, fun, m0: np.ndarray) -> tuple[np.ndarray, object, float]:
         """Minimise ``fun(m) -> (energy, gradient, payload)`` within the bounds from ``m0``.
@@ -93,13 +122,13 @@ class RelaxMoments:
         self.evaluations += 1
         history = [f]
         pg = self.projected_gradient(m, g)
-        gmax = float(np.max(np.abs(g), initial=0.0))
+        gmax = _global_max(self.comm, np.abs(g))
         alpha = 0.1 / gmax if gmax > 0 else 1.0
         for _ in range(self.max_iter):
             if pg <= self.tol:
                 break
             d = np.clip(m - alpha * g, self.lo, self.hi) - m
-            slope = float(g @ d)
+            slope = _global_dot(self.comm, g, d)
             if slope >= 0.0:
                 break
             f_ref = max(history[-10:])
@@ -116,14 +145,16 @@ class RelaxMoments:
                 lam = min(max(lam_q, 0.1 * lam), 0.5 * lam)
             s_vec = m_new - m
             y_vec = g_new - g
-            sy = float(s_vec @ y_vec)
-            alpha = min(max(float(s_vec @ s_vec) / sy, 1e-6), 1e6) if sy > 0 else 1e6
+            sy = _global_dot(self.comm, s_vec, y_vec)
+            alpha = min(max(_global_dot(self.comm, s_vec, s_vec) / sy, 1e-6), 1e6) if sy > 0 else 1e6
             m, f, g, payload = m_new, f_new, g_new, payload_new
             history.append(f)
             pg = self.projected_gradient(m, g)
         return m, payload, pg
 
     def relax(self, forcefield, state: MDState) -> Evaluation:
+        self.comm = state.comm
+
         def fun(m: np.ndarray):
             ev = forcefield.evaluate(state, m)
             return ev.energy, ev.magnetic_gradient, ev
@@ -136,7 +167,7 @@ class RelaxMoments:
         return ev
 
 
-class LangevinMoments:
+class LangevinMoments(_TypeBounds):
     """Overdamped longitudinal Langevin moment dynamics (Euler–Maruyama, reflecting bounds)."""
 
     def __init__(self, gamma: float, dt_fs: float, temperature_K: float, lo: np.ndarray, hi: np.ndarray,
@@ -219,7 +250,7 @@ class MTPSiteModel:
         return e
 
 
-class MonteCarloMoments:
+class MonteCarloMoments(_TypeBounds):
     """Metropolis moves on the moments: flips and bounded magnitude changes."""
 
     def __init__(self, sweeps: int, flip_fraction: float, max_change: float, temperature_K: float,
@@ -243,37 +274,55 @@ class MonteCarloMoments:
         step. Returns the number of accepted moves.
         """
         n = len(magmoms)
-        order_keys = self.streams.uniform(Purpose.MC_ORDER, step, ids, self.sweeps)
-        draws = self.streams.uniform(Purpose.MC_MOVE, step, ids, 3 * self.sweeps)
+        order_keys, draws = self.random_numbers(ids, step)
         accepted = 0
-        beta = 1.0 / self.kT if self.kT > 0 else math.inf
         for s in range(self.sweeps):
-            for i in np.argsort(order_keys[:, s], kind="stable").tolist():
-                u_kind, u_delta, u_accept = draws[i, 3 * s:3 * s + 3]
-                old = float(magmoms[i])
-                if u_kind < self.flip_fraction:
-                    new = -old
-                else:
-                    new = old + self.max_change * (2.0 * u_delta - 1.0)
-                if not self.lo[i] <= new <= self.hi[i]:
-                    continue
-                centres = model.affected(i)
-                before = site_energies[centres]
-                model.set_moment(i, new)
-                after = model.site_energies(centres)
-                delta = float(np.sum(after - before))
-                if delta <= 0.0 or u_accept < math.exp(-beta * delta):
-                    magmoms[i] = new
-                    site_energies[centres] = after
-                    accepted += 1
-                else:
-                    model.set_moment(i, old)
+            accepted += self.moves(model, magmoms, site_energies, np.arange(n), order_keys, draws, s)
         self.tried += self.sweeps * n
         self.accepted += accepted
         return accepted
 
+    def random_numbers(self, ids: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-atom (keyed by id and step) ordering keys (n, sweeps) and move draws (n, 3·sweeps)."""
+        return (self.streams.uniform(Purpose.MC_ORDER, step, ids, self.sweeps),
+                self.streams.uniform(Purpose.MC_MOVE, step, ids, 3 * self.sweeps))
+
+    def moves(self, model: SiteModel, magmoms: np.ndarray, site_energies: np.ndarray, atoms: np.ndarray,
+              order_keys: np.ndarray, draws: np.ndarray, s: int) -> int:
+        """Metropolis moves of sweep ``s`` on ``atoms`` (indices into ``magmoms``) in the order of
+        their keys; ``site_energies`` is indexed by the model's centres. Returns accepted moves."""
+        accepted = 0
+        beta = 1.0 / self.kT if self.kT > 0 else math.inf
+        atoms = np.asarray(atoms, dtype=np.int64)
+        for i in atoms[np.argsort(order_keys[atoms, s], kind="stable")].tolist():
+            u_kind, u_delta, u_accept = draws[i, 3 * s:3 * s + 3]
+            old = float(magmoms[i])
+            if u_kind < self.flip_fraction:
+                new = -old
+            else:
+                new = old + self.max_change * (2.0 * u_delta - 1.0)
+            if not self.lo[i] <= new <= self.hi[i]:
+                continue
+            centres = model.affected(i)
+            before = site_energies[centres]
+            model.set_moment(i, new)
+            after = model.site_energies(centres)
+            delta = float(np.sum(after - before))
+            if delta <= 0.0 or u_accept < math.exp(-beta * delta):
+                magmoms[i] = new
+                site_energies[centres] = after
+                accepted += 1
+            else:
+                model.set_moment(i, old)
+        return accepted
+
     def update(self, forcefield, state: MDState, evaluation: Evaluation) -> None:
         """One MC update of the MD step; the exact energy change is booked as heat (moment bath)."""
+        if getattr(forcefield, "distributed", False):
+            from mmtp_hpc.dynamics.domain import distributed_mc_update
+
+            distributed_mc_update(self, forcefield, state, evaluation)
+            return
         model = self._model = MTPSiteModel(forcefield, state.magmoms, self._model)
         self.sweep(model, state.magmoms, evaluation.site_energies, state.ids, state.step)
         energy = float(evaluation.site_energies.sum())

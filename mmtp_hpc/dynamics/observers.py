@@ -68,13 +68,14 @@ class ExtrapolationObserver(Observer):
     name = "extrapolation"
 
     def __init__(self, active_set, mode: str, select: float, break_: float, save_to: str | Path | None,
-                 species: list[str] | None = None):
+                 species: list[str] | None = None, root: bool = True):
         self.active_set = active_set
         self.mode = active_set.resolve_mode(mode)
         self.select = float(select)
         self.break_ = float(break_)
         self.save_to = None if save_to is None else Path(save_to)
         self.species = species
+        self.root = root          # under MPI only rank 0 touches the file
         self.saved = 0
         self.evaluated = 0
         self.max_grade = 0.0
@@ -82,7 +83,7 @@ class ExtrapolationObserver(Observer):
 
     def start(self, restart: bool) -> None:
         """New run: replace an old ``save_to``; restart: drop configurations saved after the checkpoint."""
-        if self.save_to is None or not self.save_to.exists():
+        if not self.root or self.save_to is None or not self.save_to.exists():
             return
         if not restart:
             self.save_to.unlink()
@@ -101,33 +102,70 @@ class ExtrapolationObserver(Observer):
         from mmtp_hpc.potentials.mtp.engine import MagneticRangeWarning
 
         state = sim.state
-        cfg = state.configuration(sim.evaluation)
+        cfg = None
         with warnings.catch_warnings():
             # the driver reports moments outside the potential's interval once, at the start
             warnings.simplefilter("ignore", MagneticRangeWarning)
-            result = self.active_set.grade(sim.forcefield.engine, cfg, self.mode, nl=sim.forcefield.nl,
-                                           symmetric=sim.forcefield.symmetric)
+            if sim.distributed:
+                result = self._grade_distributed(sim)
+            else:
+                cfg = state.configuration(sim.evaluation)
+                result = self.active_set.grade(sim.forcefield.engine, cfg, self.mode, nl=sim.forcefield.nl,
+                                               symmetric=sim.forcefield.symmetric)
         self.evaluated += 1
         grade = result.grade
         sim.last_grade = grade
         self.last_nbh_grades = result.nbh_grades
         self.max_grade = max(self.max_grade, grade)
         if grade > self.select and self.save_to is not None:
+            if sim.distributed:
+                cfg = sim.global_configuration(result.nbh_grades)
             self._save(sim, cfg, result)
         if grade > self.break_:
             where = ""
             if result.worst_atom >= 0:
-                where = f", worst neighbourhood: atom id {int(state.ids[result.worst_atom])}"
+                worst = result.worst_atom if sim.distributed else int(state.ids[result.worst_atom])
+                where = f", worst neighbourhood: atom id {worst}"
             saved = f"; configuration saved to {self.save_to}" if self.save_to is not None else ""
             sim.request_stop(f"extrapolation grade {grade:.4g} > break = {self.break_:g} at step "
                              f"{state.step}{where}{saved}")
 
+    def _grade_distributed(self, sim: Simulation):
+        """Grades with the atoms spread over ranks: per-neighbourhood rows of the owned atoms
+        (ghost moments from the halo); the configuration grade and the worst atom over all
+        ranks; in configuration mode the row Σ_i ∂E_i/∂θ is summed over ranks."""
+        from mmtp_hpc.active.grades import GradeResult
+        from mmtp_hpc.errors import InputError
+
+        ff, state, aset = sim.forcefield, sim.state, self.active_set
+        g = ff.engine.param_gradients_on_list(ff.nl, ff.types_all, ff.ghost_moments(state.magmoms),
+                                              symmetric=ff.symmetric)
+        comm = state.comm
+        if self.mode == "nbh":
+            nbh = aset.row_grades(g["site_param_grad"]) if state.n_atoms else np.zeros(0)
+            k = int(np.argmax(nbh)) if len(nbh) else -1
+            mine = (float(nbh[k]), int(state.ids[k])) if k >= 0 else (-1.0, -1)
+            best = max(comm.allgather(mine))
+            return GradeResult(max(best[0], 0.0), nbh, best[1])
+        if aset.force_weight != 0.0 or aset.stress_weight != 0.0:
+            raise InputError("configuration grades with force/stress rows are not available with domain "
+                             "decomposition (they need O(N) parameter Jacobians); use an active set of "
+                             "energy or neighbourhood rows", field="extrapolation.mode")
+        row = state.global_sum(g["energy_param_grad"])
+        n = state.n_global
+        row = aset.energy_weight * row / (float(n) ** (aset.weight_scaling / 2.0) if n else 1.0)
+        return GradeResult(float(aset.row_grades(row)[0]))
+
     def _save(self, sim: Simulation, cfg, result) -> None:
         from mmtp_hpc.io.formats import write_configurations
 
+        if cfg is None:        # MPI: rank 0 writes the gathered configuration
+            self.saved += 1
+            return
+
         cfg.features["MV_grade"] = f"{result.grade:.10g}"
         cfg.features["md_step"] = str(sim.state.step)
-        if result.nbh_grades is not None:
+        if result.nbh_grades is not None and cfg.nbh_grades is None:
             cfg.nbh_grades = result.nbh_grades
         write_configurations(self.save_to, [cfg], species=self.species, append=self.save_to.exists(),
                              provenance=f"mmtp md step {sim.state.step}")
@@ -186,7 +224,7 @@ class ThermoLog(Observer):
         if self._last is not None and step > self._last[0]:
             rate = (step - self._last[0]) / max(now - self._last[1], 1e-12)
         self._last = (step, now)
-        n = sim.state.n_atoms
+        n = sim.state.n_global
         eta = "-" if not math.isfinite(rate) or rate <= 0 else _duration((sim.target_step - step) / rate)
         values = (step, sim.state.time_fs / 1000.0, th["temperature"], th["potential_energy"] / n,
                   th["kinetic_energy"] / n, th["conserved_energy"] / n, th["pressure"], th["moment_mean"],
@@ -244,25 +282,39 @@ class TrajectoryObserver(Observer):
         self.path = Path(path)
         self.store = list(store)
         self.writer = None
+        self._opened = False
 
     def open(self, sim: Simulation, restart_step: int | None) -> None:
         from mmtp_hpc.io.trajectory import TrajectoryWriter
 
         s = sim.state
-        self.writer = TrajectoryWriter(self.path, self.store, species=s.species, types=s.types, ids=s.ids,
-                                       masses=s.masses, pbc=s.pbc, settings=sim.settings_dict(),
+        types, ids, masses = s.types, s.ids, s.masses
+        self._opened = True
+        if sim.distributed:    # one file, written by rank 0, the same for any rank count
+            g = sim.forcefield.gather(s, {"types": s.types, "ids": s.ids, "masses": s.masses})
+            if g is None:
+                return
+            types, ids, masses = (np.rint(g["types"]).astype(np.int64), np.rint(g["ids"]).astype(np.int64),
+                                  g["masses"])
+        self.writer = TrajectoryWriter(self.path, self.store, species=s.species, types=types, ids=ids,
+                                       masses=masses, pbc=s.pbc, settings=sim.settings_dict(),
                                        restart_step=restart_step)
 
     def __call__(self, sim: Simulation) -> None:
-        if self.writer is None:
+        if not self._opened:
             self.open(sim, None)
         s, ev = sim.state, sim.evaluation
         frame: dict[str, Any] = {"step": s.step, "time": s.time_fs, "cell": s.cell, **sim.thermo()}
         per_atom = {"positions": s.positions, "velocities": s.velocities, "magmoms": s.magmoms,
                     "forces": ev.forces, "site_energies": ev.site_energies,
                     "magnetic_gradient": ev.magnetic_gradient}
-        for name in self.store:
-            frame[name] = sim.nbh_grades() if name == "nbh_grades" else per_atom[name]
+        columns = {name: (sim.nbh_grades() if name == "nbh_grades" else per_atom[name]) for name in self.store}
+        if sim.distributed:   # gathered on rank 0 in id order
+            columns = {k: (np.full(s.n_atoms, np.nan) if v is None else v) for k, v in columns.items()}
+            columns = sim.forcefield.gather(s, columns)
+            if columns is None:
+                return
+        frame.update(columns)
         self.writer.append(frame)
 
     def flush(self) -> None:

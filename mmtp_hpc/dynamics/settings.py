@@ -332,6 +332,21 @@ class OutputSettings:
     log_every: int = _key(100, "log interval (steps)", integer(1))
 
 
+def _grid(value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+        raise _Bad(f"expected three positive integers [px, py, pz], got {value!r}")
+    return [int(v) for v in value]
+
+
+@dataclass
+class ParallelSettings:
+    grid: list[int] | None = _key(None, "MPI rank grid [px, py, pz] of the domain decomposition "
+                                  "(default: MPI.Compute_dims, most ranks along the longest axis)", _grid)
+
+
 SECTIONS: dict[str, type] = {
     "system": SystemSettings,
     "potential": PotentialSettings,
@@ -339,6 +354,7 @@ SECTIONS: dict[str, type] = {
     "moments": MomentSettings,
     "extrapolation": ExtrapolationSettings,
     "output": OutputSettings,
+    "parallel": ParallelSettings,
 }
 
 
@@ -352,6 +368,7 @@ class RunSettings:
     moments: MomentSettings = field(default_factory=MomentSettings)
     extrapolation: ExtrapolationSettings = field(default_factory=ExtrapolationSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)
     source: str | None = None
     base_dir: str = "."
 

@@ -218,10 +218,16 @@ def initial_velocities(masses: np.ndarray, ids: np.ndarray, temperature_K: float
 
 # --------------------------------------------------------------------------- simulation
 def build_simulation(settings: RunSettings, restart: str | Path | None = None,
-                     stream: TextIO | None = sys.stdout) -> Simulation:
+                     stream: TextIO | None = sys.stdout, comm=None) -> Simulation:
     from mmtp_hpc.potentials.mtp.engine import MTPEngine
 
+    from mmtp_hpc.parallel.comm import get_comm
+
     md, mo, ex, out = settings.md, settings.moments, settings.extrapolation, settings.output
+    comm = get_comm(comm)      # a SerialComm runs the whole system here, also under mpirun
+    root = comm.Get_rank() == 0
+    if not root:
+        stream = None          # rank 0 reports for everyone
     pot, pot_path = load_md_potential(settings)
     if mo.mode != "fixed" and not pot.magnetic:
         raise InputError(f"moments.mode = {mo.mode!r} needs a magnetic potential; {pot_path} is not magnetic",
@@ -269,7 +275,14 @@ def build_simulation(settings: RunSettings, restart: str | Path | None = None,
 
     threads = settings.potential.threads or None
     engine = MTPEngine(pot, num_threads=threads)
-    forcefield = ForceField(engine, settings.potential.symmetrize, skin=md.skin)
+    if comm.Get_size() > 1:
+        from mmtp_hpc.dynamics.domain import DomainForceField
+
+        # parallel Monte Carlo needs the site energies of ghost centres: a halo twice as wide
+        forcefield = DomainForceField(engine, comm, settings.potential.symmetrize, skin=md.skin,
+                                      grid=settings.parallel.grid, monte_carlo=mo.mode == "mc")
+    else:
+        forcefield = ForceField(engine, settings.potential.symmetrize, skin=md.skin)
 
     thermostat: Thermostat | None = None
     if md.ensemble in ("nvt", "npt"):
@@ -297,10 +310,15 @@ def build_simulation(settings: RunSettings, restart: str | Path | None = None,
     elif mo.mode == "mc":
         moments = MonteCarloMoments(mo.mc_sweeps, mo.mc_flip_fraction, mo.mc_max_change, md.temperature_K,
                                     lo, hi, streams)
+    if moments is not None:
+        moments.type_bounds = moment_bounds(settings, pot, species, np.arange(pot.species_count))
 
     sim = Simulation(state, forcefield, integrator, moments=moments, moment_every=mo.every,
                      seed=streams.seed, settings=settings, potential_path=str(pot_path))
     sim.target_step = md.steps
+    if forcefield.distributed and checkpoint is None:
+        forcefield.setup(state)      # keep this rank's atoms; the rest of the set-up sees local arrays
+        sim._after_migration()
 
     # observers, in their fixed order
     extrapolation = None
@@ -310,9 +328,9 @@ def build_simulation(settings: RunSettings, restart: str | Path | None = None,
         active = ActiveSet.from_potential(pot)
         save_to = settings.path(ex.save_to)
         require_path_writable(save_to, "extrapolative configurations")
-        extrapolation = ExtrapolationObserver(active, ex.mode, ex.select, ex.break_, save_to, species)
+        extrapolation = ExtrapolationObserver(active, ex.mode, ex.select, ex.break_, save_to, species, root=root)
         sim.attach(extrapolation, ex.every)
-    log_path = settings.path(out.log)
+    log_path = settings.path(out.log) if root else None
     if log_path is not None:
         require_path_writable(log_path, "log")
     sim.attach(ThermoLog(stream, log_path, append=checkpoint is not None), out.log_every)
@@ -329,7 +347,7 @@ def build_simulation(settings: RunSettings, restart: str | Path | None = None,
 
     if checkpoint is not None:
         sim.restore(checkpoint)
-        if checkpoint.stop_reason:
+        if checkpoint.stop_reason and stream is not None:
             _note(stream, f"restart: the checkpoint's run had stopped early ({checkpoint.stop_reason})")
     if extrapolation is not None:
         extrapolation.start(restart=checkpoint is not None)
@@ -337,7 +355,9 @@ def build_simulation(settings: RunSettings, restart: str | Path | None = None,
         trajectory.open(sim, None if checkpoint is None else checkpoint.step)
     if stream is not None:
         what = (f"restart from {restart} at step {state.step}" if checkpoint is not None
-                else f"{state.n_atoms} atoms")
+                else f"{state.n_global} atoms")
+        if comm.Get_size() > 1:
+            what += f"; MPI {forcefield.decomp.describe()}"
         _note(stream, f"mmtp md: {what}; {md.ensemble} {md.temperature_K:g} K, dt {md.timestep_fs:g} fs, "
                       f"moments {mo.mode}; potential {pot_path} (level {pot.level}, "
                       f"{'magnetic' if pot.magnetic else 'non-magnetic'}"

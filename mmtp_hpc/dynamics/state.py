@@ -15,6 +15,7 @@ the cell, so displacements and diffusion are continuous); ``velocities`` (N, 3) 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,9 @@ class MDState:
     heat: float = 0.0
     """Energy (eV) taken out of the system by thermostat and barostat so far; the conserved
     quantity of the stochastic thermostats is E_pot + E_kin + heat."""
+    comm: Any = field(default=None, repr=False, compare=False)
+    """Under MPI domain decomposition the arrays hold this rank's atoms only and the sums
+    below (kinetic energy, ...) are over all ranks; None = all atoms here."""
 
     def __post_init__(self) -> None:
         n = len(self.positions)
@@ -69,6 +73,8 @@ class MDState:
         self.cell = np.array(self.cell, dtype=np.float64).reshape(3, 3)
         self.pbc = np.array(self.pbc, dtype=bool).reshape(3)
         self.species = [str(s) for s in self.species]
+        self.n_global = n
+        """Number of atoms over all ranks (= n_atoms without domain decomposition)."""
 
     @property
     def n_atoms(self) -> int:
@@ -78,13 +84,26 @@ class MDState:
     def volume(self) -> float:
         return float(abs(np.linalg.det(self.cell)))
 
+    @property
+    def distributed(self) -> bool:
+        return self.comm is not None and self.comm.Get_size() > 1
+
+    def global_sum(self, value: np.ndarray | float) -> np.ndarray | float:
+        """Σ over ranks of a float or float64 array (itself without domain decomposition)."""
+        if not self.distributed:
+            return value
+        from mmtp_hpc.parallel.comm import allreduce_sum
+        out = allreduce_sum(self.comm, np.atleast_1d(np.asarray(value, dtype=np.float64)))
+        return float(out[0]) if np.ndim(value) == 0 else out.reshape(np.shape(value))
+
     def kinetic_energy(self) -> float:
-        """E_kin (eV)."""
-        return 0.5 * MVV2E * float(np.einsum("i,ij,ij->", self.masses, self.velocities, self.velocities))
+        """E_kin (eV), over all ranks."""
+        return float(self.global_sum(
+            0.5 * MVV2E * float(np.einsum("i,ij,ij->", self.masses, self.velocities, self.velocities))))
 
     def kinetic_tensor(self) -> np.ndarray:
-        """Σ m v_a v_b (eV), the kinetic part of the pressure tensor times V."""
-        return MVV2E * np.einsum("i,ia,ib->ab", self.masses, self.velocities, self.velocities)
+        """Σ m v_a v_b (eV), the kinetic part of the pressure tensor times V (over all ranks)."""
+        return self.global_sum(MVV2E * np.einsum("i,ia,ib->ab", self.masses, self.velocities, self.velocities))
 
     def temperature(self, dof: int) -> float:
         """Kinetic temperature (K) for ``dof`` degrees of freedom."""
@@ -107,8 +126,10 @@ class MDState:
         return cfg
 
     def copy(self) -> MDState:
-        return MDState(self.positions.copy(), self.velocities.copy(), self.masses.copy(), self.types.copy(),
+        out = MDState(self.positions.copy(), self.velocities.copy(), self.masses.copy(), self.types.copy(),
                        self.ids.copy(), self.magmoms.copy(), self.cell.copy(), self.pbc.copy(),
                        list(self.species), self.step, self.time_fs,
                        {k: np.array(v, copy=True) for k, v in self.thermostat.items()},
-                       {k: np.array(v, copy=True) for k, v in self.barostat.items()}, self.heat)
+                       {k: np.array(v, copy=True) for k, v in self.barostat.items()}, self.heat, self.comm)
+        out.n_global = self.n_global
+        return out

@@ -131,5 +131,13 @@ def ordered_sum(comm, rows: dict[int, np.ndarray], n_rows: int, width: int,
     return total
 
 
+def abort_all(comm: Any, code: int = 1) -> None:
+    """End all ranks of ``comm`` (MPI_Abort) when there is more than one; else return."""
+    if comm.Get_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        comm.Abort(code)
+
+
 def is_root(comm: Any = None) -> bool:
     return get_comm(comm).Get_rank() == 0

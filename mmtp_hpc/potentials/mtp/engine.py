@@ -224,6 +224,22 @@ class MTPEngine:
             out = combine_symmetric(out, self._param_raw(nl, cfg, -mag, site, flipped))
         return out
 
+    def param_gradients_on_list(self, nl: NeighborList, types_all: np.ndarray, magmoms_all: np.ndarray,
+                                symmetric: bool | None = None) -> dict:
+        """∂E_i/∂θ of the list's centres from per-entry types and moments (n_total,) — for lists
+        whose entries are not images of the centres (MPI halos), where ``image_of`` is the identity."""
+        from types import SimpleNamespace
+
+        symmetric = self.pot.symmetric if symmetric is None else symmetric
+        entries = SimpleNamespace(types=np.asarray(types_all))
+        mag_all = np.asarray(magmoms_all, dtype=np.float64)
+        if not np.array_equal(nl.image_of, np.arange(nl.n_total)):
+            raise ValueError("param_gradients_on_list needs a list whose image_of is the identity")
+        out = self._param_raw(nl, entries, mag_all, True, None)
+        if symmetric and self.pot.magnetic:
+            out = combine_symmetric(out, self._param_raw(nl, entries, -mag_all, True, None))
+        return out
+
     def _param_raw(self, nl: NeighborList, cfg: Configuration, mag: np.ndarray, site: bool,
                    tangent: tuple | None) -> dict:
         pot = self.pot

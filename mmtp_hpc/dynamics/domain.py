@@ -1,0 +1,439 @@
+"""The force field on a domain-decomposed supercell: owned atoms + MPI halo, same interface as ForceField.
+
+Under ``mpirun -n P`` every rank's :class:`~mmtp_hpc.dynamics.state.MDState` holds only the
+atoms it owns (sorted by global id); :class:`DomainForceField` keeps the subdomain's
+ghost layer (:class:`mmtp_hpc.parallel.halo.Halo`) and a neighbour list whose centres are
+the owned atoms and whose entries are owned atoms then ghosts — the layout the kernels
+already consume, so :meth:`MTPEngine.compute_local` runs unchanged. Per MD step
+(hooks 2–4 of :mod:`mmtp_hpc.dynamics.driver`):
+
+2. exchange: if any atom on any rank moved more than skin/2 since the build (or the cell
+   changed by more than the skin allows; same rule as :class:`ForceField`), atoms migrate
+   to their new owners with positions, velocities, masses, types, ids and moments, and the
+   halo and list are rebuilt; otherwise ghost positions are refreshed (forward
+   communication, ``+ shift @ cell`` with the current cell);
+3. forces: moments are sent to the ghosts (forward), the kernels run on the local list;
+4. reverse sum: forces and ∂E/∂m computed on ghosts are sent back and added to their
+   owners; the energy and the virial are summed over ranks.
+
+Everything else in the driver sees local arrays and global scalars. The halo is
+``cutoff + skin`` wide, twice that when moments are updated by parallel Monte Carlo (a
+move changes the site energies of centres up to one cutoff away, whose own
+neighbourhoods reach one more cutoff).
+
+:func:`evaluate_distributed` evaluates one configuration this way (``mpirun mmtp efs``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mmtp_hpc.dynamics.forcefield import ForceField
+from mmtp_hpc.dynamics.state import Evaluation, MDState
+from mmtp_hpc.parallel.comm import allreduce_sum, max_op
+from mmtp_hpc.parallel.decomposition import Decomposition
+from mmtp_hpc.parallel.halo import Halo, gather_rows, migrate
+from mmtp_hpc.system.neighbors import NeighborList, find_pairs
+
+# per-atom columns that travel with an atom (MDState attribute, width)
+_ATOM_COLUMNS = (("positions", 3), ("velocities", 3), ("masses", 1), ("types", 1), ("ids", 1), ("magmoms", 1))
+
+
+def pack_atoms(state: MDState, extra: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """(n, k) float64 rows of the per-atom state (ids and types are exact in float64)."""
+    cols = [np.asarray(getattr(state, name), dtype=np.float64).reshape(state.n_atoms, w)
+            for name, w in _ATOM_COLUMNS]
+    for value in (extra or {}).values():
+        cols.append(np.asarray(value, dtype=np.float64).reshape(state.n_atoms, -1))
+    return np.concatenate(cols, axis=1) if cols else np.zeros((0, 0))
+
+
+def unpack_atoms(state: MDState, rows: np.ndarray, extra_widths: dict[str, int] | None = None
+                 ) -> dict[str, np.ndarray]:
+    """Set the state's per-atom arrays from ``rows``; returns the extra columns by name."""
+    c = 0
+    for name, w in _ATOM_COLUMNS:
+        block = rows[:, c:c + w]
+        if name in ("types", "ids"):
+            setattr(state, name, np.rint(block[:, 0]).astype(np.int64))
+        elif w == 1:
+            setattr(state, name, np.ascontiguousarray(block[:, 0]))
+        else:
+            setattr(state, name, np.ascontiguousarray(block))
+        c += w
+    out = {}
+    for name, w in (extra_widths or {}).items():
+        out[name] = np.ascontiguousarray(rows[:, c:c + w])
+        c += w
+    return out
+
+
+class DomainForceField(ForceField):
+    """:class:`ForceField` over the owned atoms of this rank's subdomain (see the module docstring)."""
+
+    distributed = True
+
+    def __init__(self, engine, comm, symmetric: bool | None = None, skin: float = 1.0,
+                 grid: list[int] | None = None, monte_carlo: bool = False):
+        super().__init__(engine, symmetric, skin)
+        self.comm = comm
+        self.grid_request = None if grid is None else list(grid)
+        self.monte_carlo = bool(monte_carlo)
+        radius = self.cutoff + self.skin
+        self.halo_width = 2.0 * radius if monte_carlo else radius
+        # parallel MC: same-sector moves on neighbouring ranks are half a subdomain apart, ≥ 2 cutoffs
+        self.min_width = max(self.halo_width, 4.0 * self.cutoff) if monte_carlo else self.halo_width
+        self.decomp: Decomposition | None = None
+        self.halo: Halo | None = None
+        self.migrations = 0
+        self.time = {"neighbor": 0.0, "comm": 0.0, "force": 0.0}
+
+    # ------------------------------------------------------------------ set-up / rebuild
+    def setup(self, state: MDState, replicated: bool = True) -> None:
+        """First build. ``replicated``: every rank holds all atoms (as read or generated), and
+        keeps its own; else the atoms are already distributed and migrate."""
+        import time
+        t0 = time.perf_counter()
+        self._decompose(state.cell, state.pbc)
+        if replicated:
+            frac, _ = self.decomp.wrap(state.positions)
+            keep = self.decomp.owners(frac) == self.comm.Get_rank()
+            unpack_atoms(state, pack_atoms(state)[keep])
+            self._sort(state)
+        else:
+            self._migrate(state)
+        state.comm = self.comm
+        state.n_global = self._global_count(state)
+        self._build(state.positions, state)
+        self.time["neighbor"] += time.perf_counter() - t0
+
+    def _decompose(self, cell: np.ndarray, pbc: np.ndarray) -> None:
+        if self.decomp is None:
+            self.decomp = Decomposition(self.comm, cell, pbc, self.min_width, self.grid_request)
+        else:
+            self.decomp.set_cell(cell)
+
+    def _global_count(self, state: MDState) -> int:
+        return int(round(float(allreduce_sum(self.comm, np.array([float(state.n_atoms)]))[0])))
+
+    @staticmethod
+    def _sort(state: MDState) -> None:
+        order = np.argsort(state.ids, kind="stable")
+        if np.any(order != np.arange(len(order))):
+            unpack_atoms(state, pack_atoms(state)[order])
+
+    def _migrate(self, state: MDState, carry: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Atoms to their owners; ``carry``: more per-atom arrays that travel with them."""
+        carry = carry or {}
+        frac, _ = self.decomp.wrap(state.positions)
+        owners = self.decomp.owners(frac)
+        moving = int(np.count_nonzero(owners != self.comm.Get_rank()))
+        widths = {k: int(np.prod(np.shape(v)[1:])) for k, v in carry.items()}
+        rows = migrate(self.comm, owners, pack_atoms(state, carry))
+        rows = rows[np.argsort(rows[:, 8], kind="stable")]     # column 8: ids (see _ATOM_COLUMNS)
+        extra = unpack_atoms(state, rows, widths)
+        self.migrations += int(allreduce_sum(self.comm, np.array([float(moving)]))[0])
+        return {k: extra[k].reshape((len(rows), *np.shape(carry[k])[1:])) for k in carry}
+
+    def rebuild_now(self, state: MDState, carry: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Migrate (with ``carry``) and rebuild now, whatever the displacements (parallel MC needs
+        every atom inside its owner's subdomain)."""
+        import time
+        t0 = time.perf_counter()
+        self._decompose(state.cell, state.pbc)
+        out = self._migrate(state, carry)
+        self._build(state.positions, state)
+        self.time["neighbor"] += time.perf_counter() - t0
+        return out
+
+    def _build(self, build_positions: np.ndarray, state: MDState) -> None:
+        """Halo and list from ``build_positions`` (the owned atoms' positions at the build)."""
+        d = self.decomp
+        cell = np.array(state.cell, dtype=np.float64)
+        frac, wrap = d.wrap(build_positions)
+        self.halo = Halo(self.comm, d)
+        payload = np.column_stack([state.types.astype(np.float64), state.ids.astype(np.float64)])
+        data = self.halo.build(frac, self.halo_width, payload)
+        n, n_total = len(frac), self.halo.n_total
+        positions = np.zeros((n_total, 3))
+        positions[:n] = build_positions + wrap @ cell
+        self.halo.forward(positions, cell)
+        offsets, neighbors = find_pairs(positions, n, self.cutoff + self.skin)
+        self.nl = NeighborList(n_local=n, positions=positions, image_of=np.arange(n_total, dtype=np.int64),
+                               shifts=self.halo.shifts, offsets=offsets, neighbors=neighbors,
+                               cutoff=self.cutoff, skin=self.skin, cell=cell, pbc=np.array(state.pbc),
+                               wrap_shifts=wrap, reference_positions=np.array(build_positions, dtype=np.float64))
+        self.types_all = np.ascontiguousarray(np.rint(data[:, 0]), dtype=np.int32)
+        self.ids_all = np.rint(data[:, 1]).astype(np.int64)
+        self.build_cell = cell
+        self.rebuilds += 1
+        self.generation += 1
+
+    def build(self, positions, cell, pbc, types) -> None:  # pragma: no cover - serial signature
+        raise RuntimeError("DomainForceField is built from the state: use setup(state) / update(state)")
+
+    def needs_rebuild(self, positions: np.ndarray, cell: np.ndarray) -> bool:
+        local = 1.0 if super().needs_rebuild(positions, cell) else 0.0
+        if self.comm.Get_size() == 1:
+            return bool(local)
+        return bool(self.comm.allreduce(local, op=max_op()) > 0.0)
+
+    def update(self, state: MDState) -> bool:
+        """Rebuild (with migration) if needed, else refresh ghost positions. True if rebuilt."""
+        import time
+        t0 = time.perf_counter()
+        if self.needs_rebuild(state.positions, state.cell):
+            self._decompose(state.cell, state.pbc)
+            self._migrate(state)
+            self._build(state.positions, state)
+            self.time["neighbor"] += time.perf_counter() - t0
+            return True
+        self._move(state.positions, state.cell)
+        self.time["comm"] += time.perf_counter() - t0
+        return False
+
+    def _move(self, positions: np.ndarray, cell: np.ndarray) -> None:
+        nl = self.nl
+        cell = np.array(cell, dtype=np.float64)
+        nl.cell = cell
+        n = nl.n_local
+        nl.positions[:n] = positions + nl.wrap_shifts @ cell
+        self.halo.forward(nl.positions, cell)
+
+    def restore_distributed(self, build_positions: np.ndarray, build_cell: np.ndarray, state: MDState,
+                            per_atom: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Continue from a checkpoint whose arrays (state and ``per_atom``) are global and sorted by
+        id: keep this rank's atoms (owned according to the build positions), rebuild the list a
+        run had, move it to the current positions. Returns ``per_atom`` restricted likewise."""
+        self._decompose(np.asarray(build_cell), state.pbc)
+        frac, _ = self.decomp.wrap(build_positions)
+        keep = self.decomp.owners(frac) == self.comm.Get_rank()
+        unpack_atoms(state, pack_atoms(state)[keep])
+        state.comm = self.comm
+        state.n_global = int(len(keep))
+        local_build = np.ascontiguousarray(build_positions[keep])
+        saved_cell = state.cell
+        state.cell = np.array(build_cell, dtype=np.float64)
+        self._build(local_build, state)
+        state.cell = saved_cell
+        self.rebuilds -= 1
+        self._move(state.positions, state.cell)
+        return {k: (v[keep] if np.ndim(v) >= 1 and len(v) == len(keep) else v) for k, v in per_atom.items()}
+
+    # ------------------------------------------------------------------ evaluation
+    def ghost_moments(self, magmoms: np.ndarray) -> np.ndarray:
+        """(n_total,) moments of owned atoms and ghosts (forward communication)."""
+        mag_all = np.zeros(self.nl.n_total)
+        mag_all[:self.nl.n_local] = magmoms
+        self.halo.forward(mag_all)
+        return mag_all
+
+    def evaluate(self, state: MDState, magmoms: np.ndarray | None = None,
+                 derivatives: bool = True) -> Evaluation:
+        import time
+        t0 = time.perf_counter()
+        mag = state.magmoms if magmoms is None else magmoms
+        mag_all = self.ghost_moments(mag)
+        t1 = time.perf_counter()
+        self.evaluations += 1
+        plus = self._local(mag_all, derivatives)
+        minus = self._local(-mag_all, derivatives) if self.symmetric else None
+        t2 = time.perf_counter()
+        if minus is not None:
+            site = 0.5 * (plus[0] + minus[0])
+        else:
+            site = plus[0]
+        energy = float(allreduce_sum(self.comm, np.array([site.sum()]))[0])
+        if not derivatives:
+            self.time["comm"] += (t1 - t0) + (time.perf_counter() - t2)
+            self.time["force"] += t2 - t1
+            return Evaluation(energy, site, None, None, None)
+        if minus is not None:
+            per_entry = 0.5 * (plus[1] + minus[1])
+            per_entry[:, 3] = 0.5 * (plus[1][:, 3] - minus[1][:, 3])
+            virial = 0.5 * (plus[2] + minus[2])
+        else:
+            per_entry, virial = plus[1], plus[2]
+        self.halo.reverse(per_entry)
+        n = self.nl.n_local
+        forces = np.ascontiguousarray(per_entry[:n, :3])
+        grad = np.ascontiguousarray(per_entry[:n, 3]) if self.magnetic else np.zeros(n)
+        virial = allreduce_sum(self.comm, virial)
+        self.time["comm"] += (t1 - t0) + (time.perf_counter() - t2)
+        self.time["force"] += t2 - t1
+        return Evaluation(energy, site, forces, virial, grad)
+
+    def _local(self, mag_all: np.ndarray, derivatives: bool) -> tuple:
+        res = self.engine.compute_local(self.nl, self.types_all, mag_all, derivatives=derivatives)
+        if not derivatives:
+            return (res.site_energies,)
+        per_entry = np.empty((self.nl.n_total, 4))
+        per_entry[:, :3] = res.forces
+        per_entry[:, 3] = res.magnetic_gradient if self.magnetic else 0.0
+        return res.site_energies, per_entry, res.virial
+
+    # ------------------------------------------------------------------ gathering
+    def gather(self, state: MDState, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """Per-atom arrays of all ranks on rank 0, in global id order (None on other ranks)."""
+        names = list(columns)
+        widths = [int(np.prod(np.shape(columns[k])[1:])) for k in names]
+        rows = np.concatenate([np.asarray(columns[k], dtype=np.float64).reshape(state.n_atoms, w)
+                               for k, w in zip(names, widths, strict=True)], axis=1) if names else \
+            np.zeros((state.n_atoms, 0))
+        table = gather_rows(self.comm, state.ids, rows)
+        if table is None:
+            return None
+        out, c = {}, 0
+        for k, w in zip(names, widths, strict=True):
+            shape = np.shape(columns[k])[1:]
+            out[k] = table[:, c:c + w].reshape((len(table), *shape))
+            c += w
+        return out
+
+
+def evaluate_distributed(engine, cfg, comm, magmoms: np.ndarray | None = None, symmetric: bool | None = None,
+                         grid: list[int] | None = None) -> dict | None:
+    """Energy, site energies, forces, virial, stress and ∂E/∂m of ``cfg`` computed
+    domain-decomposed over ``comm``; every rank passes the whole configuration, rank 0 gets
+    the results (in the configuration's atom order), the others None."""
+    from mmtp_hpc.potentials.mtp.engine import EV_PER_A3_TO_GPA
+
+    mag = engine.check_configuration(cfg, magmoms)
+    n = len(cfg)
+    state = MDState(positions=cfg.positions, velocities=np.zeros((n, 3)), masses=np.ones(n), types=cfg.types,
+                    ids=np.arange(n), magmoms=mag, cell=cfg.cell, pbc=cfg.pbc, species=[])
+    ff = DomainForceField(engine, comm, symmetric=symmetric, skin=0.0, grid=grid)
+    if not math.isfinite(ff.cutoff):  # pragma: no cover - potentials always have a finite cutoff
+        raise ValueError("infinite cutoff")
+    ff.setup(state)
+    ev = ff.evaluate(state)
+    table = ff.gather(state, {"site_energies": ev.site_energies, "forces": ev.forces,
+                              "magnetic_gradient": ev.magnetic_gradient})
+    if table is None:
+        return None
+    volume = cfg.volume
+    out = {"energy": ev.energy, "site_energies": table["site_energies"].reshape(n),
+           "forces": table["forces"], "magnetic_gradient": table["magnetic_gradient"].reshape(n),
+           "virial": ev.virial,
+           "stress": (-ev.virial / volume * EV_PER_A3_TO_GPA) if volume > 0 else np.full((3, 3), np.nan),
+           "decomposition": ff.decomp.describe()}
+    return out
+
+
+# --------------------------------------------------------------------------- parallel Monte Carlo
+class DomainSiteModel:
+    """The MC :class:`~mmtp_hpc.dynamics.moments.SiteModel` of one rank: centres are the owned
+    atoms and the ghosts within one cutoff of the subdomain (each atom once), on a list built
+    at the current positions; a moment change is written to every entry of that atom."""
+
+    def __init__(self, ff: DomainForceField, state: MDState):
+        nl, d = ff.nl, ff.decomp
+        n = nl.n_local
+        self.ff = ff
+        frac = d.fractional(nl.positions)
+        reach = d.halo_fraction(ff.cutoff)
+        lo = np.where(d.pbc, d.lo - reach, -np.inf)
+        hi = np.where(d.pbc, d.hi + reach, np.inf)
+        inner = np.all((frac >= lo) & (frac < hi), axis=1)
+        ids_all = ff.ids_all
+        candidates = np.flatnonzero(inner[n:]) + n
+        candidates = candidates[~np.isin(ids_all[candidates], state.ids)]
+        _, first = np.unique(ids_all[candidates], return_index=True)
+        ghost_centres = candidates[np.sort(first)]
+        rest = np.setdiff1d(np.arange(n, nl.n_total), ghost_centres, assume_unique=True)
+        self.order = np.concatenate([np.arange(n), ghost_centres, rest]).astype(np.int64)
+        positions = np.ascontiguousarray(nl.positions[self.order])
+        self.n_centres = n + len(ghost_centres)
+        offsets, neighbors = find_pairs(positions, self.n_centres, ff.cutoff)
+        m = len(self.order)
+        self.nl = NeighborList(n_local=self.n_centres, positions=positions, image_of=np.arange(m, dtype=np.int64),
+                               shifts=np.zeros((m, 3), dtype=np.int64), offsets=offsets, neighbors=neighbors,
+                               cutoff=ff.cutoff, skin=0.0, cell=nl.cell, pbc=nl.pbc,
+                               wrap_shifts=np.zeros((self.n_centres, 3), dtype=np.int64),
+                               reference_positions=positions[:self.n_centres].copy())
+        self.types = np.ascontiguousarray(ff.types_all[self.order], dtype=np.int32)
+        ids = ids_all[self.order]
+        # entries that are (images of) owned atoms, grouped by owned index
+        own = np.isin(ids, state.ids)
+        owner = np.full(m, -1, dtype=np.int64)
+        owner[own] = np.searchsorted(state.ids, ids[own])
+        entries = np.flatnonzero(own)
+        srt = np.argsort(owner[entries], kind="stable")
+        self.image_entries = entries[srt]
+        self.image_offsets = np.concatenate([[0], np.cumsum(np.bincount(owner[entries], minlength=n))])
+        # centres whose energy depends on owned atom i: those with an image of i as neighbour, and i
+        centres = np.repeat(np.arange(self.n_centres, dtype=np.int64), np.diff(offsets))
+        hit = own[neighbors]
+        key = np.unique(np.concatenate([owner[neighbors[hit]] * self.n_centres + centres[hit],
+                                        np.arange(n, dtype=np.int64) * (self.n_centres + 1)]))
+        self.affected_centres = key % self.n_centres
+        self.affected_offsets = np.concatenate([[0], np.cumsum(np.bincount(key // self.n_centres, minlength=n))])
+        self.refresh(state.magmoms)
+
+    def refresh(self, magmoms: np.ndarray) -> None:
+        """Moments of all entries from their owners (forward communication)."""
+        self.mag = np.ascontiguousarray(self.ff.ghost_moments(magmoms)[self.order])
+
+    def all_site_energies(self) -> np.ndarray:
+        return self.site_energies(np.arange(self.n_centres, dtype=np.int64))
+
+    def affected(self, i: int) -> np.ndarray:
+        return self.affected_centres[self.affected_offsets[i]:self.affected_offsets[i + 1]]
+
+    def set_moment(self, i: int, value: float) -> None:
+        self.mag[self.image_entries[self.image_offsets[i]:self.image_offsets[i + 1]]] = value
+
+    def site_energies(self, centers: np.ndarray) -> np.ndarray:
+        engine = self.ff.engine
+        e = engine.site_energies_of(self.nl, self.types, self.mag, centers)
+        if self.ff.symmetric:
+            e = 0.5 * (e + engine.site_energies_of(self.nl, self.types, -self.mag, centers))
+        return e
+
+
+def distributed_mc_update(mc, ff: DomainForceField, state: MDState, evaluation: Evaluation) -> None:
+    """Metropolis moment moves on all ranks at once, by sectors (spec §6).
+
+    Atoms migrate first so that every rank's atoms lie inside its subdomain. Each subdomain
+    is halved along every direction that has two or more ranks; in phase b (a bit per such
+    direction) every rank moves the atoms of its half b, so simultaneous moves on
+    different ranks are at least half a subdomain (≥ 2 cutoffs, checked when the grid is
+    chosen) apart and never change a site energy the other rank uses. Between phases the
+    moved moments reach the ghosts (forward communication) and the centres' site energies
+    are recomputed. Each move is a Metropolis step with the per-atom random numbers of the
+    serial code (keyed by atom id and step), so detailed balance holds move by move; the
+    order of moves follows the sectors, so MC trajectories on different rank counts are
+    statistically equivalent, not identical.
+    """
+    carry = ff.rebuild_now(state, {"forces": evaluation.forces, "site_energies": evaluation.site_energies,
+                                   "magnetic_gradient": evaluation.magnetic_gradient})
+    evaluation.forces = carry["forces"]
+    evaluation.site_energies = carry["site_energies"].reshape(-1)
+    evaluation.magnetic_gradient = carry["magnetic_gradient"].reshape(-1)
+    mc.set_types(state.types)
+    d = ff.decomp
+    model = DomainSiteModel(ff, state)
+    n = state.n_atoms
+    split = np.flatnonzero(d.grid > 1)
+    half = np.floor((d.fractional(ff.nl.positions[:n]) - d.lo) * d.grid * 2.0).astype(np.int64)
+    half = np.clip(half, 0, 1)
+    sector = np.zeros(n, dtype=np.int64)
+    for bit, axis in enumerate(split):
+        sector += half[:, axis] << bit
+    order_keys, draws = mc.random_numbers(state.ids, state.step)
+    accepted = 0
+    for s in range(mc.sweeps):
+        for phase in range(1 << len(split)):
+            if s or phase:
+                model.refresh(state.magmoms)
+            energies = model.all_site_energies()
+            accepted += mc.moves(model, state.magmoms, energies, np.flatnonzero(sector == phase),
+                                 order_keys, draws, s)
+    mc.tried += mc.sweeps * n
+    mc.accepted += accepted
+    after = ff.evaluate(state, derivatives=False)
+    state.heat -= after.energy - evaluation.energy
+    evaluation.site_energies = after.site_energies
+    evaluation.energy = after.energy
