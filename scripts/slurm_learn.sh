@@ -5,10 +5,11 @@
 #
 #   sbatch --export=ALL,INPUT=learn.toml scripts/slurm_learn.sh
 #
-# The MD and training stages use all MPI ranks; the oracle (DFT) runs as the job-script
-# template named in the learning input, typically one `srun` per configuration inside this
-# allocation. Everything the loop needs to continue (potential, training set, iteration
-# counter, MD checkpoints) is on disk, so resubmitting this script continues the loop.
+# Training uses all MPI ranks (configurations distributed); the MD explorations (small
+# cells) run on rank 0; the oracle (DFT) runs as the external command named in the [oracle]
+# table, typically one `srun` per configuration inside this allocation. Everything the loop
+# needs to continue (state.json, potential, training set, labels) is on disk, so
+# resubmitting this script continues the loop.
 #
 #SBATCH --job-name=mmtp-learn
 #SBATCH --nodes=2

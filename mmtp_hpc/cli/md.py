@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="override [md] steps (total step count)")
     p.add_argument("--quiet", action="store_true", help="no log on standard output")
     p.add_argument("--help-input", action="store_true", help="print all input sections and keys, then exit")
+    p.add_argument("--summary-json", default=None, metavar="PATH",
+                   help="also write the end-of-run summary (speed, atom-steps/s, time split) as JSON")
     p.set_defaults(func=run)
 
 
@@ -46,6 +48,13 @@ def run(args: argparse.Namespace) -> int:
         restart = settings.path(restart) if args.restart == "" else restart
     sim = Simulation.from_settings(settings, restart=restart, stream=None if args.quiet else sys.stdout)
     reason = sim.run()
+    if args.summary_json:
+        import json
+
+        summary = sim.summary_dict()
+        if sim.is_root:
+            with open(args.summary_json, "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=1)
     if reason:
         print(f"mmtp md: stopped at step {sim.state.step}: {reason}", file=sys.stderr)
         return EXIT_STOPPED_BY_EXTRAPOLATION

@@ -78,6 +78,8 @@ class Simulation:
         self._initialized = False
         self._wall = 0.0
         self._steps_done = 0
+        self._observer_time: dict[str, float] = {}
+        self._time_start: dict[str, float] = {}
         self._extrapolation = None
         integrator.setup(state)
 
@@ -133,6 +135,8 @@ class Simulation:
         if steps is not None:
             self.target_step = int(steps)
         self.initialize()
+        if not self._time_start:
+            self._time_start = dict(getattr(self.forcefield, "time", {}))   # split covers the steps only
         t0 = time.perf_counter()
         try:
             while self.state.step < self.target_step and not self.stop_reason:
@@ -168,7 +172,10 @@ class Simulation:
         self._steps_done += 1
         for observer, interval in self.observers:                     # 7
             if s.step % interval == 0:
+                t0 = time.perf_counter()
                 observer(self)
+                self._observer_time[observer.name] = (self._observer_time.get(observer.name, 0.0)
+                                                      + time.perf_counter() - t0)
 
     @property
     def distributed(self) -> bool:
@@ -336,6 +343,32 @@ class Simulation:
         return read_checkpoint(path)
 
     # ------------------------------------------------------------------ summary
+    def summary_dict(self) -> dict:
+        """Speed and time split of the run so far (collective under MPI: call on every rank).
+
+        Times are per rank, averaged over ranks: ``force`` (kernels), ``communication`` (halo
+        exchanges, reductions in the force path), ``neighbor`` (list builds and migration),
+        ``io`` (trajectory and checkpoint observers)."""
+        s, ff = self.state, self.forcefield
+        ranks = s.comm.Get_size() if s.comm is not None else 1
+        io = sum(v for k, v in self._observer_time.items() if k in ("trajectory", "checkpoint"))
+        split = {k: v - self._time_start.get(k, 0.0) for k, v in getattr(ff, "time", {}).items()}
+        values = s.global_sum(np.array([split.get("force", math.nan), split.get("comm", 0.0),
+                                        split.get("neighbor", math.nan), io])) / ranks
+        steps = self._steps_done
+        wall = self._wall
+        out = {"ranks": ranks, "atoms": s.n_global, "steps": steps, "wall_s": wall,
+               "steps_per_s": steps / wall if wall > 0 else math.nan,
+               "atom_steps_per_s": steps * s.n_global / wall if wall > 0 else math.nan,
+               "us_per_atom_step": 1e6 * wall / max(steps * s.n_global, 1),
+               "force_s": float(values[0]), "communication_s": float(values[1]),
+               "neighbor_s": float(values[2]), "io_s": float(values[3]),
+               "rebuilds": ff.rebuilds, "evaluations": ff.evaluations}
+        if self.distributed:
+            out["grid"] = ff.decomp.grid.tolist()
+            out["migrations"] = ff.migrations
+        return out
+
     def summary_lines(self, samples: dict[str, list[float]]) -> list[str]:
         s = self.state
         steps = self._steps_done

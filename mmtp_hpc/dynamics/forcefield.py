@@ -20,6 +20,7 @@ the future ``parallel/halo`` replaces it with an MPI reverse communication).
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -48,6 +49,7 @@ class ForceField:
         self.rebuilds = 0
         self.evaluations = 0
         self.generation = 0       # bumped at every rebuild (caches keyed on the list use it)
+        self.time = {"force": 0.0, "comm": 0.0, "neighbor": 0.0}   # seconds, for the run summary
 
     distributed = False
 
@@ -58,7 +60,9 @@ class ForceField:
 
     def build(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, types: np.ndarray) -> None:
         """Build the list from ``positions`` (N, 3) Å in ``cell``."""
+        t0 = time.perf_counter()
         self.nl = build_neighbor_list(cell, pbc, positions, self.cutoff, self.skin)
+        self.time["neighbor"] += time.perf_counter() - t0
         self.build_cell = np.array(cell, dtype=np.float64)
         self.types_all = np.ascontiguousarray(np.asarray(types)[self.nl.image_of], dtype=np.int32)
         self.rebuilds += 1
@@ -112,9 +116,11 @@ class ForceField:
         mag = state.magmoms if magmoms is None else magmoms
         mag_all = mag[nl.image_of]
         self.evaluations += 1
+        t0 = time.perf_counter()
         plus = self._local(mag_all, derivatives)
-        if self.symmetric:
-            minus = self._local(-mag_all, derivatives)
+        minus = self._local(-mag_all, derivatives) if self.symmetric else None
+        self.time["force"] += time.perf_counter() - t0
+        if minus is not None:
             site = 0.5 * (plus[0] + minus[0])
             if not derivatives:
                 return Evaluation(float(site.sum()), site, None, None, None)
