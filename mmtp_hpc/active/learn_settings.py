@@ -50,8 +50,8 @@ from mmtp_hpc.dynamics.settings import (
     integer,
     real,
     settings_from_dict,
+    read_toml,
     text,
-    tomllib,
 )
 from mmtp_hpc.errors import InputError
 
@@ -311,20 +311,8 @@ class LearnSettings:
 # --------------------------------------------------------------------------- loading
 def load_learn_settings(path: str | Path) -> LearnSettings:
     """Read and validate an ``mmtp learn`` input file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("input file not found", path=str(path))
-    try:
-        text_ = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text: {exc}", path=str(path)) from None
-    try:
-        data = tomllib.loads(text_)
-    except tomllib.TOMLDecodeError as exc:
-        m = re.search(r"line (\d+)", str(exc))
-        raise InputError(f"TOML syntax error: {exc}", path=str(path),
-                         line=int(m.group(1)) if m else None) from None
-    return learn_settings_from_dict(data, source=str(path), base_dir=str(path.parent), text=text_)
+    data, text_ = read_toml(path)
+    return learn_settings_from_dict(data, source=str(path), base_dir=str(Path(path).parent), text=text_)
 
 
 def learn_settings_from_dict(data: dict, source: str | None = None, base_dir: str = ".",

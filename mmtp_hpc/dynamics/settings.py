@@ -398,8 +398,8 @@ def _toml_name(f: dataclasses.Field) -> str:
 
 
 # --------------------------------------------------------------------------- loading
-def load_settings(path: str | Path) -> RunSettings:
-    """Read and validate an ``mmtp md`` input file."""
+def read_toml(path: str | Path) -> tuple[dict, str]:
+    """The parsed TOML of an input file and its text; errors name the file (and line)."""
     path = Path(path)
     if not path.is_file():
         raise InputError("input file not found", path=str(path))
@@ -409,12 +409,17 @@ def load_settings(path: str | Path) -> RunSettings:
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text: {exc}", path=str(path)) from None
     try:
-        data = tomllib.loads(text_)
+        return tomllib.loads(text_), text_
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
         raise InputError(f"TOML syntax error: {exc}", path=str(path),
                          line=int(m.group(1)) if m else None) from None
-    return settings_from_dict(data, source=str(path), base_dir=str(path.parent), text=text_)
+
+
+def load_settings(path: str | Path) -> RunSettings:
+    """Read and validate an ``mmtp md`` input file."""
+    data, text_ = read_toml(path)
+    return settings_from_dict(data, source=str(path), base_dir=str(Path(path).parent), text=text_)
 
 
 def settings_from_dict(data: dict, source: str | None = None, base_dir: str = ".",
