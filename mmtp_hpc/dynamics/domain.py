@@ -238,8 +238,13 @@ class DomainForceField(ForceField):
         mag_all = self.ghost_moments(mag)
         t1 = time.perf_counter()
         self.evaluations += 1
-        plus = self._local(mag_all, derivatives)
-        minus = self._local(-mag_all, derivatives) if self.symmetric else None
+        if self.symmetric and self.engine.one_pass_symmetric():
+            # ½[E(M) + E(−M)] in one neighbour pass (symmetric intervals): already combined
+            plus = self._local(mag_all, derivatives, symmetric=True)
+            minus = None
+        else:
+            plus = self._local(mag_all, derivatives)
+            minus = self._local(-mag_all, derivatives) if self.symmetric else None
         t2 = time.perf_counter()
         if minus is not None:
             site = 0.5 * (plus[0] + minus[0])
@@ -265,8 +270,9 @@ class DomainForceField(ForceField):
         self.time["force"] += t2 - t1
         return Evaluation(energy, site, forces, virial, grad)
 
-    def _local(self, mag_all: np.ndarray, derivatives: bool) -> tuple:
-        res = self.engine.compute_local(self.nl, self.types_all, mag_all, derivatives=derivatives)
+    def _local(self, mag_all: np.ndarray, derivatives: bool, symmetric: bool = False) -> tuple:
+        res = self.engine.compute_local(self.nl, self.types_all, mag_all, derivatives=derivatives,
+                                        symmetric=symmetric)
         if not derivatives:
             return (res.site_energies,)
         per_entry = np.empty((self.nl.n_total, 4))
@@ -386,11 +392,9 @@ class DomainSiteModel:
         self.mag[self.image_entries[self.image_offsets[i]:self.image_offsets[i + 1]]] = value
 
     def site_energies(self, centers: np.ndarray) -> np.ndarray:
-        engine = self.ff.engine
-        e = engine.site_energies_of(self.nl, self.types, self.mag, centers)
-        if self.ff.symmetric:
-            e = 0.5 * (e + engine.site_energies_of(self.nl, self.types, -self.mag, centers))
-        return e
+        # symmetrised potentials: ½[E_k(M) + E_k(−M)] (one pass for symmetric intervals)
+        return self.ff.engine.site_energies_of(self.nl, self.types, self.mag, centers,
+                                               symmetric=self.ff.symmetric)
 
 
 def distributed_mc_update(mc, ff: DomainForceField, state: MDState, evaluation: Evaluation) -> None:

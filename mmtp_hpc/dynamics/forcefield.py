@@ -117,6 +117,13 @@ class ForceField:
         mag_all = mag[nl.image_of]
         self.evaluations += 1
         t0 = time.perf_counter()
+        if self.symmetric and self.engine.one_pass_symmetric():
+            # ½[E(M) + E(−M)] and its derivatives in one neighbour pass (symmetric intervals)
+            plus = self._local(mag_all, derivatives, symmetric=True)
+            self.time["force"] += time.perf_counter() - t0
+            if not derivatives:
+                return Evaluation(float(plus[0].sum()), plus[0], None, None, None)
+            return Evaluation(float(plus[0].sum()), plus[0], plus[1], plus[3], plus[2])
         plus = self._local(mag_all, derivatives)
         minus = self._local(-mag_all, derivatives) if self.symmetric else None
         self.time["force"] += time.perf_counter() - t0
@@ -134,9 +141,10 @@ class ForceField:
             forces, grad, virial = plus[1], plus[2], plus[3]
         return Evaluation(float(site.sum()), site, forces, virial, grad)
 
-    def _local(self, mag_all: np.ndarray, derivatives: bool) -> tuple:
+    def _local(self, mag_all: np.ndarray, derivatives: bool, symmetric: bool = False) -> tuple:
         nl = self.nl
-        res = self.engine.compute_local(nl, self.types_all, mag_all, derivatives=derivatives)
+        res = self.engine.compute_local(nl, self.types_all, mag_all, derivatives=derivatives,
+                                        symmetric=symmetric)
         if not derivatives:
             return (res.site_energies,)
         n = nl.n_local

@@ -30,6 +30,12 @@ cdef extern from "_simd.h" nogil:
                    const double* qdp, int n, double* s, double* w, double* wd, double* wi)
     void mmtp_dot2(const double* cf, const double* q, const double* dq, int n, double* s, double* w)
     void mmtp_axpy(double* y, double alpha, const double* x, int n)
+    void mmtp_axpy2(double* y, double alpha, double* y2, double alpha2, const double* x, int n)
+    void mmtp_dot8(const double* cf, const double* cfd, const double* cf2, const double* cfd2,
+                   const double* qp, const double* dqp, const double* qdp, int n, double* out)
+    void mmtp_dot8m(const double* a, const double* b, const double* c, const double* d,
+                    const double* a2, const double* b2, const double* c2, const double* d2,
+                    const double* m, int n, double* out)
 
 
 cdef struct Tables:
@@ -83,6 +89,18 @@ cdef struct Work:
     double* qp      # (R·M,) Q_k ψ_c(m_j)
     double* dqp     # (R·M,) Q'_k ψ_c(m_j)
     double* qdp     # (R·M,) Q_k ψ'_c(m_j)
+    # second coefficient set of the one-pass symmetrised evaluation: E⁻(M) = E(−M)
+    double* f2
+    double* dfr2
+    double* dfmi2
+    double* dfmj2
+    double* moments2
+    double* g2
+    double* d2
+    double* dd2
+    double* pm2
+    double* gm2
+    double* gxm2
     # tangent-mode extras
     double* tr
     double* tv
@@ -124,6 +142,17 @@ cdef Work* alloc_work(Tables* t, int nmax) noexcept nogil:
     w.qp = <double*> malloc(t.R * t.M * sizeof(double))
     w.dqp = <double*> malloc(t.R * t.M * sizeof(double))
     w.qdp = <double*> malloc(t.R * t.M * sizeof(double))
+    w.f2 = <double*> malloc(n * t.K * sizeof(double))
+    w.dfr2 = <double*> malloc(n * t.K * sizeof(double))
+    w.dfmi2 = <double*> malloc(n * t.K * sizeof(double))
+    w.dfmj2 = <double*> malloc(n * t.K * sizeof(double))
+    w.moments2 = <double*> malloc(t.n_moments * sizeof(double))
+    w.g2 = <double*> malloc(t.n_moments * sizeof(double))
+    w.d2 = <double*> malloc(t.C * t.K * t.R * t.M * sizeof(double))
+    w.dd2 = <double*> malloc(t.C * t.K * t.R * t.M * sizeof(double))
+    w.pm2 = <double*> malloc(t.K * t.n_mono * sizeof(double))
+    w.gm2 = <double*> malloc(t.K * t.n_mono * sizeof(double))
+    w.gxm2 = <double*> malloc(3 * t.K * t.n_mono * sizeof(double))
     w.tr = <double*> malloc(n * sizeof(double))
     w.tv = <double*> malloc(3 * n * sizeof(double))
     w.tmj = <double*> malloc(n * sizeof(double))
@@ -139,6 +168,8 @@ cdef void free_work(Work* w) noexcept nogil:
     free(w.px); free(w.py); free(w.pz)
     free(w.pm); free(w.gm); free(w.gxm); free(w.monos); free(w.tmono); free(w.qp); free(w.dqp); free(w.qdp)
     free(w.tr); free(w.tv); free(w.tmj); free(w.mdot); free(w.h)
+    free(w.f2); free(w.dfr2); free(w.dfmi2); free(w.dfmj2); free(w.moments2); free(w.g2)
+    free(w.d2); free(w.dd2); free(w.pm2); free(w.gm2); free(w.gxm2)
     free(w)
 
 
@@ -370,6 +401,250 @@ cdef void pair_derivatives(Tables* t, Work* w, int nn, double* pair_grad, double
     dmi[0] = dmi_acc
 
 
+# ---------------------------------------------------------------------------------------------
+# One-pass spin-symmetrised evaluation, E_s(M) = ½[E(M) + E(−M)] (spec §2).
+#
+# When every species' magnetic interval is symmetric (m_min = −m_max), η(−m) = −η(m) and
+# ψ_b(−m) = T_b(−η) = (−1)^b ψ_b(m), so E(−M) = E⁻(M): the same model evaluated at M with
+# the coefficients C⁻[.., b, c] = (−1)^(b+c) C[.., b, c]. The two models share everything
+# that does not depend on the coefficients — neighbour vectors, radial and magnetic bases,
+# monomials — and their per-neighbour contractions run fused in one pass (two coefficient
+# tables D, D⁻ on the same vectors; two (μ, q) accumulators fed by the same monomials; the
+# reverse gather dots both adjoint sets with the same stored monomials). Only the per-atom
+# product table and its reverse sweep run twice. Derivatives of E⁻ with respect to M are the
+# derivatives of E(−M) with respect to M, so ∂E_s/∂m = ½[∂E/∂m + ∂E⁻/∂m] = ½[g(M) − g(−M)].
+
+cdef inline void magnetic_basis_odd(Tables* t, int z, double m, double* psi, double* dpsi) noexcept nogil:
+    """:func:`magnetic_basis` on a symmetric interval, η = 2m/(m_max − m_min): exactly odd in m
+    (η(−m) = −η(m) bit for bit, so ψ_b(−m) = (−1)^b ψ_b(m) exactly and the one-pass E_s is
+    exactly even under M → −M, like the two-pass one)."""
+    cdef double width = t.mag_max[z] - t.mag_min[z]
+    chebyshev(2.0 * m / width, t.M, 2.0 / width, psi, dpsi)
+
+
+cdef int gather_sym(Tables* t, Work* w, int64_t i, const double[:, ::1] pos, const int[::1] types,
+                    const double[::1] mag, const int64_t[::1] offsets, const int64_t[::1] nbrs,
+                    bint deriv=True) noexcept nogil:
+    """:func:`gather` for E (w.f, …) and E⁻ (w.f2, …) together; needs M > 1 and symmetric
+    magnetic intervals."""
+    cdef int nn = 0, k, mu, b, c, zj, zi = types[i]
+    cdef int64_t p, j
+    cdef double dx, dy, dz, r2, r, rc2 = t.rcut * t.rcut, env, denv, s, s2
+    cdef double W, Wd, W2, Wd2, x, xd
+    cdef int C = t.C, K = t.K, R = t.R, M = t.M, RM = t.R * t.M
+    cdef const double* cf
+    cdef double* q
+    cdef double* dq
+    cdef double[8] o
+    cdef double xscale = 2.0 / (t.rcut - t.rmin)
+    magnetic_basis_odd(t, zi, mag[i], w.psii, w.dpsii)
+    for zj in range(C):
+        for mu in range(K):
+            for k in range(R):
+                cf = t.coeffs + ((((zi * C + zj) * K + mu) * R + k) * M * M)
+                for c in range(M):
+                    W = 0.0
+                    Wd = 0.0
+                    W2 = 0.0
+                    Wd2 = 0.0
+                    for b in range(M):
+                        x = cf[b * M + c] * w.psii[b]
+                        xd = cf[b * M + c] * w.dpsii[b]
+                        W = W + x
+                        Wd = Wd + xd
+                        if (b + c) & 1:
+                            W2 = W2 - x
+                            Wd2 = Wd2 - xd
+                        else:
+                            W2 = W2 + x
+                            Wd2 = Wd2 + xd
+                    w.d[((zj * K + mu) * R + k) * M + c] = W
+                    w.dd[((zj * K + mu) * R + k) * M + c] = Wd
+                    w.d2[((zj * K + mu) * R + k) * M + c] = W2
+                    w.dd2[((zj * K + mu) * R + k) * M + c] = Wd2
+    for p in range(offsets[i], offsets[i + 1]):
+        j = nbrs[p]
+        dx = pos[j, 0] - pos[i, 0]
+        dy = pos[j, 1] - pos[i, 1]
+        dz = pos[j, 2] - pos[i, 2]
+        r2 = dx * dx + dy * dy + dz * dz
+        if r2 >= rc2:
+            continue
+        r = sqrt(r2)
+        w.r[nn] = r
+        w.u[3 * nn] = dx / r
+        w.u[3 * nn + 1] = dy / r
+        w.u[3 * nn + 2] = dz / r
+        w.z[nn] = types[j]
+        w.mj[nn] = mag[j]
+        w.pair[nn] = p
+        q = w.q + nn * R
+        dq = w.dq + nn * R
+        chebyshev((2.0 * r - t.rmin - t.rcut) / (t.rcut - t.rmin), R, xscale, q, dq)
+        env = (t.rcut - r) * (t.rcut - r)
+        denv = -2.0 * (t.rcut - r)
+        for k in range(R):
+            dq[k] = t.scaling * (dq[k] * env + q[k] * denv)
+            q[k] = t.scaling * q[k] * env
+        magnetic_basis_odd(t, types[j], mag[j], w.psij + nn * M, w.dpsij + nn * M)
+        zj = types[j]
+        for k in range(R):
+            for c in range(M):
+                w.qp[k * M + c] = q[k] * w.psij[nn * M + c]
+                w.dqp[k * M + c] = dq[k] * w.psij[nn * M + c]
+                w.qdp[k * M + c] = q[k] * w.dpsij[nn * M + c]
+        for mu in range(K):
+            cf = w.d + (zj * K + mu) * RM
+            if not deriv:
+                mmtp_dot2(w.qp, cf, w.d2 + (zj * K + mu) * RM, RM, &s, &s2)
+                w.f[nn * K + mu] = s
+                w.f2[nn * K + mu] = s2
+                continue
+            mmtp_dot8(cf, w.dd + (zj * K + mu) * RM, w.d2 + (zj * K + mu) * RM,
+                      w.dd2 + (zj * K + mu) * RM, w.qp, w.dqp, w.qdp, RM, o)
+            w.f[nn * K + mu] = o[0]
+            w.dfr[nn * K + mu] = o[1]
+            w.dfmj[nn * K + mu] = o[2]
+            w.dfmi[nn * K + mu] = o[3]
+            w.f2[nn * K + mu] = o[4]
+            w.dfr2[nn * K + mu] = o[5]
+            w.dfmj2[nn * K + mu] = o[6]
+            w.dfmi2[nn * K + mu] = o[7]
+        nn += 1
+    return nn
+
+
+cdef double products_into(Tables* t, double* moments, const double* pm, int zi) noexcept nogil:
+    """Basic moments from the (μ, q) accumulator, the product table, and E_i."""
+    cdef int s, k, nm = t.n_mono
+    cdef const int* row
+    cdef double e
+    memset(moments, 0, t.n_moments * sizeof(double))
+    for s in range(t.n_basic):
+        moments[s] = pm[t.basic[4 * s] * nm + t.basic_q[s]]
+    for k in range(t.n_times):
+        row = t.times + 3 * k
+        moments[row[2]] += t.weights[k] * moments[row[0]] * moments[row[1]]
+    e = t.species[zi]
+    for k in range(t.n_basis):
+        e = e + t.moment[k] * moments[t.mapping[k]]
+    return e
+
+
+cdef double forward_sym(Tables* t, Work* w, int nn, int zi) noexcept nogil:
+    """:func:`forward` for E and E⁻ (monomials computed once); returns ½(E_i + E⁻_i)."""
+    cdef int n, mu, nm = t.n_mono
+    cdef double* mono
+    for mu in range(t.K):
+        memset(w.pm + mu * nm, 0, t.mu_len[mu] * sizeof(double))
+        memset(w.pm2 + mu * nm, 0, t.mu_len[mu] * sizeof(double))
+    for n in range(nn):
+        mono = w.monos + n * nm
+        monomials_into(t, w.u + 3 * n, mono)
+        for mu in range(t.K):
+            mmtp_axpy2(w.pm + mu * nm, w.f[n * t.K + mu], w.pm2 + mu * nm, w.f2[n * t.K + mu],
+                       mono, t.mu_len[mu])
+    return 0.5 * (products_into(t, w.moments, w.pm, zi) + products_into(t, w.moments2, w.pm2, zi))
+
+
+cdef void backward_into(Tables* t, const double* moments, double* g) noexcept nogil:
+    """:func:`backward` on explicit arrays: g = ∂E_i/∂M."""
+    cdef int k
+    cdef const int* row
+    cdef double gk
+    memset(g, 0, t.n_moments * sizeof(double))
+    for k in range(t.n_basis):
+        g[t.mapping[k]] += t.moment[k]
+    for k in range(t.n_times - 1, -1, -1):
+        row = t.times + 3 * k
+        gk = t.weights[k] * g[row[2]]
+        if gk != 0.0:
+            g[row[0]] += gk * moments[row[1]]
+            g[row[1]] += gk * moments[row[0]]
+
+
+cdef void lowered_adjoints(Tables* t, const double* g, double scale, double* gm, double* gxm) noexcept nogil:
+    """scale·g in the dense (μ, q) layout (gm) and its lowered copies (gxm), see pair_derivatives."""
+    cdef int s, mu, q, d, e, nm = t.n_mono
+    cdef double gq
+    cdef double* row
+    memset(gm, 0, t.K * nm * sizeof(double))
+    memset(gxm, 0, 3 * t.K * nm * sizeof(double))
+    for s in range(t.n_basic):
+        gm[t.basic[4 * s] * nm + t.basic_q[s]] += scale * g[s]
+    for mu in range(t.K):
+        row = gm + mu * nm
+        for q in range(1, t.mu_len[mu]):
+            gq = row[q]
+            if gq == 0.0:
+                continue
+            for d in range(3):
+                e = t.mono_exp[3 * q + d]
+                if e > 0:
+                    gxm[(d * t.K + mu) * nm + t.mono_low[3 * q + d]] += e * gq
+
+
+cdef void pair_derivatives_sym(Tables* t, Work* w, int nn, double* pair_grad, double* pair_dmj,
+                               double* dmi) noexcept nogil:
+    """:func:`pair_derivatives` of E_s = ½(E + E⁻): both adjoint sets (each scaled by ½) are
+    dotted with the same stored monomials in one sweep over the neighbours. The two sets are
+    summed separately and added last, so that M → −M (which swaps them) gives bit-for-bit
+    the same forces and the opposite ∂E_s/∂m, as the two-pass path does."""
+    cdef int n, mu, nm = t.n_mono, K = t.K
+    cdef double A, Bx, By, Bz, A2, Bx2, By2, Bz2, fm, fm2, ub, ux, uy, uz, r, dmj, dmj2
+    cdef double dmi_acc = 0.0, dmi_acc2 = 0.0
+    cdef double* mono
+    cdef double[8] o
+    cdef int64_t p
+    lowered_adjoints(t, w.g, 0.5, w.gm, w.gxm)
+    lowered_adjoints(t, w.g2, 0.5, w.gm2, w.gxm2)
+    for n in range(nn):
+        mono = w.monos + n * nm
+        A = 0.0
+        dmj = 0.0
+        Bx = 0.0
+        By = 0.0
+        Bz = 0.0
+        A2 = 0.0
+        dmj2 = 0.0
+        Bx2 = 0.0
+        By2 = 0.0
+        Bz2 = 0.0
+        for mu in range(K):
+            mmtp_dot8m(w.gm + mu * nm, w.gxm + mu * nm, w.gxm + (K + mu) * nm, w.gxm + (2 * K + mu) * nm,
+                       w.gm2 + mu * nm, w.gxm2 + mu * nm, w.gxm2 + (K + mu) * nm,
+                       w.gxm2 + (2 * K + mu) * nm, mono, t.mu_len[mu], o)
+            fm = w.f[n * K + mu]
+            fm2 = w.f2[n * K + mu]
+            Bx = Bx + fm * o[1]
+            By = By + fm * o[2]
+            Bz = Bz + fm * o[3]
+            A = A + o[0] * w.dfr[n * K + mu]
+            dmj = dmj + o[0] * w.dfmj[n * K + mu]
+            dmi_acc = dmi_acc + o[0] * w.dfmi[n * K + mu]
+            Bx2 = Bx2 + fm2 * o[5]
+            By2 = By2 + fm2 * o[6]
+            Bz2 = Bz2 + fm2 * o[7]
+            A2 = A2 + o[4] * w.dfr2[n * K + mu]
+            dmj2 = dmj2 + o[4] * w.dfmj2[n * K + mu]
+            dmi_acc2 = dmi_acc2 + o[4] * w.dfmi2[n * K + mu]
+        A = A + A2
+        Bx = Bx + Bx2
+        By = By + By2
+        Bz = Bz + Bz2
+        r = w.r[n]
+        ux = w.u[3 * n]
+        uy = w.u[3 * n + 1]
+        uz = w.u[3 * n + 2]
+        ub = ux * Bx + uy * By + uz * Bz
+        p = w.pair[n]
+        pair_grad[3 * p] = A * ux + (Bx - ub * ux) / r
+        pair_grad[3 * p + 1] = A * uy + (By - ub * uy) / r
+        pair_grad[3 * p + 2] = A * uz + (Bz - ub * uz) / r
+        pair_dmj[p] = dmj + dmj2
+    dmi[0] = dmi_acc + dmi_acc2
+
+
 cdef Tables make_tables(dict tab):
     cdef Tables t
     cdef const int[:, ::1] basic = tab["basic"]
@@ -460,15 +735,58 @@ def site_terms(dict tab, const double[:, ::1] pos, const int[::1] types, const d
         free_work(w)
 
 
+def site_terms_symmetric(dict tab, const double[:, ::1] pos, const int[::1] types,
+                         const double[::1] mag, const int64_t[::1] offsets, const int64_t[::1] nbrs,
+                         Py_ssize_t n_local, double[::1] site_en, double[:, ::1] pair_grad,
+                         double[::1] pair_dmj, double[::1] dmi, double[:, ::1] basis, bint derivatives,
+                         bint want_basis, int num_threads=0):
+    """:func:`site_terms` of the spin-symmetrised model ½[E(M) + E(−M)] in one neighbour pass.
+
+    Same arguments and outputs as :func:`site_terms` (site energies, per-pair ∂/∂r_ij and
+    ∂/∂m_j, per-centre ∂/∂m_i, and the basis, all of ½[E(M) + E(−M)]). Valid only for a
+    magnetic potential (M > 1) whose magnetic intervals are all symmetric (m_min = −m_max);
+    the caller checks (:meth:`MTPEngine.one_pass_symmetric`).
+    """
+    cdef Tables t = make_tables(tab)
+    cdef int nmax = max_neighbors(offsets)
+    cdef Py_ssize_t i
+    cdef int nn, k
+    cdef Work* w
+    cdef double* pg = &pair_grad[0, 0] if pair_grad.shape[0] > 0 else NULL
+    cdef double* pm = &pair_dmj[0] if pair_dmj.shape[0] > 0 else NULL
+    if t.M < 2:
+        raise ValueError("site_terms_symmetric needs a magnetic potential (M > 1)")
+    if n_local == 0:
+        return
+    with nogil, parallel(num_threads=num_threads if num_threads > 0 else openmp_threads()):
+        w = alloc_work(&t, nmax)
+        for i in prange(n_local, schedule="dynamic", chunksize=16):
+            nn = gather_sym(&t, w, i, pos, types, mag, offsets, nbrs, derivatives)
+            site_en[i] = forward_sym(&t, w, nn, types[i])
+            if want_basis:
+                for k in range(t.n_basis):
+                    basis[i, k] = 0.5 * (w.moments[t.mapping[k]] + w.moments2[t.mapping[k]])
+            if derivatives:
+                backward_into(&t, w.moments, w.g)
+                backward_into(&t, w.moments2, w.g2)
+                pair_derivatives_sym(&t, w, nn, pg, pm, &dmi[i])
+        free_work(w)
+
+
 def site_energies_of(dict tab, const double[:, ::1] pos, const int[::1] types, const double[::1] mag,
                      const int64_t[::1] offsets, const int64_t[::1] nbrs, const int64_t[::1] centers,
-                     double[::1] site_en):
-    """E_i for the listed centres only (energies, no derivatives): Monte Carlo ΔE."""
+                     double[::1] site_en, bint symmetric=False):
+    """E_i for the listed centres only (energies, no derivatives): Monte Carlo ΔE.
+
+    ``symmetric``: ½[E_i(M) + E_i(−M)] in one pass (magnetic potential with symmetric
+    intervals only; see :func:`site_terms_symmetric`)."""
     cdef Tables t = make_tables(tab)
     cdef Py_ssize_t k, n = centers.shape[0]
     cdef int64_t i
     cdef int nn, nmax = 0
     cdef Work* w
+    if symmetric and t.M < 2:
+        raise ValueError("symmetric site energies need a magnetic potential (M > 1)")
     if n == 0:
         return
     for k in range(n):
@@ -479,8 +797,12 @@ def site_energies_of(dict tab, const double[:, ::1] pos, const int[::1] types, c
         w = alloc_work(&t, nmax)
         for k in range(n):
             i = centers[k]
-            nn = gather(&t, w, i, pos, types, mag, offsets, nbrs, False)
-            site_en[k] = forward(&t, w, nn, types[i])
+            if symmetric:
+                nn = gather_sym(&t, w, i, pos, types, mag, offsets, nbrs, False)
+                site_en[k] = forward_sym(&t, w, nn, types[i])
+            else:
+                nn = gather(&t, w, i, pos, types, mag, offsets, nbrs, False)
+                site_en[k] = forward(&t, w, nn, types[i])
         free_work(w)
 
 

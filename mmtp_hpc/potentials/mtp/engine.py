@@ -71,6 +71,9 @@ class MTPEngine:
             "max_pow": int(basic[:, 1:].max()) if len(basic) else 0,
         }
         self._structure.update(monomial_tables(basic, pot.radial_funcs_count))
+        # spin-symmetrised evaluation in one neighbour pass where the magnetic intervals allow it
+        # (see one_pass_symmetric); False forces the two-pass path (tests, benchmarks)
+        self.symmetric_one_pass = True
 
     # ------------------------------------------------------------------ tables
     def tables(self) -> dict:
@@ -128,10 +131,40 @@ class MTPEngine:
     def neighbor_list(self, cfg: Configuration) -> NeighborList:
         return build_neighbor_list(cfg.cell, cfg.pbc, cfg.positions, self.pot.cutoff, self.skin)
 
+    # ------------------------------------------------------------------ symmetrisation
+    def one_pass_symmetric(self) -> bool:
+        """Whether ½[E(M) + E(−M)] can be evaluated in one neighbour pass.
+
+        Needs a magnetic potential whose magnetic interval is symmetric for every species
+        (m_min = −m_max exactly): then ψ_b(−m) = (−1)^b ψ_b(m), and E(−M) is the same model with
+        coefficients (−1)^(b+c) C[…, b, c] (``_kernels.site_terms_symmetric``). Otherwise the
+        symmetrised quantities take two passes (M and −M).
+        """
+        pot = self.pot
+        if not (self.symmetric_one_pass and pot.magnetic and pot.mag_basis_size > 1):
+            return False
+        lo = np.asarray(pot.mag_min, dtype=np.float64)
+        hi = np.asarray(pot.mag_max, dtype=np.float64)
+        return bool(np.all(lo == -hi))
+
     # ------------------------------------------------------------------ local layout
     def compute_local(self, nl: NeighborList, types_all: np.ndarray, magmoms_all: np.ndarray,
-                      derivatives: bool = True, basis: bool = False) -> LocalResult:
-        """Site energies of the n_local centres, and per-entry forces/∂E/∂m and the virial."""
+                      derivatives: bool = True, basis: bool = False,
+                      symmetric: bool = False) -> LocalResult:
+        """Site energies of the n_local centres, and per-entry forces/∂E/∂m and the virial.
+
+        ``symmetric`` (magnetic potentials): the same quantities of ½[E(M) + E(−M)]
+        (∂E/∂m = ½[g(M) − g(−M)]), in one neighbour pass when :meth:`one_pass_symmetric`,
+        else by two passes.
+        """
+        if symmetric and self.pot.magnetic:
+            if not self.one_pass_symmetric():
+                plus = self.compute_local(nl, types_all, magmoms_all, derivatives, basis)
+                minus = self.compute_local(nl, types_all, -np.asarray(magmoms_all, dtype=np.float64),
+                                           derivatives, basis)
+                return combine_symmetric_local(plus, minus)
+        else:
+            symmetric = False
         n_local, n_total, n_pairs = nl.n_local, nl.n_total, nl.n_pairs
         pos = np.ascontiguousarray(nl.positions, dtype=np.float64)
         types_all = np.ascontiguousarray(types_all, dtype=np.int32)
@@ -143,8 +176,9 @@ class MTPEngine:
         pair_dmj = np.zeros(n_pairs if derivatives else 0)
         dmi = np.zeros(n_local if derivatives else 0)
         basis_out = np.zeros((n_local if basis else 0, self.pot.n_basis))
-        _kernels.site_terms(self.tables(), pos, types_all, mag, offsets, nbrs, n_local, site,
-                            pair_grad, pair_dmj, dmi, basis_out, derivatives, basis, self.num_threads)
+        kernel = _kernels.site_terms_symmetric if symmetric else _kernels.site_terms
+        kernel(self.tables(), pos, types_all, mag, offsets, nbrs, n_local, site,
+               pair_grad, pair_dmj, dmi, basis_out, derivatives, basis, self.num_threads)
         if not derivatives:
             return LocalResult(site, None, None, None, basis_out if basis else None)
         forces = np.zeros((n_total, 3))
@@ -157,19 +191,27 @@ class MTPEngine:
                            basis_out if basis else None)
 
     def site_energies_of(self, nl: NeighborList, types_all: np.ndarray, magmoms_all: np.ndarray,
-                         centers: np.ndarray) -> np.ndarray:
+                         centers: np.ndarray, symmetric: bool = False) -> np.ndarray:
         """E_i of the listed local centres only (no derivatives), e.g. for Monte Carlo ΔE.
 
         A change of moment of atom i changes E_i and E_k of every centre k that has i (or
-        one of its images) as a neighbour; only those need re-evaluation.
+        one of its images) as a neighbour; only those need re-evaluation. ``symmetric``
+        (magnetic potentials): ½[E_i(M) + E_i(−M)] (one pass when :meth:`one_pass_symmetric`).
         """
         centers = np.ascontiguousarray(centers, dtype=np.int64)
+        mag = np.ascontiguousarray(magmoms_all, dtype=np.float64)
+        symmetric = bool(symmetric and self.pot.magnetic)
+        one_pass = symmetric and self.one_pass_symmetric()
         out = np.zeros(len(centers))
-        _kernels.site_energies_of(self.tables(), np.ascontiguousarray(nl.positions, dtype=np.float64),
-                                  np.ascontiguousarray(types_all, dtype=np.int32),
-                                  np.ascontiguousarray(magmoms_all, dtype=np.float64),
-                                  np.ascontiguousarray(nl.offsets, dtype=np.int64),
-                                  np.ascontiguousarray(nl.neighbors, dtype=np.int64), centers, out)
+        args = (self.tables(), np.ascontiguousarray(nl.positions, dtype=np.float64),
+                np.ascontiguousarray(types_all, dtype=np.int32))
+        rest = (np.ascontiguousarray(nl.offsets, dtype=np.int64),
+                np.ascontiguousarray(nl.neighbors, dtype=np.int64), centers)
+        _kernels.site_energies_of(*args, mag, *rest, out, one_pass)
+        if symmetric and not one_pass:
+            neg = np.zeros(len(centers))
+            _kernels.site_energies_of(*args, -mag, *rest, neg)
+            out = 0.5 * (out + neg)
         return out
 
     # ------------------------------------------------------------------ configurations
@@ -184,6 +226,9 @@ class MTPEngine:
         symmetric = self.pot.symmetric if symmetric is None else symmetric
         nl = self.neighbor_list(cfg) if nl is None else nl
         types_all = cfg.types[nl.image_of]
+        if symmetric and self.pot.magnetic and self.one_pass_symmetric():
+            return self._fold(nl, self.compute_local(nl, types_all, mag[nl.image_of], derivatives, basis,
+                                                     symmetric=True), cfg)
         out = self._fold(nl, self.compute_local(nl, types_all, mag[nl.image_of], derivatives, basis), cfg)
         if symmetric and self.pot.magnetic:
             neg = self._fold(nl, self.compute_local(nl, types_all, -mag[nl.image_of], derivatives, basis),
@@ -372,6 +417,15 @@ def monomial_tables(basic: np.ndarray, n_radial_funcs: int) -> dict:
         mu_len[mu] = max(mu_len[mu], q + 1)
     return {"mu_len": mu_len, "mono_parent": parent, "mono_dir": direction,
             "mono_exp": np.array(exps, dtype=np.int32).reshape(-1, 3), "mono_low": low, "basic_q": basic_q}
+
+
+def combine_symmetric_local(plus: LocalResult, minus: LocalResult) -> LocalResult:
+    """:func:`combine_symmetric` for two :class:`LocalResult` (per-entry, before folding)."""
+    def avg(a, b):
+        return None if a is None else 0.5 * (a + b)
+    grad = None if plus.magnetic_gradient is None else 0.5 * (plus.magnetic_gradient - minus.magnetic_gradient)
+    return LocalResult(avg(plus.site_energies, minus.site_energies), avg(plus.forces, minus.forces), grad,
+                       avg(plus.virial, minus.virial), avg(plus.basis, minus.basis))
 
 
 def combine_symmetric(plus: dict, minus: dict) -> dict:
