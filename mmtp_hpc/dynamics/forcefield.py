@@ -163,6 +163,8 @@ class ForceField:
         return res.site_energies, forces, grad, res.virial
 
     def site_energies_of(self, magmoms_all: np.ndarray, centers: np.ndarray) -> np.ndarray:
-        """E_k of the listed centres for per-entry moments ``magmoms_all`` (n_total,), raw
-        (not symmetrised; see :class:`mmtp_hpc.dynamics.moments.MTPSiteModel`)."""
-        return self.engine.site_energies_of(self.nl, self.types_all, magmoms_all, centers)
+        """E_k of the listed centres for per-entry moments ``magmoms_all`` (n_total,); the
+        force field's energy (½[E_k(M) + E_k(−M)] when symmetrised, in one pass where the
+        intervals allow)."""
+        return self.engine.site_energies_of(self.nl, self.types_all, magmoms_all, centers,
+                                            symmetric=self.symmetric)

@@ -208,7 +208,7 @@ class MTPSiteModel:
 
     Keeps the per-entry moments (locals and ghosts) and, per atom, the entries that are
     its images and the centres that see it; symmetrised potentials average E_k(M) and
-    E_k(−M).
+    E_k(−M) (the force field's ``site_energies_of``, one pass for symmetric intervals).
     """
 
     def __init__(self, forcefield, magmoms: np.ndarray, previous: MTPSiteModel | None = None):
@@ -216,7 +216,6 @@ class MTPSiteModel:
         nl = forcefield.nl
         self.generation = forcefield.generation
         self.mag_all = np.ascontiguousarray(np.asarray(magmoms)[nl.image_of], dtype=np.float64)
-        self.neg_all = -self.mag_all if forcefield.symmetric else None
         if previous is not None and previous.generation == self.generation and previous.ff is forcefield:
             # same neighbour list: reuse the index maps
             self.image_entries, self.image_offsets = previous.image_entries, previous.image_offsets
@@ -240,14 +239,9 @@ class MTPSiteModel:
     def set_moment(self, i: int, value: float) -> None:
         entries = self.image_entries[self.image_offsets[i]:self.image_offsets[i + 1]]
         self.mag_all[entries] = value
-        if self.neg_all is not None:
-            self.neg_all[entries] = -value
 
     def site_energies(self, centers: np.ndarray) -> np.ndarray:
-        e = self.ff.site_energies_of(self.mag_all, centers)
-        if self.neg_all is not None:
-            e = 0.5 * (e + self.ff.site_energies_of(self.neg_all, centers))
-        return e
+        return self.ff.site_energies_of(self.mag_all, centers)
 
 
 class MonteCarloMoments(_TypeBounds):
