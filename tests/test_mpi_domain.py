@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from md_potential import fe_potential  # noqa: F401  (fixture)
 from mpi_helpers import REPO, run_mpi
 
 from mmtp_hpc.dynamics.domain import DomainForceField, evaluate_distributed
@@ -75,7 +74,7 @@ def test_domain_force_field_on_one_rank_equals_engine():
         assert _rel(ref[key], out[key]) < 1e-12, key
 
 
-def test_domain_state_migration_keeps_every_atom(fe_potential):  # noqa: F811
+def test_domain_state_migration_keeps_every_atom():
     """Atoms that left the box are wrapped and kept; ids stay sorted and unique."""
     from mmtp_hpc.potentials.mtp.mlip_io import load_potential
     from mmtp_hpc.system.lattice import bulk

@@ -368,7 +368,7 @@ class Learner:
         self.log(f"mmtp learn: {s.source or '<settings>'}; work directory {self.workdir}; "
                  f"{self.comm.Get_size()} rank(s); {len(s.runs)} MD run(s) per iteration; "
                  f"γ_select {s.select.threshold:g}, γ_break {s.select.break_:g}, mode {s.select.mode}"
-                 + (f"; MD on {self.md_mode} ranks" if self.comm.Get_size() > 1 else ""))
+                 + ("; MD on rank 0" if self.comm.Get_size() > 1 else ""))
         if resumed:
             where = ("finished: " + state.stop_reason) if state.finished else \
                 f"iteration {state.iteration}, phase {state.phase}"
@@ -409,47 +409,35 @@ class Learner:
         k, phase = state.iteration, state.phase
         rec = state.record(k)
         t0 = time.perf_counter()
-        if k == 0:
-            if phase == "label":
-                if self.root:
+        if phase == "label":          # iteration 0 labels the initial set, later ones the selection
+            if self.root:
+                if k == 0:
                     self.initial_label(rec)
-                next_phase = "add"
-            elif phase == "add":
-                if self.root:
-                    self.add(k, rec)
-                next_phase = "train"
-            elif phase == "train":
-                self.train(k, rec, first=True)
-                next_phase = "md"
-            else:
-                raise MMTPError(f"unknown phase {phase!r} of iteration 0 in {self.state_path}")
-        else:
-            if phase == "md":
-                if self.root or self.md_collective:
-                    self.md(k, rec)
-                next_phase = "select"
-            elif phase == "select":
-                n_selected = self.select(k, rec) if self.root else 0
-                n_selected = self._bcast(n_selected)
-                next_phase = "label"
-                if n_selected == 0:
-                    state.finished = True
-                    state.stop_reason = ("converged: no configuration selected in iteration "
-                                         f"{k} (max grade {rec.get('max_grade', math.nan):.3g} vs "
-                                         f"γ_select {self.settings.select.threshold:g})")
-            elif phase == "label":
-                if self.root:
+                else:
                     self.label(k, rec)
-                next_phase = "add"
-            elif phase == "add":
-                if self.root:
-                    self.add(k, rec)
-                next_phase = "train"
-            elif phase == "train":
-                self.train(k, rec, first=False)
-                next_phase = "md"
-            else:
-                raise MMTPError(f"unknown phase {phase!r} in {self.state_path}")
+            next_phase = "add"
+        elif phase == "add":
+            if self.root:
+                self.add(k, rec)
+            next_phase = "train"
+        elif phase == "train":
+            self.train(k, rec, first=k == 0)
+            next_phase = "md"
+        elif phase == "md" and k > 0:
+            if self.root:
+                self.md(k, rec)
+            next_phase = "select"
+        elif phase == "select" and k > 0:
+            n_selected = self.select(k, rec) if self.root else 0
+            n_selected = self._bcast(n_selected)
+            next_phase = "label"
+            if n_selected == 0:
+                state.finished = True
+                state.stop_reason = ("converged: no configuration selected in iteration "
+                                     f"{k} (max grade {rec.get('max_grade', math.nan):.3g} vs "
+                                     f"γ_select {self.settings.select.threshold:g})")
+        else:
+            raise MMTPError(f"unknown phase {phase!r} of iteration {k} in {self.state_path}")
         rec["wall_s"][phase] = rec["wall_s"].get(phase, 0.0) + (time.perf_counter() - t0)
         rec = self._bcast(rec)
         state.record(k).update(rec)
@@ -499,21 +487,13 @@ class Learner:
         rec.update(candidates=0, selected=len(configs), labelled=len(todo))
 
     # ------------------------------------------------------------------ md
-    @property
-    def md_mode(self) -> str:
-        """How the MD runs use the ranks: ``"serial"`` (one rank) or ``"root"`` (rank 0 alone, with
-        a serial communicator: the exploration cells are small, training uses every rank)."""
-        return "serial" if self.comm.Get_size() == 1 else "root"
-
-    @property
-    def md_collective(self) -> bool:
-        return self.md_mode == "collective"
-
     def md(self, k: int, rec: dict) -> None:
+        """The explorations of iteration ``k``, on rank 0 alone (a serial communicator: the cells
+        are small; training uses every rank)."""
         from mmtp_hpc.dynamics import ExtrapolationObserver, Simulation
+        from mmtp_hpc.parallel.comm import SerialComm
 
         s = self.settings
-        collective = self.md_collective
         d = iteration_dir(self.workdir, k) / "md"
         potential = self.current_path
         results = []
@@ -522,15 +502,12 @@ class Learner:
             run_dir = d / run.name
             done = run_dir / "result.json"
             result = None
-            if self.root:
-                if done.exists():
-                    result = json.loads(done.read_text(encoding="utf-8"))
-                else:
-                    run_dir.mkdir(parents=True, exist_ok=True)
-                    for stale in ("extrapolative.cfg", "md.log"):
-                        (run_dir / stale).unlink(missing_ok=True)
-            if collective:
-                result = self._bcast(result)
+            if done.exists():
+                result = json.loads(done.read_text(encoding="utf-8"))
+            else:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                for stale in ("extrapolative.cfg", "md.log"):
+                    (run_dir / stale).unlink(missing_ok=True)
             if result is not None:
                 self.log(f"  {run.name}: done before ({result['steps']} steps, max grade "
                          f"{result['max_grade']:.3g}, {result['saved']} saved)")
@@ -541,24 +518,15 @@ class Learner:
             settings = md_run_settings(run, s, potential=potential.resolve(), run_dir=run_dir, seed=seed)
             self.log(f"  run {index + 1}/{len(s.runs)}: {run.name} (seed {seed})")
             t0 = time.perf_counter()
-            extra = {}
-            if self.md_mode == "root":
-                from mmtp_hpc.parallel.comm import SerialComm
-
-                extra["comm"] = SerialComm()
-            sim = Simulation.from_settings(settings, stream=self.md_stream if self.root else None, **extra)
+            sim = Simulation.from_settings(settings, stream=self.md_stream, comm=SerialComm())
             error = ""
-            if collective:
-                # a failure on one rank ends all of them (python -m mpi4py), never a hang
+            try:
                 reason = sim.run()
-            else:
-                try:
-                    reason = sim.run()
-                except (MMTPError, FloatingPointError, ValueError, np.linalg.LinAlgError) as exc:
-                    # an extrapolating potential can blow up; what was saved before stays a candidate
-                    reason = ""
-                    error = f"{type(exc).__name__}: {exc}"
-                    self.log(f"  {run.name}: the run failed at step {sim.state.step}: {error}")
+            except (MMTPError, FloatingPointError, ValueError, np.linalg.LinAlgError) as exc:
+                # an extrapolating potential can blow up; what was saved before stays a candidate
+                reason = ""
+                error = f"{type(exc).__name__}: {exc}"
+                self.log(f"  {run.name}: the run failed at step {sim.state.step}: {error}")
             obs = next((o for o, _ in sim.observers if isinstance(o, ExtrapolationObserver)), None)
             result = {"name": run.name, "exploration": run.exploration, "conditions": run.conditions,
                       "seed": seed, "steps": int(sim.state.step), "target_steps": int(settings.md.steps),
@@ -566,8 +534,7 @@ class Learner:
                       "saved": int(obs.saved) if obs is not None else 0,
                       "broke": bool(reason), "stop_reason": reason, "error": error,
                       "wall_s": time.perf_counter() - t0}
-            if self.root:
-                _write_json(done, result)
+            _write_json(done, result)
             results.append(result)
             self.log(f"  {run.name}: {result['steps']}/{result['target_steps']} steps, max grade "
                      f"{result['max_grade']:.3g}, {result['saved']} saved"

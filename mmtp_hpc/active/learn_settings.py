@@ -46,6 +46,7 @@ from mmtp_hpc.dynamics.settings import (
     _toml_name,
     _type_name,
     boolean,
+    build_section,
     choice,
     integer,
     real,
@@ -346,7 +347,7 @@ def learn_settings_from_dict(data: dict, source: str | None = None, base_dir: st
         if name == "learn":
             values = dict(values)
             explorations_raw = values.pop("md", [])
-        setattr(out, name, _section(cls, name, values, fail))
+        setattr(out, name, build_section(cls, name, values, fail))
     oracle = data.get("oracle")
     if oracle is None:
         raise fail("an [oracle] table is required, e.g. [oracle] kind = \"analytic\", model = \"default\"")
@@ -362,23 +363,6 @@ def learn_settings_from_dict(data: dict, source: str | None = None, base_dir: st
     _cross_check(out, fail)
     out.explorations, out.runs = _explorations(explorations_raw, out, fail)
     return out
-
-
-def _section(cls: type, name: str, values: dict, fail: Callable[..., InputError]) -> Any:
-    fields_ = {_toml_name(f): f for f in dataclasses.fields(cls)}
-    for key in values:
-        if key not in fields_:
-            hint = difflib.get_close_matches(key, list(fields_), n=1)
-            raise fail(f"unknown key {key!r}; allowed keys in [{name}]: {', '.join(fields_)}"
-                       + (f" (did you mean {hint[0]!r}?)" if hint else ""), name, key)
-    kwargs = {}
-    for key, f in fields_.items():
-        if key in values:
-            try:
-                kwargs[f.name] = f.metadata["check"](values[key])
-            except _Bad as exc:
-                raise fail(str(exc), name, key) from None
-    return cls(**kwargs)
 
 
 def _cross_check(s: LearnSettings, fail: Callable[..., InputError]) -> None:

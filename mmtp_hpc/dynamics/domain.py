@@ -26,8 +26,6 @@ neighbourhoods reach one more cutoff).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from mmtp_hpc.dynamics.forcefield import ForceField
@@ -311,8 +309,6 @@ def evaluate_distributed(engine, cfg, comm, magmoms: np.ndarray | None = None, s
     state = MDState(positions=cfg.positions, velocities=np.zeros((n, 3)), masses=np.ones(n), types=cfg.types,
                     ids=np.arange(n), magmoms=mag, cell=cfg.cell, pbc=cfg.pbc, species=[])
     ff = DomainForceField(engine, comm, symmetric=symmetric, skin=0.0, grid=grid)
-    if not math.isfinite(ff.cutoff):  # pragma: no cover - potentials always have a finite cutoff
-        raise ValueError("infinite cutoff")
     ff.setup(state)
     ev = ff.evaluate(state)
     table = ff.gather(state, {"site_energies": ev.site_energies, "forces": ev.forces,

@@ -211,7 +211,7 @@ class Simulation:
         kinetic = s.kinetic_energy()
         m = s.magmoms
         n = s.n_global
-        sums = s.global_sum(np.array([m.sum(), np.abs(m).sum()])) if len(m) or s.distributed else np.zeros(2)
+        sums = s.global_sum(np.array([m.sum(), np.abs(m).sum()]))
         return {
             "potential_energy": ev.energy,
             "kinetic_energy": kinetic,

@@ -445,22 +445,28 @@ def settings_from_dict(data: dict, source: str | None = None, base_dir: str = ".
         values = data.get(name, {})
         if not isinstance(values, dict):
             raise fail(f"[{name}] must be a table, got {_type_name(values)}", name)
-        fields = {_toml_name(f): f for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in fields:
-                hint = difflib.get_close_matches(key, list(fields), n=1)
-                raise fail(f"unknown key {key!r}; allowed keys in [{name}]: {', '.join(fields)}"
-                           + (f" (did you mean {hint[0]!r}?)" if hint else ""), name, key)
-        kwargs = {}
-        for key, f in fields.items():
-            if key in values:
-                try:
-                    kwargs[f.name] = f.metadata["check"](values[key])
-                except _Bad as exc:
-                    raise fail(str(exc), name, key) from None
-        setattr(out, name, cls(**kwargs))
+        setattr(out, name, build_section(cls, name, values, fail))
     _cross_check(out, fail)
     return out
+
+
+def build_section(cls: type, name: str, values: dict, fail: Callable[..., InputError]) -> Any:
+    """The settings dataclass ``cls`` of section ``[name]`` from its TOML table: unknown keys
+    (with a close match suggested) and bad values fail through ``fail(message, section, key)``."""
+    fields = {_toml_name(f): f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in fields:
+            hint = difflib.get_close_matches(key, list(fields), n=1)
+            raise fail(f"unknown key {key!r}; allowed keys in [{name}]: {', '.join(fields)}"
+                       + (f" (did you mean {hint[0]!r}?)" if hint else ""), name, key)
+    kwargs = {}
+    for key, f in fields.items():
+        if key in values:
+            try:
+                kwargs[f.name] = f.metadata["check"](values[key])
+            except _Bad as exc:
+                raise fail(str(exc), name, key) from None
+    return cls(**kwargs)
 
 
 def _cross_check(s: RunSettings, fail: Callable[..., InputError]) -> None:

@@ -20,7 +20,6 @@ thickness, the halo and a grid that works.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -145,7 +144,6 @@ class Decomposition:
         self.pbc = np.asarray(pbc, dtype=bool).copy()
         self.halo = float(halo)
         self.grid = np.array(choose_grid(self.size, cell, self.pbc, self.halo, grid), dtype=np.int64)
-        self.requested_grid = None if grid is None else list(grid)
         self.coords = np.array(np.unravel_index(self.rank, tuple(self.grid)), dtype=np.int64)
         self.lo = self.coords / self.grid
         self.hi = (self.coords + 1) / self.grid
@@ -204,8 +202,3 @@ class Decomposition:
         return (f"grid {self.grid.tolist()} ({self.size} ranks), subdomains "
                 + " × ".join(f"{w:.2f}" for w in widths) + f" Å (at least {self.halo:.2f} Å needed)")
 
-
-def grid_candidates(size: int) -> list[tuple[int, int, int]]:
-    """All factorisations of ``size`` into three grid dimensions (for scaling drivers)."""
-    return sorted(set(itertools.chain.from_iterable(
-        set(itertools.permutations(f)) for f in _factorizations(size))))

@@ -118,7 +118,6 @@ class Halo:
                 shifts = np.concatenate([shifts, np.rint(recv[:, 3 + k:]).astype(np.int64)])
         self.n_total = len(frac)
         self.shifts = shifts
-        self.frac = frac
         return data
 
     def _exchange_build(self, send: np.ndarray, send_to: int, recv_from: int) -> np.ndarray:
