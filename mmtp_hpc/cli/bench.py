@@ -45,10 +45,10 @@ def _timed(fn, repeat: int) -> list[float]:
 def run(args: argparse.Namespace) -> int:
     from mmtp_hpc.errors import InputError
     from mmtp_hpc.io.formats import read_configurations
+    from mmtp_hpc.parallel.comm import get_comm
+    from mmtp_hpc.potentials.mtp import kernels
     from mmtp_hpc.potentials.mtp.engine import MTPEngine
     from mmtp_hpc.potentials.mtp.mlip_io import load_potential
-
-    from mmtp_hpc.parallel.comm import get_comm
 
     if args.repeat < 1:
         raise InputError(f"--repeat must be >= 1, got {args.repeat}")
@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     nl = engine.neighbor_list(cfg)
     results = {"n_atoms": n, "neighbors_mean": nl.neighbors_mean, "threads": engine.num_threads,
                "energy": engine.evaluate(cfg, nl=nl, symmetric=False)["energy"],
-               "level": pot.level, "magnetic": pot.magnetic, "n_params": pot.n_params}
+               "level": pot.level, "magnetic": pot.magnetic, "n_params": pot.n_params,
+               "kernels": kernels.variant}
     timings = {
         "neighbor": _timed(lambda: engine.neighbor_list(cfg), args.repeat),
         "energy": _timed(lambda: engine.evaluate(cfg, nl=nl, derivatives=False, symmetric=False),
@@ -94,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     results["symmetric_over_efs"] = results["symmetric_us_per_atom_median"] / results["efs_us_per_atom_median"]
     results["neighbor_over_efs"] = results["neighbor_us_per_atom_median"] / results["efs_us_per_atom_median"]
     print(f"mmtp bench: {n} atoms, {results['neighbors_mean']:.1f} neighbours/atom, level {pot.level}"
-          f"{' magnetic' if pot.magnetic else ''}, {engine.num_threads} thread(s), {args.repeat} repeats")
+          f"{' magnetic' if pot.magnetic else ''}, {engine.num_threads} thread(s), {args.repeat} repeats, "
+          f"{kernels.variant} kernels")
     print(f"  {'path':<22}{'median µs/atom':>16}{'min µs/atom':>14}")
     for key, label in (("neighbor", "neighbour list"), ("energy", "energy only"),
                        ("efs", "E+F+S" + ("+dE/dm" if pot.magnetic else "")),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmtp_hpc.potentials.mtp import _kernels
+from mmtp_hpc.potentials.mtp.kernels import kernels as _kernels
 from mmtp_hpc.potentials.mtp.engine import MTPEngine, combine_symmetric
 
 EV_A3_TO_GPA = 160.21766208

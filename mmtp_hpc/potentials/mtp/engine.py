@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmtp_hpc.errors import InputError
-from mmtp_hpc.potentials.mtp import _kernels
+from mmtp_hpc.potentials.mtp.kernels import kernels as _kernels
 from mmtp_hpc.potentials.mtp.parameters import MTPPotential
 from mmtp_hpc.system.configuration import EV_PER_A3_TO_GPA, Configuration
 from mmtp_hpc.system.neighbors import NeighborList, build_neighbor_list
@@ -62,6 +62,7 @@ class MTPEngine:
         self.skin = float(skin)
         basic = pot.alpha_index_basic
         times = pot.alpha_index_times
+        times = times[product_order(times[:, [0, 1, 3]], int(pot.alpha_moments_count))]
         self._structure = {
             "basic": np.ascontiguousarray(basic, dtype=np.int32),
             "times": np.ascontiguousarray(times[:, [0, 1, 3]], dtype=np.int32).reshape(-1, 3),
@@ -417,6 +418,34 @@ def monomial_tables(basic: np.ndarray, n_radial_funcs: int) -> dict:
         mu_len[mu] = max(mu_len[mu], q + 1)
     return {"mu_len": mu_len, "mono_parent": parent, "mono_dir": direction,
             "mono_exp": np.array(exps, dtype=np.int32).reshape(-1, 3), "mono_low": low, "basic_q": basic_q}
+
+
+def product_order(times: np.ndarray, n_moments: int) -> np.ndarray:
+    """Order of the product rows {a, b, k} (M_k += w·M_a·M_b) for the kernels' sweeps.
+
+    In file order most consecutive rows add into the same M_k, so each waits for the previous
+    one's store. Here rows are grouped by level (a product of level ℓ has factors of levels
+    < ℓ; basic moments are level 0) and, within a level, interleaved round-robin across their
+    targets, so consecutive rows are independent. Each M_k still receives its rows in file
+    order (the forward sweep gives bit-identical moments), and the reverse of this order is a
+    valid reverse sweep (every ∂E/∂M_k is complete before it is used).
+    """
+    times = np.asarray(times, dtype=np.int64).reshape(-1, 3)
+    if len(times) == 0:
+        return np.zeros(0, dtype=np.int64)
+    level = np.zeros(n_moments, dtype=np.int64)
+    for a, b, k in times.tolist():            # file order is a valid order: factors come first
+        level[k] = max(level[k], 1 + max(level[a], level[b]))
+    k = times[:, 2]
+    _, first = np.unique(k, return_index=True)
+    first_of = np.zeros(n_moments, dtype=np.int64)
+    first_of[k[np.sort(first)]] = np.arange(len(first))
+    rank = np.zeros(len(times), dtype=np.int64)   # position of each row among its target's rows
+    seen = np.zeros(n_moments, dtype=np.int64)
+    for r, kk in enumerate(k.tolist()):
+        rank[r] = seen[kk]
+        seen[kk] += 1
+    return np.lexsort((first_of[k], rank, level[k]))
 
 
 def combine_symmetric_local(plus: LocalResult, minus: LocalResult) -> LocalResult:
