@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[5, 10], help="bcc repeats (5 → 250, 10 → 2000 atoms)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per case (median over rounds)")
     parser.add_argument("--repeat", type=int, default=3, help="calls per round")
+    parser.add_argument("--kernels", nargs="+", default=["auto"], choices=["auto", "portable", "avx2"],
+                        help="mmtp_hpc kernel variants to time (MMTP_KERNELS); the first one gives the ratio")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     motep_python = ensure_motep(args.motep_venv)
@@ -84,29 +86,41 @@ def main() -> None:
                                         max_dist=5.0, init="random", seed=level)
                     pot_file = tmp / f"l{level}{'m' if magnetic else ''}.mtp"
                     save_potential(pot, pot_file)
-                    ours, theirs = [], []
+                    ours = {k: [] for k in args.kernels}
+                    theirs = []
+                    variant = {}
                     deviation = 0.0
                     for _ in range(args.rounds):
-                        out = subprocess.run(
-                            [sys.executable, "-m", "mmtp_hpc", "bench", str(pot_file), str(tmp / f"bcc{repeat}.cfg"),
-                             "--repeat", str(args.repeat), "--json"], capture_output=True, text=True, env=env,
-                            check=True)
-                        mine = json.loads(out.stdout.strip().splitlines()[-1])
-                        ours.append(mine["efs_us_per_atom_median"])
+                        for kern in args.kernels:
+                            out = subprocess.run(
+                                [sys.executable, "-m", "mmtp_hpc", "bench", str(pot_file),
+                                 str(tmp / f"bcc{repeat}.cfg"), "--repeat", str(args.repeat), "--json"],
+                                capture_output=True, text=True, env=dict(env, MMTP_KERNELS=kern), check=True)
+                            mine = json.loads(out.stdout.strip().splitlines()[-1])
+                            ours[kern].append(mine["efs_us_per_atom_median"])
+                            variant[kern] = mine.get("kernels", kern)
                         out = subprocess.run([str(motep_python), "-c", MOTEP_SNIPPET, str(pot_file),
                                               str(tmp / f"bcc{repeat}.xyz"), str(args.repeat)],
                                              capture_output=True, text=True, env=env, check=True)
                         res = json.loads(out.stdout.strip().splitlines()[-1])
                         theirs.append(res["us_per_atom"])
                         deviation = abs(res["energy"] - mine["energy"]) / max(abs(mine["energy"]), 1e-300)
-                    row = {"atoms": len(cfg), "level": level, "magnetic": magnetic,
-                           "mmtp_us_per_atom": statistics.median(ours), "motep_us_per_atom": statistics.median(theirs)}
+                    first = args.kernels[0]
+                    row = {"atoms": len(cfg), "level": level, "magnetic": magnetic, "kernels": variant[first],
+                           "mmtp_us_per_atom": statistics.median(ours[first]),
+                           "motep_us_per_atom": statistics.median(theirs)}
                     row["ratio"] = row["motep_us_per_atom"] / row["mmtp_us_per_atom"]
+                    for kern in args.kernels[1:]:
+                        row[f"mmtp_{variant[kern]}_us_per_atom"] = statistics.median(ours[kern])
+                        row[f"ratio_{variant[kern]}"] = row["motep_us_per_atom"] / statistics.median(ours[kern])
                     row["energy_rel_diff"] = deviation
                     rows.append(row)
+                    extra = "".join(f"  [{variant[k]} {row[f'mmtp_{variant[k]}_us_per_atom']:6.1f} µs/atom, "
+                                    f"{row[f'ratio_{variant[k]}']:4.1f}x]" for k in args.kernels[1:])
                     print(f"{row['atoms']:6d} atoms  level {level:2d}  {'magnetic    ' if magnetic else 'non-magnetic'}"
-                          f"  mmtp_hpc {row['mmtp_us_per_atom']:8.1f}  motep {row['motep_us_per_atom']:8.1f} µs/atom"
-                          f"  ratio {row['ratio']:5.1f}x  |ΔE|/|E| {deviation:.1e}", flush=True)
+                          f"  mmtp_hpc ({variant[first]}) {row['mmtp_us_per_atom']:8.1f}  motep "
+                          f"{row['motep_us_per_atom']:8.1f} µs/atom  ratio {row['ratio']:5.1f}x{extra}"
+                          f"  |ΔE|/|E| {deviation:.1e}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
