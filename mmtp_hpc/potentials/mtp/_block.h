@@ -163,47 +163,10 @@ static inline void mmtp_qp_cols(const double *Q, const double *dQ, const double 
     }
 }
 
-/* One column block: out[r·ldo + k] = Σ_{j<len} a[r·lda + j] · x[j·ldx + k], r < nr, k < MMTP_NB */
-static inline void mmtp_gemm_block(const double *a, int lda, int nr, int len,
-                                   const double *x, int ldx, double *out, int ldo)
-{
-    int r = 0, j;
-    const mmtp_vd z = mmtp_bc(0.0);
-    for (; r + 4 <= nr; r += 4) {
-        const double *a0 = a + r * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
-        mmtp_vd c0 = z, d0 = z, c1 = z, d1 = z, c2 = z, d2 = z, c3 = z, d3 = z;
-        for (j = 0; j < len; j++) {
-            const mmtp_vd x0 = mmtp_ld(x + j * ldx), x1 = mmtp_ld(x + j * ldx + MMTP_VW);
-            mmtp_vd s = mmtp_bc(a0[j]);
-            c0 += s * x0; d0 += s * x1;
-            s = mmtp_bc(a1[j]);
-            c1 += s * x0; d1 += s * x1;
-            s = mmtp_bc(a2[j]);
-            c2 += s * x0; d2 += s * x1;
-            s = mmtp_bc(a3[j]);
-            c3 += s * x0; d3 += s * x1;
-        }
-        mmtp_st(out + r * ldo, c0); mmtp_st(out + r * ldo + MMTP_VW, d0);
-        mmtp_st(out + (r + 1) * ldo, c1); mmtp_st(out + (r + 1) * ldo + MMTP_VW, d1);
-        mmtp_st(out + (r + 2) * ldo, c2); mmtp_st(out + (r + 2) * ldo + MMTP_VW, d2);
-        mmtp_st(out + (r + 3) * ldo, c3); mmtp_st(out + (r + 3) * ldo + MMTP_VW, d3);
-    }
-    for (; r < nr; r++) {
-        const double *a0 = a + r * lda;
-        mmtp_vd c0 = z, d0 = z;
-        for (j = 0; j < len; j++) {
-            const mmtp_vd s = mmtp_bc(a0[j]);
-            c0 += s * mmtp_ld(x + j * ldx);
-            d0 += s * mmtp_ld(x + j * ldx + MMTP_VW);
-        }
-        mmtp_st(out + r * ldo, c0); mmtp_st(out + r * ldo + MMTP_VW, d0);
-    }
-}
-
-/* Adjoint rows of one radial function against one column block of monomials:
- * out[d·ldo + k] = Σ_j a[d·lda + j] · x[j·ldx + k] for d < 4, k < MMTP_NB, where row 0 (the
- * adjoint) runs over j < len0 and rows 1..3 (its lowered copies, whose monomials have one
- * degree less) over j < len1 ≤ len0. */
+/* Four rows against one column block: out[d·ldo + k] = Σ_j a[d·lda + j] · x[j·ldx + k] for
+ * d < 4, k < MMTP_NB, where row 0 runs over j < len0 and rows 1..3 over j < len1 ≤ len0 (for
+ * the adjoint rows of one radial function: the adjoint, and its lowered copies whose
+ * monomials have one degree less). */
 static inline void mmtp_adjoint_block(const double *a, int lda, int len0, int len1,
                                       const double *x, int ldx, double *out, int ldo)
 {
@@ -231,6 +194,26 @@ static inline void mmtp_adjoint_block(const double *a, int lda, int len0, int le
     mmtp_st(out + ldo, c1); mmtp_st(out + ldo + MMTP_VW, d1);
     mmtp_st(out + 2 * ldo, c2); mmtp_st(out + 2 * ldo + MMTP_VW, d2);
     mmtp_st(out + 3 * ldo, c3); mmtp_st(out + 3 * ldo + MMTP_VW, d3);
+}
+
+/* One column block: out[r·ldo + k] = Σ_{j<len} a[r·lda + j] · x[j·ldx + k], r < nr, k < MMTP_NB */
+static inline void mmtp_gemm_block(const double *a, int lda, int nr, int len,
+                                   const double *x, int ldx, double *out, int ldo)
+{
+    int r = 0, j;
+    const mmtp_vd z = mmtp_bc(0.0);
+    for (; r + 4 <= nr; r += 4)
+        mmtp_adjoint_block(a + r * lda, lda, len, len, x, ldx, out + r * ldo, ldo);
+    for (; r < nr; r++) {
+        const double *a0 = a + r * lda;
+        mmtp_vd c0 = z, d0 = z;
+        for (j = 0; j < len; j++) {
+            const mmtp_vd s = mmtp_bc(a0[j]);
+            c0 += s * mmtp_ld(x + j * ldx);
+            d0 += s * mmtp_ld(x + j * ldx + MMTP_VW);
+        }
+        mmtp_st(out + r * ldo, c0); mmtp_st(out + r * ldo + MMTP_VW, d0);
+    }
 }
 
 /* Columns [0, n): out = a · x over blocks of MMTP_NB (n a multiple of MMTP_NB) */

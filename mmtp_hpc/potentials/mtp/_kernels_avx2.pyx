@@ -1,15 +1,5 @@
 # cython: language_level=3
-"""Fast MTP kernels, AVX2 + FMA build (x86-64 only): site energies, per-pair derivatives and parameter gradients.
-
-Same formulas as ``reference.py`` (spec §2). Layout: atoms 0..n_local-1 are the
-centres; neighbour indices (CSR ``offsets``/``neighbors``) point into the
-local+ghost arrays ``positions``/``types``/``magmoms``. Pairs at r ≥ cutoff
-(the skin of a Verlet list) are skipped. Derivatives are written per pair
-(∂E_i/∂r_ij and ∂E_i/∂m_j) and per centre (∂E_i/∂m_i), so the parallel loop
-over centres has no write conflicts; :func:`scatter_pairs_grouped` folds them into
-forces, ∂E/∂m and the virial.
-
-All outputs are allocated by the caller. No Python objects in the loops.
-"""
+"""The MTP kernels of :mod:`mmtp_hpc.potentials.mtp._kernels`, compiled with AVX2 + FMA
+(x86-64 only; :mod:`mmtp_hpc.potentials.mtp.kernels` uses it where the CPU has both)."""
 
 include "_kernels_body.pxi"
