@@ -291,6 +291,41 @@ def test_find_pairs_on_explicit_ghosts() -> None:
     np.testing.assert_array_equal(neighbors, [1, 3, 0, 3])
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_find_pairs_matches_brute_force_on_arbitrary_entries(seed: int) -> None:
+    """Locals in a box, further entries (a halo) around and among them: every row ascending and
+    exactly the entries with 0 < r < radius (r^2 computed as the kernel does)."""
+    rng = np.random.default_rng(seed)
+    n_local = int(rng.integers(1, 250))
+    n_other = int(rng.integers(0, 400))
+    positions = np.vstack([rng.uniform(0.0, 11.0, (n_local, 3)), rng.uniform(-5.0, 16.0, (n_other, 3))])
+    positions *= rng.uniform(0.5, 1.5, 3)  # anisotropic boxes
+    radius = float(rng.uniform(1.0, 7.0))
+    offsets, neighbors = find_pairs(positions, n_local, radius)
+    d = positions[None, :, :] - positions[:n_local, None, :]
+    r2 = d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2]
+    assert offsets.shape == (n_local + 1,) and offsets[0] == 0 and offsets[-1] == len(neighbors)
+    for i in range(n_local):
+        expected = np.flatnonzero((r2[i] > 0.0) & (r2[i] < radius * radius))
+        np.testing.assert_array_equal(neighbors[offsets[i]:offsets[i + 1]], expected)
+
+
+def test_repeated_builds_of_changing_sizes_are_identical() -> None:
+    """Scratch space is reused from one search to the next: results must not depend on what ran before."""
+    rng = np.random.default_rng(31)
+    systems = []
+    for repeat in ((4, 4, 4), (1, 1, 2), (7, 6, 5), (2, 3, 2)):
+        atoms = bulk("Fe", "bcc", a=2.8665, cubic=True).repeat(repeat)
+        atoms.rattle(0.05, seed=int(rng.integers(1000)))
+        systems.append((atoms.cell[:], atoms.positions))
+    first = [build_neighbor_list(cell, True, pos, 5.0, 0.3) for cell, pos in systems]
+    for k in rng.permutation(len(systems) * 3) % len(systems):
+        nl = build_neighbor_list(systems[k][0], True, systems[k][1], 5.0, 0.3)
+        np.testing.assert_array_equal(nl.offsets, first[k].offsets)
+        np.testing.assert_array_equal(nl.neighbors, first[k].neighbors)
+        np.testing.assert_array_equal(nl.positions, first[k].positions)
+
+
 def test_empty_configuration() -> None:
     nl = build_neighbor_list(np.eye(3) * 3.0, True, np.zeros((0, 3)), 5.0)
     assert nl.n_local == 0 and nl.n_total == 0 and nl.n_pairs == 0 and nl.neighbors_mean == 0.0

@@ -1,26 +1,31 @@
 """Kernels for :mod:`mmtp_hpc.system.neighbors`: periodic images (ghosts) and linked-cell pair search.
 
 Every function takes memoryviews and writes into arrays allocated by the caller
-(CONVENTIONS item 2); scratch space for the linked cells is malloc'ed and freed
-here. The Python module owns validation, allocation and error messages.
+(CONVENTIONS item 2); scratch space is malloc'ed here, and the pair search keeps
+its scratch for the next search (:class:`_Workspace`). The Python module owns
+validation, allocation and error messages.
 """
 
-from libc.math cimport ceil, floor, sqrt
-from libc.stdint cimport int64_t
-from libc.stdlib cimport free, malloc
+from libc.math cimport INFINITY, ceil, floor, sqrt
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memset
 
 
 def ghost_ranges(const double[:, ::1] frac, const double[::1] lo, const double[::1] hi,
-                 const unsigned char[::1] periodic, int64_t[:, ::1] ranges) -> int:
-    """Per atom and direction, the image range ``[ranges[i, 2k], ranges[i, 2k+1]]`` to keep.
+                 const unsigned char[::1] periodic, int64_t[:, ::1] wrap_shifts,
+                 int64_t[:, ::1] ranges) -> int:
+    """Wrap, then per atom and direction the image range ``[ranges[i, 2k], ranges[i, 2k+1]]`` to keep.
 
-    An image ``n`` along periodic direction ``k`` is kept when
-    ``lo[k] <= frac[i, k] + n < hi[k]``; non-periodic directions get ``[0, 0]``.
-    Returns the number of ghosts, i.e. kept images other than ``n = (0, 0, 0)``.
+    Along periodic directions ``wrap_shifts[i, k] = -floor(frac[i, k])`` (0 along the
+    others) and ``s = frac[i, k] + wrap_shifts[i, k]`` is the wrapped coordinate; an
+    image ``n`` is kept when ``lo[k] <= s + n < hi[k]``. Non-periodic directions get
+    ``[0, 0]``. Returns the number of ghosts, i.e. kept images other than ``n = (0, 0, 0)``.
     """
     cdef Py_ssize_t n_atoms = frac.shape[0]
     cdef Py_ssize_t i, k
-    cdef int64_t n_min, n_max, n_images, n_ghosts = 0
+    cdef int64_t n_min, n_max, n_images, n_ghosts = 0, w
+    cdef double s
     cdef bint has_zero
     with nogil:
         for i in range(n_atoms):
@@ -28,12 +33,16 @@ def ghost_ranges(const double[:, ::1] frac, const double[::1] lo, const double[:
             has_zero = True
             for k in range(3):
                 if periodic[k]:
-                    n_min = <int64_t>ceil(lo[k] - frac[i, k])
+                    w = -<int64_t>floor(frac[i, k])
+                    s = frac[i, k] + <double>w
+                    n_min = <int64_t>ceil(lo[k] - s)
                     # n < hi - s  <=>  n <= ceil(hi - s) - 1
-                    n_max = <int64_t>ceil(hi[k] - frac[i, k]) - 1
+                    n_max = <int64_t>ceil(hi[k] - s) - 1
                 else:
+                    w = 0
                     n_min = 0
                     n_max = 0
+                wrap_shifts[i, k] = w
                 ranges[i, 2 * k] = n_min
                 ranges[i, 2 * k + 1] = n_max
                 if n_max < n_min:
@@ -48,48 +57,83 @@ def ghost_ranges(const double[:, ::1] frac, const double[::1] lo, const double[:
 
 def fill_ghosts(const int64_t[:, ::1] ranges, int64_t n_first, int64_t[::1] image_of,
                 int64_t[:, ::1] shifts) -> int:
-    """Write ghosts from ``n_first`` on: image-major (n0, n1, n2 ascending), then atom index.
+    """Entries ``0 .. n_first-1`` are the atoms themselves; ghosts from ``n_first`` on,
+    image-major (n0, n1, n2 ascending), then atom index.
 
     Image-major order keeps the ghosts of one face contiguous when the atoms are
     spatially ordered, which helps the cache of whoever gathers neighbour data.
-    Returns the index one past the last ghost written.
+    A counting sort by image: O(atoms + ghosts). Returns the index one past the
+    last ghost written, or -1 when out of memory.
     """
     cdef Py_ssize_t n_atoms = ranges.shape[0]
     cdef Py_ssize_t i, k
-    cdef int64_t g = n_first
-    cdef int64_t lo0, hi0, lo1, hi1, lo2, hi2, n0, n1, n2
-    if n_atoms == 0:
-        return g
-    lo0, hi0, lo1, hi1, lo2, hi2 = 0, 0, 0, 0, 0, 0
+    cdef int64_t lo[3]
+    cdef int64_t hi[3]
+    cdef int64_t span[3]
+    cdef int64_t n0, n1, n2, g, n_ids, img, zero, c, t
+    cdef int64_t* start
     with nogil:
+        for i in range(n_first):
+            image_of[i] = i
+            shifts[i, 0] = 0
+            shifts[i, 1] = 0
+            shifts[i, 2] = 0
+    if n_atoms == 0:
+        return n_first
+    with nogil:
+        for k in range(3):
+            lo[k] = ranges[0, 2 * k]
+            hi[k] = ranges[0, 2 * k + 1]
+        for i in range(1, n_atoms):
+            for k in range(3):
+                if ranges[i, 2 * k] < lo[k]:
+                    lo[k] = ranges[i, 2 * k]
+                if ranges[i, 2 * k + 1] > hi[k]:
+                    hi[k] = ranges[i, 2 * k + 1]
+        n_ids = 1
+        for k in range(3):
+            span[k] = hi[k] - lo[k] + 1 if hi[k] >= lo[k] else 0
+            n_ids *= span[k]
+    if n_ids == 0:
+        return n_first
+    start = <int64_t*>malloc((n_ids + 1) * sizeof(int64_t))
+    if start == NULL:
+        return -1
+    with nogil:
+        memset(start, 0, (n_ids + 1) * sizeof(int64_t))
+        # Image (n0, n1, n2) has id ((n0 - lo0) span1 + n1 - lo1) span2 + n2 - lo2: ascending
+        # ids are the image-major order. The image (0, 0, 0) is no ghost.
+        zero = -1
+        if lo[0] <= 0 <= hi[0] and lo[1] <= 0 <= hi[1] and lo[2] <= 0 <= hi[2]:
+            zero = ((-lo[0]) * span[1] - lo[1]) * span[2] - lo[2]
         for i in range(n_atoms):
-            if i == 0 or ranges[i, 0] < lo0:
-                lo0 = ranges[i, 0]
-            if i == 0 or ranges[i, 1] > hi0:
-                hi0 = ranges[i, 1]
-            if i == 0 or ranges[i, 2] < lo1:
-                lo1 = ranges[i, 2]
-            if i == 0 or ranges[i, 3] > hi1:
-                hi1 = ranges[i, 3]
-            if i == 0 or ranges[i, 4] < lo2:
-                lo2 = ranges[i, 4]
-            if i == 0 or ranges[i, 5] > hi2:
-                hi2 = ranges[i, 5]
-        for n0 in range(lo0, hi0 + 1):
-            for n1 in range(lo1, hi1 + 1):
-                for n2 in range(lo2, hi2 + 1):
-                    if n0 == 0 and n1 == 0 and n2 == 0:
-                        continue
-                    for i in range(n_atoms):
-                        if (ranges[i, 0] <= n0 <= ranges[i, 1]
-                                and ranges[i, 2] <= n1 <= ranges[i, 3]
-                                and ranges[i, 4] <= n2 <= ranges[i, 5]):
-                            image_of[g] = i
-                            shifts[g, 0] = n0
-                            shifts[g, 1] = n1
-                            shifts[g, 2] = n2
-                            g += 1
-    return g
+            for n0 in range(ranges[i, 0], ranges[i, 1] + 1):
+                for n1 in range(ranges[i, 2], ranges[i, 3] + 1):
+                    img = ((n0 - lo[0]) * span[1] + n1 - lo[1]) * span[2] - lo[2]
+                    for n2 in range(ranges[i, 4], ranges[i, 5] + 1):
+                        start[img + n2] += 1
+        if zero >= 0:
+            start[zero] = 0
+        c = n_first
+        for img in range(n_ids):
+            t = start[img]
+            start[img] = c
+            c += t
+        for i in range(n_atoms):
+            for n0 in range(ranges[i, 0], ranges[i, 1] + 1):
+                for n1 in range(ranges[i, 2], ranges[i, 3] + 1):
+                    img = ((n0 - lo[0]) * span[1] + n1 - lo[1]) * span[2] - lo[2]
+                    for n2 in range(ranges[i, 4], ranges[i, 5] + 1):
+                        if img + n2 == zero:
+                            continue
+                        g = start[img + n2]
+                        start[img + n2] = g + 1
+                        image_of[g] = i
+                        shifts[g, 0] = n0
+                        shifts[g, 1] = n1
+                        shifts[g, 2] = n2
+    free(start)
+    return c
 
 
 def translate(const double[:, ::1] source, const int64_t[::1] index, const int64_t[:, ::1] shifts,
@@ -113,64 +157,57 @@ def translate(const double[:, ::1] source, const int64_t[::1] index, const int64
                 out[g, c] = source[j, c] + s0 * cell[0, c] + s1 * cell[1, c] + s2 * cell[2, c]
 
 
-cdef int64_t* _merge_runs(int64_t* src, int64_t* dst, int64_t* bounds, int64_t n_runs) noexcept nogil:
-    """Sort ``src[bounds[0]:bounds[n_runs]]``, made of ``n_runs`` ascending runs, by pairwise merging.
-
-    Returns whichever of ``src``/``dst`` holds the result; ``bounds`` is overwritten.
-    """
-    cdef int64_t r, n_new, lo, mid, hi, x, y, out, take_y
-    cdef int64_t* swap
-    while n_runs > 1:
-        n_new = 0
-        r = 0
-        while r < n_runs:
-            lo = bounds[r]
-            mid = bounds[r + 1]
-            hi = bounds[r + 2] if r + 1 < n_runs else mid
-            x = lo
-            y = mid
-            out = lo
-            # Branch-free selection: which input wins is unpredictable.
-            while x < mid and y < hi:
-                take_y = src[y] < src[x]
-                dst[out] = src[y] if take_y else src[x]
-                y += take_y
-                x += 1 - take_y
-                out += 1
-            while x < mid:
-                dst[out] = src[x]
-                x += 1
-                out += 1
-            while y < hi:
-                dst[out] = src[y]
-                y += 1
-                out += 1
-            # Only indices <= r/2 are written, all already read.
-            bounds[n_new] = lo
-            n_new += 1
-            r += 2
-        bounds[n_new] = bounds[n_runs]
-        n_runs = n_new
-        swap = src
-        src = dst
-        dst = swap
-    return src
+# Bins per search radius: bins of side >= radius / _SUB_XY along x and y and
+# >= radius / _SUB_Z along z. Bins are numbered z fastest, so the part of a
+# stencil column (fixed x and y bin) that can hold partners is one contiguous
+# run of entries whatever its length: fine z bins trim candidates at no extra
+# cost, while every x/y column costs a range look-up.
+cdef double _SUB_XY = 2.0
+cdef double _SUB_Z = 4.0
+# Relative slack of the geometric stencil tests against rounding of bin indices
+# (plus a term for the rounding of long coordinate ranges, see _make_grid).
+cdef double _SLACK = 1e-9
 
 
 cdef struct Grid:
-    double lo[3]
+    double lo[3]         # bin (0, 0, 0) starts here
+    double side[3]       # bin sides
     double inv_side[3]
-    int64_t nb[3]
+    int64_t nb[3]        # bins per direction
+    int64_t reach[3]     # largest bin offset that can hold partners
     int64_t n_bins
+    double slack         # relative slack of gaps between bins
+
+
+cdef struct Stencil:
+    int64_t n_cols
+    int64_t* cols        # per column (dx, dy, z reach, bin offset (dx * nb1 + dy) * nb2)
+    int64_t dz_max       # largest z reach
+
+
+cdef inline int64_t _reach(double radius, double side, double slack) noexcept nogil:
+    """Largest bin offset ``d`` whose gap ``(|d| - 1) * side`` (shrunk by ``slack``) is below ``radius``."""
+    return <int64_t>ceil(radius / (side * (1.0 - slack)))
 
 
 cdef Grid _make_grid(const double[:, ::1] pos, double radius) noexcept nogil:
-    """Bins of side >= radius over the bounding box of ``pos``, so partners lie in the 27-bin stencil."""
+    """Bins over the bounding box of ``pos``.
+
+    Sparse systems (two atoms 1 km apart) would ask for absurd grids: the bin
+    count is capped by growing the sides, which stays correct and only costs
+    extra distance checks.
+    """
     cdef Grid grid
     cdef int64_t n_total = pos.shape[0]
     cdef double hi[3]
-    cdef double side, grow = 1.0, n_bins_f
-    cdef int64_t i, k, max_bins
+    cdef double ext[3]
+    cdef double side_min[3]
+    cdef double sub[3]
+    cdef double grow = 1.0, n_bins_f
+    cdef int64_t i, k, max_bins = 8 * n_total + 64
+    sub[0] = _SUB_XY
+    sub[1] = _SUB_XY
+    sub[2] = _SUB_Z
     for k in range(3):
         grid.lo[k] = pos[0, k]
         hi[k] = pos[0, k]
@@ -180,259 +217,497 @@ cdef Grid _make_grid(const double[:, ::1] pos, double radius) noexcept nogil:
                 grid.lo[k] = pos[i, k]
             if pos[i, k] > hi[k]:
                 hi[k] = pos[i, k]
-    # The relative margin guards the bin index against rounding. Sparse
-    # non-periodic systems (two atoms 1 km apart) would ask for absurd grids:
-    # cap the bin count by growing the side, which stays correct and only costs
-    # extra distance checks.
-    max_bins = 8 * n_total + 64
+    for k in range(3):
+        ext[k] = hi[k] - grid.lo[k]
     while True:
-        side = radius * (1.0 + 1e-9) * grow
         n_bins_f = 1.0
         for k in range(3):
-            n_bins_f *= max(1.0, floor((hi[k] - grid.lo[k]) / side))
+            side_min[k] = radius / sub[k] * (1.0 + 1e-8) * grow
+            n_bins_f *= max(1.0, floor(ext[k] / side_min[k]))
         # Decide in floating point: the integer product could overflow.
         if n_bins_f <= <double>max_bins:
             break
         grow *= 1.5
     grid.n_bins = 1
+    grid.slack = _SLACK
     for k in range(3):
-        grid.nb[k] = <int64_t>max(1.0, floor((hi[k] - grid.lo[k]) / side))
+        grid.nb[k] = <int64_t>max(1.0, floor(ext[k] / side_min[k]))
+        grid.side[k] = max(ext[k] / <double>grid.nb[k], side_min[k])
+        grid.inv_side[k] = 1.0 / grid.side[k]
         grid.n_bins *= grid.nb[k]
-        grid.inv_side[k] = grid.nb[k] / (hi[k] - grid.lo[k]) if hi[k] > grid.lo[k] else 0.0
+        # A bin index (x - lo) / side is off by up to a few ulp of nb: fuzzy bin
+        # edges, which the gaps between bins must allow for.
+        grid.slack = max(grid.slack, _SLACK + 1e-15 * <double>grid.nb[k])
+    for k in range(3):
+        grid.reach[k] = _reach(radius, grid.side[k], grid.slack)
     return grid
 
 
-cdef void _bin_atoms(const double[:, ::1] pos, Grid* grid, int64_t* bin_of, int64_t* bin_start,
-                     int64_t* sorted_idx) noexcept nogil:
-    """Counting sort into bins: ``sorted_idx[bin_start[b]:bin_start[b+1]]`` are the atoms of bin ``b``.
+cdef void _make_stencil(Grid* grid, double radius, Stencil* st) noexcept nogil:
+    """Stencil columns: the x/y bin offsets whose bins can hold partners, with their z reach.
 
-    Stable, so within a bin atoms stay in ascending index order.
+    The z reach of a column follows from its smallest x/y gap, so outer columns
+    are shorter and corner columns may drop out. ``st.cols`` must hold
+    ``4 (2 reach_x + 1) (2 reach_y + 1)`` entries.
     """
+    cdef int64_t dx, dy, adx, ady, n = 0
+    cdef double gx, gy, rest
+    st.n_cols = 0
+    st.dz_max = 0
+    for dx in range(-grid.reach[0], grid.reach[0] + 1):
+        adx = dx if dx >= 0 else -dx
+        gx = <double>(adx - 1 if adx > 1 else 0) * grid.side[0] * (1.0 - grid.slack)
+        for dy in range(-grid.reach[1], grid.reach[1] + 1):
+            ady = dy if dy >= 0 else -dy
+            gy = <double>(ady - 1 if ady > 1 else 0) * grid.side[1] * (1.0 - grid.slack)
+            rest = radius * radius - gx * gx - gy * gy
+            if rest <= 0.0:
+                continue
+            st.cols[4 * n] = dx
+            st.cols[4 * n + 1] = dy
+            st.cols[4 * n + 2] = _reach(sqrt(rest), grid.side[2], grid.slack)
+            st.cols[4 * n + 3] = (dx * grid.nb[1] + dy) * grid.nb[2]
+            if st.cols[4 * n + 2] > st.dz_max:
+                st.dz_max = st.cols[4 * n + 2]
+            n += 1
+    st.n_cols = n
+
+
+cdef inline int64_t _ranges(Grid* grid, Stencil* st, int64_t bx, int64_t by, int64_t bz,
+                            const int64_t* bin_start, int64_t* rng, int64_t* total) noexcept nogil:
+    """Entry ranges ``[rng[2r], rng[2r+1])`` of the stencil around bin ``(bx, by, bz)``.
+
+    Returns the number of ranges (empty ones may be included), their total
+    length in ``total``. Columns are clipped to the grid.
+    """
+    cdef int64_t c, cx, cy, z0, z1, base, s, e, n = 0, tot = 0
+    cdef int64_t nb0 = grid.nb[0], nb1 = grid.nb[1], nb2 = grid.nb[2]
+    cdef int64_t b = (bx * nb1 + by) * nb2 + bz
+    cdef const int64_t* cols = st.cols
+    if (bx >= grid.reach[0] and bx < nb0 - grid.reach[0] and by >= grid.reach[1] and by < nb1 - grid.reach[1]
+            and bz >= st.dz_max and bz < nb2 - st.dz_max):
+        # Interior: no clipping.
+        for c in range(st.n_cols):
+            base = b + cols[4 * c + 3]
+            s = bin_start[base - cols[4 * c + 2]]
+            e = bin_start[base + cols[4 * c + 2] + 1]
+            rng[2 * n] = s
+            rng[2 * n + 1] = e
+            n += s < e
+            tot += e - s
+        total[0] = tot
+        return n
+    for c in range(st.n_cols):
+        cx = bx + cols[4 * c]
+        cy = by + cols[4 * c + 1]
+        if cx < 0 or cx >= nb0 or cy < 0 or cy >= nb1:
+            continue
+        z0 = bz - cols[4 * c + 2]
+        z1 = bz + cols[4 * c + 2]
+        if z0 < 0:
+            z0 = 0
+        if z1 > nb2 - 1:
+            z1 = nb2 - 1
+        base = (cx * nb1 + cy) * nb2
+        s = bin_start[base + z0]
+        e = bin_start[base + z1 + 1]
+        rng[2 * n] = s
+        rng[2 * n + 1] = e
+        n += s < e
+        tot += e - s
+    total[0] = tot
+    return n
+
+
+cdef struct Bins:
+    int64_t* bin_start   # n_bins + 1
+    int32_t* idx         # n_total + 1: entry index of each binned entry
+    double* x            # n_total + 1 each: coordinates in bin order (one entry of padding)
+    double* y
+    double* z
+
+
+cdef void _bin_entries(const double[:, ::1] pos, Grid* grid, Bins* bins, int64_t* bin_of) noexcept nogil:
+    """Counting sort of all entries into bins (stable: ascending index within a bin, so
+    locals first), coordinates copied in bin order; ``bin_of`` is scratch (``n_total``)."""
     cdef int64_t n_total = pos.shape[0]
-    cdef int64_t i, b, bx, by, bz
-    cdef int64_t* nb = grid.nb
+    cdef int64_t i, k, b, q, p
+    cdef int64_t* bin_start = bins.bin_start
     for b in range(grid.n_bins + 1):
         bin_start[b] = 0
     for i in range(n_total):
-        bx = <int64_t>((pos[i, 0] - grid.lo[0]) * grid.inv_side[0])
-        by = <int64_t>((pos[i, 1] - grid.lo[1]) * grid.inv_side[1])
-        bz = <int64_t>((pos[i, 2] - grid.lo[2]) * grid.inv_side[2])
-        # The maximum coordinate lands exactly on the upper edge.
-        if bx >= nb[0]:
-            bx = nb[0] - 1
-        if by >= nb[1]:
-            by = nb[1] - 1
-        if bz >= nb[2]:
-            bz = nb[2] - 1
-        b = (bx * nb[1] + by) * nb[2] + bz
+        b = 0
+        for k in range(3):
+            q = <int64_t>((pos[i, k] - grid.lo[k]) * grid.inv_side[k])
+            # The maximum coordinate lands on the upper edge.
+            if q >= grid.nb[k]:
+                q = grid.nb[k] - 1
+            b = b * grid.nb[k] + q
         bin_of[i] = b
         bin_start[b + 1] += 1
     for b in range(grid.n_bins):
         bin_start[b + 1] += bin_start[b]
     for i in range(n_total):
-        b = bin_of[i]
-        sorted_idx[bin_start[b]] = i
-        bin_start[b] += 1
+        p = bin_start[bin_of[i]]
+        bin_start[bin_of[i]] = p + 1
+        bins.idx[p] = <int32_t>i
+        bins.x[p] = pos[i, 0]
+        bins.y[p] = pos[i, 1]
+        bins.z[p] = pos[i, 2]
     # bin_start[b] now holds the end of bin b; shift back to starts.
     for b in range(grid.n_bins, 0, -1):
         bin_start[b] = bin_start[b - 1]
     bin_start[0] = 0
+    # Padding read (and ignored) by the distance test.
+    bins.idx[n_total] = 0
+    bins.x[n_total] = 0.0
+    bins.y[n_total] = 0.0
+    bins.z[n_total] = 0.0
 
 
-cdef inline void _stencil(Grid* grid, int64_t b, int64_t* box) noexcept nogil:
-    """Inclusive bin ranges ``box = [x0, x1, y0, y1, z0, z1]`` around bin ``b``, clipped to the grid."""
-    cdef int64_t* nb = grid.nb
-    cdef int64_t coord[3]
-    cdef int64_t k
-    coord[2] = b % nb[2]
-    coord[1] = (b // nb[2]) % nb[1]
-    coord[0] = b // (nb[1] * nb[2])
-    for k in range(3):
-        box[2 * k] = coord[k] - 1 if coord[k] > 0 else 0
-        box[2 * k + 1] = coord[k] + 1 if coord[k] + 1 < nb[k] else nb[k] - 1
+cdef extern from "_neighbors_scan.h" nogil:
+    int64_t mmtp_nb_scan(const double* x, const double* y, const double* z, const int32_t* idx, int64_t s,
+                         int64_t e, double xi, double yi, double zi, double r2_max, int32_t* found, int64_t k,
+                         double* r2_min)
 
 
-cdef int64_t _max_stencil(Grid* grid, int64_t* bin_start) noexcept nogil:
-    """Largest number of atoms in any 27-bin stencil: the size of the candidate buffers."""
-    cdef int64_t b, ix, iy, c, n_cand, max_cand = 0
-    cdef int64_t box[6]
-    for b in range(grid.n_bins):
-        _stencil(grid, b, box)
-        n_cand = 0
-        for ix in range(box[0], box[1] + 1):
-            for iy in range(box[2], box[3] + 1):
-                c = (ix * grid.nb[1] + iy) * grid.nb[2]
-                n_cand += bin_start[c + box[5] + 1] - bin_start[c + box[4]]
-        if n_cand > max_cand:
-            max_cand = n_cand
-    return max_cand
-
-
-cdef int64_t _scan(const double[:, ::1] pos, int64_t n_local, double r2_max, Grid* grid,
-                   int64_t* bin_start, int64_t* sorted_idx, int64_t* cand, int64_t* cand_tmp,
-                   double* cand_xyz, int64_t* scratch, int64_t capacity, int64_t* row_begin,
-                   int64_t[::1] offsets, int64_t[::1] coincident) noexcept nogil:
-    """Rows of all local atoms into ``scratch`` (bin order), lengths into ``offsets[1:]``.
-
-    Returns the number of pairs (rows are written only while it fits ``capacity``),
-    or -1 with the indices in ``coincident`` when two entries coincide.
-
-    Local atoms are visited bin by bin, not by index. All atoms of a bin share one
-    candidate list (the 27-bin stencil), merged into ascending index order once
-    per bin: rows then come out sorted without a per-atom sort, and the
-    candidates sit contiguously in cache whatever the input order.
-    """
-    cdef int64_t bounds[28]
-    cdef int64_t box[6]
-    cdef int64_t b, c, i, j, p, q, t, ix, iy, iz, n_cand = 0, n_runs, row_start, n_pairs = 0, n_zero
-    cdef int64_t* cand_sorted = cand
-    cdef bint have_candidates
-    cdef double xi, yi, zi, dx, dy, dz, r2
-    for b in range(grid.n_bins):
-        have_candidates = False
-        for q in range(bin_start[b], bin_start[b + 1]):
-            i = sorted_idx[q]
-            if i >= n_local:
+cdef int64_t _first_at(Bins* bins, const int64_t* rng, int64_t n_rng, int64_t p) noexcept nogil:
+    """Smallest index among the ranges' entries other than ``p`` at zero distance from entry ``p``."""
+    cdef int64_t r, q, k, best = -1
+    cdef double low
+    cdef int32_t one[2]
+    for r in range(n_rng):
+        for q in range(rng[2 * r], rng[2 * r + 1]):
+            if q == p:
                 continue
-            if not have_candidates:
-                have_candidates = True
-                _stencil(grid, b, box)
-                n_cand = 0
-                n_runs = 0
-                for ix in range(box[0], box[1] + 1):
-                    for iy in range(box[2], box[3] + 1):
-                        for iz in range(box[4], box[5] + 1):
-                            c = (ix * grid.nb[1] + iy) * grid.nb[2] + iz
-                            if bin_start[c + 1] == bin_start[c]:
-                                continue
-                            # Each bin is one ascending run.
-                            bounds[n_runs] = n_cand
-                            n_runs += 1
-                            for p in range(bin_start[c], bin_start[c + 1]):
-                                cand[n_cand] = sorted_idx[p]
-                                n_cand += 1
-                bounds[n_runs] = n_cand
-                cand_sorted = _merge_runs(cand, cand_tmp, bounds, n_runs)
-                for t in range(n_cand):
-                    j = cand_sorted[t]
-                    cand_xyz[3 * t] = pos[j, 0]
-                    cand_xyz[3 * t + 1] = pos[j, 1]
-                    cand_xyz[3 * t + 2] = pos[j, 2]
-            xi = pos[i, 0]
-            yi = pos[i, 1]
-            zi = pos[i, 2]
-            row_start = n_pairs
-            if n_pairs + n_cand <= capacity:
-                # Branch-free compaction: whether a candidate is inside the sphere is
-                # a coin toss for the branch predictor (~15 % are), so store always
-                # and advance conditionally. r2 == 0 excludes i itself; any other
-                # zero distance is caught by counting zeros.
-                n_zero = 0
-                for t in range(n_cand):
-                    dx = cand_xyz[3 * t] - xi
-                    dy = cand_xyz[3 * t + 1] - yi
-                    dz = cand_xyz[3 * t + 2] - zi
-                    r2 = dx * dx + dy * dy + dz * dz
-                    scratch[n_pairs] = cand_sorted[t]
-                    n_pairs += (r2 < r2_max) & (r2 > 0.0)
-                    n_zero += r2 == 0.0
-                if n_zero > 1:
-                    for t in range(n_cand):
-                        dx = cand_xyz[3 * t] - xi
-                        dy = cand_xyz[3 * t + 1] - yi
-                        dz = cand_xyz[3 * t + 2] - zi
-                        j = cand_sorted[t]
-                        if j != i and dx * dx + dy * dy + dz * dz == 0.0:
-                            coincident[0] = i
-                            coincident[1] = j
-                            return -1
-            else:
-                # Near or past the capacity: count everything, store what fits.
-                for t in range(n_cand):
-                    dx = cand_xyz[3 * t] - xi
-                    dy = cand_xyz[3 * t + 1] - yi
-                    dz = cand_xyz[3 * t + 2] - zi
-                    r2 = dx * dx + dy * dy + dz * dz
-                    if r2 < r2_max:
-                        j = cand_sorted[t]
-                        if j == i:
-                            continue
-                        if r2 == 0.0:
-                            coincident[0] = i
-                            coincident[1] = j
-                            return -1
-                        if n_pairs < capacity:
-                            scratch[n_pairs] = j
-                        n_pairs += 1
-            row_begin[i] = row_start
-            offsets[i + 1] = n_pairs - row_start
-    return n_pairs
+            low = INFINITY
+            # The same distance test as the search.
+            k = mmtp_nb_scan(bins.x, bins.y, bins.z, bins.idx, q, q + 1, bins.x[p], bins.y[p], bins.z[p],
+                             0.0, one, 0, &low)
+            if low == 0.0 and (best < 0 or bins.idx[q] < best):
+                best = bins.idx[q]
+    return best
 
 
-cdef int64_t _pairs(const double[:, ::1] pos, int64_t n_local, double radius,
-                    int64_t[::1] offsets, int64_t[::1] neighbors, int64_t[::1] coincident) noexcept nogil:
-    cdef int64_t n_total = pos.shape[0]
-    cdef int64_t capacity = neighbors.shape[0]
-    cdef int64_t i, p, q, max_cand, n_pairs = -2
-    cdef Grid grid
-    offsets[0] = 0
-    if n_local == 0:
-        return 0
-    grid = _make_grid(pos, radius)
-    cdef int64_t* bin_of = <int64_t*>malloc(n_total * sizeof(int64_t))
-    cdef int64_t* bin_start = <int64_t*>malloc((grid.n_bins + 1) * sizeof(int64_t))
-    cdef int64_t* sorted_idx = <int64_t*>malloc(n_total * sizeof(int64_t))
-    # +1: malloc(0) may return NULL, which would read as out of memory.
-    cdef int64_t* scratch = <int64_t*>malloc((capacity + 1) * sizeof(int64_t))
-    cdef int64_t* row_begin = <int64_t*>malloc(n_local * sizeof(int64_t))
-    cdef int64_t* cand = NULL
-    cdef int64_t* cand_tmp = NULL
-    cdef double* cand_xyz = NULL
-    if not (bin_of == NULL or bin_start == NULL or sorted_idx == NULL or scratch == NULL
-            or row_begin == NULL):
-        _bin_atoms(pos, &grid, bin_of, bin_start, sorted_idx)
-        max_cand = _max_stencil(&grid, bin_start)
-        cand = <int64_t*>malloc((max_cand + 1) * sizeof(int64_t))
-        cand_tmp = <int64_t*>malloc((max_cand + 1) * sizeof(int64_t))
-        cand_xyz = <double*>malloc(3 * (max_cand + 1) * sizeof(double))
-        if not (cand == NULL or cand_tmp == NULL or cand_xyz == NULL):
-            n_pairs = _scan(pos, n_local, radius * radius, &grid, bin_start, sorted_idx, cand, cand_tmp,
-                            cand_xyz, scratch, capacity, row_begin, offsets, coincident)
-    if n_pairs >= 0:
-        for i in range(n_local):
-            offsets[i + 1] += offsets[i]
-        if n_pairs <= capacity:
-            # Rows from bin order into index order.
-            for i in range(n_local):
-                p = row_begin[i]
-                for q in range(offsets[i], offsets[i + 1]):
-                    neighbors[q] = scratch[p]
-                    p += 1
-    free(bin_of)
-    free(bin_start)
-    free(sorted_idx)
-    free(scratch)
-    free(row_begin)
-    free(cand)
-    free(cand_tmp)
-    free(cand_xyz)
-    return n_pairs
+cdef enum:
+    # Buffers of a workspace, by purpose.
+    W_COLS, W_RNG, W_BIN_START, W_BIN_OF, W_IDX, W_X, W_Y, W_Z, W_ROW_BEGIN, W_ROW_LEN, W_GROW_BEGIN,
+    W_GROW_LEN, W_CURSOR, W_GHOST_COUNT, W_LISTS, W_GLISTS, W_BY_GHOST, W_FOUND, W_OUT, W_COUNT
 
 
-def find_pairs(const double[:, ::1] pos, int64_t n_local, double radius, int64_t[::1] offsets,
-               int64_t[::1] neighbors, int64_t[::1] coincident) -> int:
-    """CSR pairs ``0 < |pos[j] - pos[i]| < radius`` for ``i < n_local``, each row sorted by ``j``.
+cdef class _Workspace:
+    """Scratch buffers of one pair search, kept for the next one.
 
-    Linked cells over the bounding box of all ``pos`` (locals then ghosts): O(N).
-    ``offsets`` has ``n_local + 1`` entries. Returns the number of pairs; when that
-    exceeds ``len(neighbors)``, ``neighbors`` is left unwritten and the caller
-    retries with a buffer of exactly that size. Returns -1 when two entries
-    coincide (their indices in ``coincident[0:2]``), -2 when out of memory.
+    Builds repeat with similar sizes (MD rebuilds, benchmarks, training sets):
+    reusing the buffers spares the page faults of fresh memory, which cost as
+    much as the search itself on some machines.
     """
-    cdef int64_t n
-    with nogil:
-        n = _pairs(pos, n_local, radius, offsets, neighbors, coincident)
-    return n
+
+    cdef void* data[<int>W_COUNT]
+    cdef size_t size[<int>W_COUNT]
+
+    def __dealloc__(self):
+        cdef int k
+        for k in range(W_COUNT):
+            free(self.data[k])
+            self.data[k] = NULL
+            self.size[k] = 0
+
+    cdef void* get(self, int k, size_t nbytes) noexcept nogil:
+        """Buffer ``k`` with at least ``nbytes`` (contents kept on growth); NULL when out of memory."""
+        cdef void* p
+        cdef size_t want
+        if nbytes <= self.size[k] and self.data[k] != NULL:
+            return self.data[k]
+        want = nbytes + nbytes // 4 + 64
+        p = realloc(self.data[k], want)
+        if p == NULL:
+            return NULL
+        self.data[k] = p
+        self.size[k] = want
+        return p
+
+    cdef size_t total(self) noexcept nogil:
+        cdef size_t t = 0
+        cdef int k
+        for k in range(W_COUNT):
+            t += self.size[k]
+        return t
+
+
+# One spare workspace for the next search; taken and returned with the GIL held, so
+# concurrent searches (threads) each get their own. Larger ones are not kept.
+cdef _Workspace _spare_workspace = None
+cdef size_t _KEEP_BYTES = 256 * 1024 * 1024
+
+
+cdef _Workspace _take_workspace():
+    global _spare_workspace
+    cdef _Workspace ws = _spare_workspace
+    if ws is None:
+        return _Workspace()
+    _spare_workspace = None
+    return ws
+
+
+cdef void _return_workspace(_Workspace ws):
+    global _spare_workspace
+    if ws is not None and ws.total() <= _KEEP_BYTES:
+        _spare_workspace = ws
+
+
+cdef class PairSearch:
+    """Linked-cell pair search ``0 < |pos[j] - pos[i]| < radius`` for ``i < n_local``: O(N).
+
+    All entries (locals, then ghosts: periodic images or an MPI halo) are binned;
+    one sweep over the bins lists, for every local ``i``, its local partners and
+    its ghost partners, both unsorted. Rows sorted by ``j`` then come without any
+    sort: going through ``j`` in ascending order and appending ``j`` to the row of
+    every local whose list holds it fills each row in ascending order. For a local
+    ``j`` those are exactly the locals in its own list (symmetry); for a ghost,
+    the lists are first transposed (a counting sort by ghost).
+
+    The constructor runs the search and writes the CSR row pointers ``offsets``
+    (``n_local + 1``); :meth:`fill` writes the rows into a caller-allocated array
+    of ``n_pairs`` entries. ``status`` is 0, -1 when two entries coincide (their
+    indices in ``coincident[0:2]``, the first one local) or -2 when out of memory.
+    Entry indices must fit in int32.
+    """
+
+    cdef readonly int64_t n_local
+    cdef readonly int64_t n_total
+    cdef readonly int64_t n_pairs
+    cdef readonly int status
+    cdef int64_t n_ghost_pairs
+    cdef _Workspace ws
+    # Views into ``ws``, valid from a successful search until :meth:`fill`.
+    cdef int64_t* row_begin     # n_local: start of each local's local partners in ``lists``
+    cdef int64_t* row_len       # n_local: their number
+    cdef int32_t* lists
+    cdef int64_t* grow_begin    # n_local: start of each local's ghost partners in ``glists``
+    cdef int64_t* grow_len      # n_local: their number
+    cdef int32_t* glists
+    cdef int64_t* ghost_count   # n_total - n_local + 1: how many locals list each ghost
+    cdef int64_t* cursor        # n_local: next free slot of each row
+
+    def __cinit__(self, const double[:, ::1] pos, int64_t n_local, double radius, int64_t[::1] offsets,
+                  int64_t[::1] coincident):
+        self.n_local = n_local
+        self.n_total = pos.shape[0]
+        self.n_pairs = 0
+        self.status = 0
+        offsets[0] = 0
+        if n_local == 0:
+            return
+        self.ws = _take_workspace()
+        with nogil:
+            self.status = self._search(pos, radius, offsets, coincident)
+        if self.status != 0:
+            self._release()
+
+    def __dealloc__(self):
+        self._release()
+
+    cdef void _release(self):
+        _return_workspace(self.ws)
+        self.ws = None
+        self.row_begin = NULL
+        self.row_len = NULL
+        self.lists = NULL
+        self.grow_begin = NULL
+        self.grow_len = NULL
+        self.glists = NULL
+        self.ghost_count = NULL
+        self.cursor = NULL
+
+    cdef int _search(self, const double[:, ::1] pos, double radius, int64_t[::1] offsets,
+                     int64_t[::1] coincident) noexcept nogil:
+        cdef Grid grid = _make_grid(pos, radius)
+        cdef Stencil st
+        cdef Bins bins
+        cdef int64_t n_local = self.n_local, n_total = self.n_total, i, status
+        cdef int64_t n_cols_max = (2 * grid.reach[0] + 1) * (2 * grid.reach[1] + 1)
+        cdef int64_t* rng = <int64_t*>self.ws.get(W_RNG, 2 * (n_cols_max + 1) * sizeof(int64_t))
+        cdef int64_t* bin_of = <int64_t*>self.ws.get(W_BIN_OF, n_total * sizeof(int64_t))
+        st.cols = <int64_t*>self.ws.get(W_COLS, 4 * n_cols_max * sizeof(int64_t))
+        bins.bin_start = <int64_t*>self.ws.get(W_BIN_START, (grid.n_bins + 1) * sizeof(int64_t))
+        bins.idx = <int32_t*>self.ws.get(W_IDX, (n_total + 1) * sizeof(int32_t))
+        bins.x = <double*>self.ws.get(W_X, (n_total + 1) * sizeof(double))
+        bins.y = <double*>self.ws.get(W_Y, (n_total + 1) * sizeof(double))
+        bins.z = <double*>self.ws.get(W_Z, (n_total + 1) * sizeof(double))
+        self.row_begin = <int64_t*>self.ws.get(W_ROW_BEGIN, n_local * sizeof(int64_t))
+        self.row_len = <int64_t*>self.ws.get(W_ROW_LEN, n_local * sizeof(int64_t))
+        self.grow_begin = <int64_t*>self.ws.get(W_GROW_BEGIN, n_local * sizeof(int64_t))
+        self.grow_len = <int64_t*>self.ws.get(W_GROW_LEN, n_local * sizeof(int64_t))
+        self.cursor = <int64_t*>self.ws.get(W_CURSOR, n_local * sizeof(int64_t))
+        self.ghost_count = <int64_t*>self.ws.get(W_GHOST_COUNT, (n_total - n_local + 1) * sizeof(int64_t))
+        if (rng == NULL or bin_of == NULL or st.cols == NULL or bins.bin_start == NULL
+                or bins.idx == NULL or bins.x == NULL or bins.y == NULL or bins.z == NULL
+                or self.row_begin == NULL or self.row_len == NULL or self.grow_begin == NULL
+                or self.grow_len == NULL or self.cursor == NULL or self.ghost_count == NULL):
+            return -2
+        memset(self.ghost_count, 0, (n_total - n_local + 1) * sizeof(int64_t))
+        _make_stencil(&grid, radius, &st)
+        _bin_entries(pos, &grid, &bins, bin_of)
+        status = self._sweep(&grid, &st, &bins, rng, radius, coincident)
+        if status != 0:
+            return status
+        for i in range(n_local):
+            offsets[i + 1] = offsets[i] + self.row_len[i] + self.grow_len[i]
+            self.cursor[i] = offsets[i]
+        self.n_pairs = offsets[n_local]
+        return 0
+
+    cdef int _sweep(self, Grid* grid, Stencil* st, Bins* bins, int64_t* rng, double radius,
+                    int64_t[::1] coincident) noexcept nogil:
+        """Local and ghost partners of every local, bin by bin (the locals of a bin share the ranges).
+
+        The centre itself is skipped by position, so a zero distance among the
+        candidates is always a coincidence (checked once per centre through the
+        smallest distance).
+        """
+        cdef int64_t n_local = self.n_local
+        cdef double r2_max = radius * radius
+        cdef int64_t n_rng, total, i, b = 0, p, p_end, r, s, e, t, k, n, m, reserve
+        cdef int64_t used = 0, gused = 0
+        cdef int64_t bx, by, bz
+        cdef int32_t j
+        cdef bint local
+        cdef double xi, yi, zi, r2_min
+        cdef const double* x = bins.x
+        cdef const double* y = bins.y
+        cdef const double* z = bins.z
+        cdef const int32_t* idx = bins.idx
+        cdef const int64_t* bin_start = bins.bin_start
+        cdef int32_t* lists
+        cdef int32_t* glists
+        cdef int32_t* found
+        cdef int64_t* ghost_count = self.ghost_count
+        for bx in range(grid.nb[0]):
+            for by in range(grid.nb[1]):
+                for bz in range(grid.nb[2]):
+                    p = bin_start[b]
+                    p_end = bin_start[b + 1]
+                    b += 1
+                    if p == p_end or idx[p] >= n_local:
+                        continue
+                    n_rng = _ranges(grid, st, bx, by, bz, bin_start, rng, &total)
+                    reserve = (p_end - p) * total
+                    lists = <int32_t*>self.ws.get(W_LISTS, (used + reserve) * sizeof(int32_t))
+                    glists = <int32_t*>self.ws.get(W_GLISTS, (gused + reserve) * sizeof(int32_t))
+                    found = <int32_t*>self.ws.get(W_FOUND, (total + 1) * sizeof(int32_t))
+                    if lists == NULL or glists == NULL or found == NULL:
+                        return -2
+                    while p < p_end and idx[p] < n_local:
+                        xi = x[p]
+                        yi = y[p]
+                        zi = z[p]
+                        k = 0
+                        r2_min = INFINITY
+                        for r in range(n_rng):
+                            s = rng[2 * r]
+                            e = rng[2 * r + 1]
+                            if s <= p < e:
+                                # Around the centre itself.
+                                k = mmtp_nb_scan(x, y, z, idx, s, p, xi, yi, zi, r2_max, found, k, &r2_min)
+                                k = mmtp_nb_scan(x, y, z, idx, p + 1, e, xi, yi, zi, r2_max, found, k,
+                                                 &r2_min)
+                            else:
+                                k = mmtp_nb_scan(x, y, z, idx, s, e, xi, yi, zi, r2_max, found, k, &r2_min)
+                        i = idx[p]
+                        if r2_min == 0.0:
+                            coincident[0] = i
+                            coincident[1] = _first_at(bins, rng, n_rng, p)
+                            return -1
+                        # Split into local and ghost partners.
+                        n = used
+                        m = gused
+                        for t in range(k):
+                            j = found[t]
+                            local = j < n_local
+                            lists[n] = j
+                            glists[m] = j
+                            n += local
+                            m += not local
+                        for t in range(gused, m):
+                            ghost_count[glists[t] - n_local] += 1
+                        self.row_begin[i] = used
+                        self.row_len[i] = n - used
+                        self.grow_begin[i] = gused
+                        self.grow_len[i] = m - gused
+                        used = n
+                        gused = m
+                        p += 1
+        self.lists = <int32_t*>self.ws.get(W_LISTS, used * sizeof(int32_t))
+        self.glists = <int32_t*>self.ws.get(W_GLISTS, gused * sizeof(int32_t))
+        self.n_ghost_pairs = gused
+        return 0
+
+    def fill(self, const int64_t[::1] offsets, int64_t[::1] neighbors) -> None:
+        """Write the rows, each ascending, into ``neighbors`` (``n_pairs`` entries; ``offsets`` as written
+        by the constructor)."""
+        if self.status != 0 or neighbors.shape[0] != self.n_pairs or offsets.shape[0] != self.n_local + 1:
+            raise ValueError(f"fill needs a successful search, its offsets and {self.n_pairs} entries")
+        cdef int status = 0
+        if self.n_local > 0:
+            with nogil:
+                status = self._fill(offsets, neighbors)
+            self._release()
+        self.status = -3
+        if status == -2:
+            raise MemoryError("neighbour search: out of memory for the linked cells")
+        if status != 0:
+            raise RuntimeError("neighbour search: asymmetric pair test (rows do not add up)")
+
+    cdef int _fill(self, const int64_t[::1] offsets, int64_t[::1] neighbors) noexcept nogil:
+        cdef int64_t n_local = self.n_local, n_ghosts = self.n_total - self.n_local, n_pairs = self.n_pairs
+        cdef int64_t j, g, q, i, c, t
+        cdef int64_t* cursor = self.cursor
+        cdef int64_t* gstart = self.ghost_count
+        cdef int32_t* lists = self.lists
+        cdef int32_t* glists = self.glists
+        cdef int32_t* by_ghost = <int32_t*>self.ws.get(W_BY_GHOST, self.n_ghost_pairs * sizeof(int32_t))
+        cdef int32_t* out = <int32_t*>self.ws.get(W_OUT, n_pairs * sizeof(int32_t))
+        if by_ghost == NULL or out == NULL:
+            return -2
+        # Ghost partners transposed: per ghost, the locals that list it, ascending.
+        c = 0
+        for g in range(n_ghosts + 1):
+            t = gstart[g]
+            gstart[g] = c
+            c += t
+        for i in range(n_local):
+            for q in range(self.grow_begin[i], self.grow_begin[i] + self.grow_len[i]):
+                g = glists[q] - n_local
+                by_ghost[gstart[g]] = <int32_t>i
+                gstart[g] += 1
+        # gstart[g] now holds the end of ghost g's run. Row i gets its local partners
+        # from the lists of its partners, as many as its own list holds by the
+        # symmetry of the distance test (checked; meanwhile no write may leave the
+        # array). They go through 32-bit scratch, half the scattered writes' traffic.
+        for j in range(n_local):
+            for q in range(self.row_begin[j], self.row_begin[j] + self.row_len[j]):
+                i = lists[q]
+                c = cursor[i]
+                if c >= n_pairs:
+                    return -1
+                out[c] = <int32_t>j
+                cursor[i] = c + 1
+        for i in range(n_local):
+            if cursor[i] != offsets[i] + self.row_len[i]:
+                return -1
+            for c in range(offsets[i], cursor[i]):
+                neighbors[c] = out[c]
+        # Then the ghosts, in ascending order.
+        q = 0
+        for g in range(n_ghosts):
+            while q < gstart[g]:
+                i = by_ghost[q]
+                c = cursor[i]
+                neighbors[c] = n_local + g
+                cursor[i] = c + 1
+                q += 1
+        return 0
 
 
 def pair_distances(const double[:, ::1] pos, const int64_t[::1] offsets, const int64_t[::1] neighbors,

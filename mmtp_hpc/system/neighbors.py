@@ -18,10 +18,13 @@ layers on each side). Non-periodic directions get no images and no wrapping;
 their cell rows are ignored and replaced, for fractional coordinates only, by
 unit vectors orthogonal to the periodic rows (so a zero row is fine).
 
-Pair search: linked cells in Cython (``_neighbors.find_pairs``), O(N), each
+Pair search: linked cells in Cython (``_neighbors.PairSearch``), O(N), each
 row sorted by neighbour index so that sums over neighbours are reproducible
-bit for bit. Pairs satisfy ``0 < r < cutoff + skin`` (strict); two distinct
-entries at ``r == 0`` raise :class:`~mmtp_hpc.errors.InputError`.
+bit for bit. Bins of about ``radius / 2`` (x, y) by ``radius / 4`` (z), searched
+column by column, so that few candidates lie beyond the radius; rows come out
+sorted without sorting (see ``PairSearch``). Pairs satisfy
+``0 < r < cutoff + skin`` (strict); two distinct entries at ``r == 0`` raise
+:class:`~mmtp_hpc.errors.InputError`.
 
 Verlet skin: between rebuilds :meth:`NeighborList.update_positions` moves
 locals and ghosts without changing the pairs; rebuild once
@@ -50,6 +53,8 @@ PairKey = tuple[int, tuple[int, int, int]]
 
 # Refuse ghost layers that would not fit in memory anyway (a degenerate cell).
 _MAX_GHOSTS = 200_000_000
+# The pair search indexes entries (locals + ghosts) with 32-bit integers internally.
+_MAX_ENTRIES = 2**31 - 1
 
 
 @dataclass(eq=False)
@@ -199,26 +204,25 @@ def build_neighbor_list(cell: np.ndarray, pbc: np.ndarray | bool | tuple[bool, b
     # Rows of the inverse transpose are the reciprocal vectors b_k; |b_k| = 1/d_k.
     reciprocal = np.linalg.inv(basis).T
     frac = positions @ reciprocal.T
-    wrap_shifts = np.zeros((n_local, 3), dtype=np.int64)
-    wrap_shifts[:, pbc_arr] = -np.floor(frac[:, pbc_arr]).astype(np.int64)
-    frac_wrapped = np.ascontiguousarray(frac + wrap_shifts)
-
-    delta = radius * np.linalg.norm(reciprocal, axis=1) + _FRACTIONAL_MARGIN
-    lo = np.ascontiguousarray(-delta)
-    hi = np.ascontiguousarray(1.0 + delta)
-    periodic = np.ascontiguousarray(pbc_arr, dtype=np.uint8)
+    lo = np.empty(3)
+    hi = np.empty(3)
+    for k, row in enumerate(reciprocal.tolist()):
+        delta = radius * math.sqrt(row[0] * row[0] + row[1] * row[1] + row[2] * row[2]) + _FRACTIONAL_MARGIN
+        lo[k] = -delta
+        hi[k] = 1.0 + delta
+    wrap_shifts = np.empty((n_local, 3), dtype=np.int64)
     ranges = np.empty((n_local, 6), dtype=np.int64)
-    n_ghosts = _neighbors.ghost_ranges(frac_wrapped, lo, hi, periodic, ranges)
+    n_ghosts = _neighbors.ghost_ranges(frac, lo, hi, pbc_arr.view(np.uint8), wrap_shifts, ranges)
     if n_ghosts > _MAX_GHOSTS:
         raise InputError(f"cutoff + skin = {radius} Å needs {n_ghosts} periodic images; "
                          "the cell is too thin for this cutoff", field="cell")
     n_total = n_local + n_ghosts
 
     image_of = np.empty(n_total, dtype=np.int64)
-    image_of[:n_local] = np.arange(n_local, dtype=np.int64)
     shifts = np.empty((n_total, 3), dtype=np.int64)
-    shifts[:n_local] = 0
     end = _neighbors.fill_ghosts(ranges, n_local, image_of, shifts)
+    if end < 0:
+        raise MemoryError("periodic images: out of memory")
     if end != n_total:
         raise RuntimeError(f"ghost generation wrote {end - n_local} ghosts, counted {n_ghosts}")
 
@@ -226,7 +230,7 @@ def build_neighbor_list(cell: np.ndarray, pbc: np.ndarray | bool | tuple[bool, b
     _neighbors.translate(positions, image_of[:n_local], wrap_shifts, cell, all_positions[:n_local])
     _neighbors.translate(all_positions, image_of[n_local:], shifts[n_local:], cell, all_positions[n_local:])
 
-    offsets, neighbors = find_pairs(all_positions, n_local, radius, image_of=image_of, shifts=shifts)
+    offsets, neighbors = _search(all_positions, n_local, radius, image_of, shifts)
     return NeighborList(n_local=n_local, positions=all_positions, image_of=image_of, shifts=shifts,
                         offsets=offsets, neighbors=neighbors, cutoff=cutoff, skin=skin, cell=cell,
                         pbc=pbc_arr, wrap_shifts=wrap_shifts, reference_positions=positions.copy())
@@ -249,22 +253,24 @@ def find_pairs(positions: np.ndarray, n_local: int, radius: float, *,
     n_local = int(n_local)
     if not 0 <= n_local <= positions.shape[0]:
         raise InputError(f"n_local = {n_local} outside [0, {positions.shape[0]}]", field="n_local")
-    offsets = np.zeros(n_local + 1, dtype=np.int64)
+    return _search(positions, n_local, radius, image_of, shifts)
+
+
+def _search(positions: np.ndarray, n_local: int, radius: float, image_of: np.ndarray | None,
+            shifts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`find_pairs` on validated arguments."""
+    if positions.shape[0] > _MAX_ENTRIES:
+        raise InputError(f"{positions.shape[0]} entries (atoms and periodic images) exceed the "
+                         f"neighbour search's limit of {_MAX_ENTRIES}", field="positions")
+    offsets = np.empty(n_local + 1, dtype=np.int64)
     coincident = np.full(2, -1, dtype=np.int64)
-    capacity = _capacity_guess(positions, n_local, radius)
-    while True:
-        neighbors = np.empty(capacity, dtype=np.int64)
-        n_pairs = _neighbors.find_pairs(positions, n_local, radius, offsets, neighbors, coincident)
-        if n_pairs == -1:
-            raise InputError(_coincident_message(positions, coincident, image_of, shifts),
-                             field="positions")
-        if n_pairs < 0:
-            raise MemoryError("neighbour search: out of memory for the linked cells")
-        if n_pairs <= capacity:
-            break
-        capacity = n_pairs
-    # Shrinks in place (realloc), no copy; the array has no other references yet.
-    neighbors.resize(n_pairs, refcheck=False)
+    search = _neighbors.PairSearch(positions, n_local, radius, offsets, coincident)
+    if search.status == -1:
+        raise InputError(_coincident_message(positions, coincident, image_of, shifts), field="positions")
+    if search.status != 0:
+        raise MemoryError("neighbour search: out of memory for the linked cells")
+    neighbors = np.empty(search.n_pairs, dtype=np.int64)
+    search.fill(offsets, neighbors)
     return offsets, neighbors
 
 
@@ -358,8 +364,8 @@ def _fractional_basis(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     """
     basis = cell.copy()
     periodic = np.flatnonzero(pbc)
-    open_axes = np.flatnonzero(~pbc)
-    if open_axes.size:
+    if periodic.size < 3:
+        open_axes = np.flatnonzero(~pbc)
         if periodic.size:
             # Orthonormal complement of span(periodic rows) via SVD.
             _, singular, vt = np.linalg.svd(cell[periodic])
@@ -371,26 +377,14 @@ def _fractional_basis(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
         else:
             complement = np.eye(3)
         basis[open_axes] = complement
-    lengths = np.linalg.norm(basis, axis=1)
-    det = abs(float(np.linalg.det(basis)))
-    if not np.all(lengths > 0.0) or det <= 1e-10 * float(np.prod(lengths)):
+    # 3x3 arithmetic on Python floats: NumPy's per-call overhead would dominate.
+    a, b, c = basis.tolist()
+    lengths = [math.sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]) for r in (a, b, c)]
+    det = abs(a[0] * (b[1] * c[2] - b[2] * c[1]) - a[1] * (b[0] * c[2] - b[2] * c[0])
+              + a[2] * (b[0] * c[1] - b[1] * c[0]))
+    if not min(lengths) > 0.0 or det <= 1e-10 * lengths[0] * lengths[1] * lengths[2]:
         raise InputError(f"periodic cell vectors {cell[periodic].tolist()} are degenerate", field="cell")
     return basis
-
-
-def _capacity_guess(positions: np.ndarray, n_local: int, radius: float) -> int:
-    """Pairs to allocate for: mean density of the bounding box times the sphere volume.
-
-    Overestimates a little for bulk (the bounding box holds the ghosts too);
-    a cluster in a large box may underestimate, which only costs a second pass.
-    """
-    if n_local == 0:
-        return 0
-    extent = np.ptp(positions, axis=0)
-    volume = float(np.prod(np.maximum(extent, radius)))
-    sphere = 4.0 / 3.0 * math.pi * radius ** 3
-    per_atom = positions.shape[0] / volume * sphere
-    return int(n_local * (1.15 * per_atom + 4))
 
 
 def _coincident_message(positions: np.ndarray, pair: np.ndarray, image_of: np.ndarray | None,
