@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from mmtp_hpc.active.dft_common import constrained_inputs
 from mmtp_hpc.errors import InputError
 from mmtp_hpc.system.configuration import Configuration
 
@@ -184,17 +185,7 @@ def write_abinit_input(cfg: Configuration, directory: str | os.PathLike, species
 
     directory = Path(directory)
     n = len(cfg)
-    if not cfg.pbc.all():
-        raise InputError("ABINIT needs a periodic cell in all three directions", field="pbc")
-    m = cfg.magmoms if target_moments is None else np.asarray(target_moments, dtype=float)
-    if m is None:
-        raise InputError("the configuration has no target magnetic moments", field="magmoms")
-    m = np.asarray(m, dtype=float).reshape(n)
-    present = sorted(set(cfg.types.tolist()))
-    if present and present[-1] >= len(species):
-        raise InputError(f"atom type {present[-1]} has no chemical symbol (species {list(species)})",
-                         field="species")
-    symbols = [species[t] for t in present]
+    m, present, symbols = constrained_inputs(cfg, species, target_moments, "ABINIT")
     for s in symbols:
         if s not in atomic_numbers:
             raise InputError(f"{s!r} is not a chemical symbol", field="species")

@@ -61,6 +61,7 @@ from typing import Any
 
 import numpy as np
 
+from mmtp_hpc.active.dft_common import constrained_inputs
 from mmtp_hpc.errors import InputError
 from mmtp_hpc.system.configuration import EV_PER_A3_TO_GPA, Configuration
 
@@ -132,20 +133,9 @@ def write_vasp_inputs(cfg: Configuration, directory: str | os.PathLike, species:
     (eV/μB²); ``target_moments`` (default ``cfg.magmoms``, μB) the collinear targets.
     """
     directory = Path(directory)
-    n = len(cfg)
-    if not cfg.pbc.all():
-        raise InputError("VASP needs a periodic cell in all three directions", field="pbc")
-    m = cfg.magmoms if target_moments is None else np.asarray(target_moments, dtype=float)
-    if m is None:
-        raise InputError("the configuration has no target magnetic moments", field="magmoms")
+    m, present, symbols = constrained_inputs(cfg, species, target_moments, "VASP")
     if not (lambda_ > 0 and math.isfinite(lambda_)):
         raise InputError(f"LAMBDA must be a positive number, got {lambda_!r}", field="lambdas")
-    m = np.asarray(m, dtype=float).reshape(n)
-    present = sorted(set(cfg.types.tolist()))
-    if present and present[-1] >= len(species):
-        raise InputError(f"atom type {present[-1]} has no chemical symbol (species {list(species)})",
-                         field="species")
-    symbols = [species[t] for t in present]
     counts = [int(np.sum(cfg.types == t)) for t in present]
     order = poscar_order(cfg)
     if settings.rwigs is None:
