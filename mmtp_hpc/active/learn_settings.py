@@ -52,6 +52,7 @@ from mmtp_hpc.dynamics.settings import (
     real,
     settings_from_dict,
     read_toml,
+    resolve_path,
     text,
 )
 from mmtp_hpc.errors import InputError
@@ -274,10 +275,7 @@ class LearnSettings:
 
     def path(self, value: str | None) -> Path | None:
         """A path from the input resolved against the input file's directory."""
-        if value is None:
-            return None
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else Path(self.base_dir) / p
+        return resolve_path(self.base_dir, value)
 
     @property
     def workdir(self) -> Path:

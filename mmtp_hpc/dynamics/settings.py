@@ -358,6 +358,14 @@ SECTIONS: dict[str, type] = {
 }
 
 
+def resolve_path(base_dir: str | Path, value: str | None) -> Path | None:
+    """``value`` from an input file (``~`` expanded) resolved against ``base_dir``; None stays None."""
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else Path(base_dir) / p
+
+
 @dataclass
 class RunSettings:
     """All settings of one MD run; ``source`` is the input file, ``base_dir`` resolves paths."""
@@ -374,10 +382,7 @@ class RunSettings:
 
     def path(self, value: str | None) -> Path | None:
         """A path from the input resolved against the input file's directory."""
-        if value is None:
-            return None
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else Path(self.base_dir) / p
+        return resolve_path(self.base_dir, value)
 
     def to_dict(self) -> dict:
         """Resolved settings as a TOML-shaped dict (key names as written in the input)."""
