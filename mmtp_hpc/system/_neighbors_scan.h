@@ -16,6 +16,16 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 
+/* squared distances of entries q and q + 1 from (cx, cy, cz) */
+static inline __m128d mmtp_r2_two(const double *x, const double *y, const double *z, int64_t q,
+                                  __m128d cx, __m128d cy, __m128d cz)
+{
+    __m128d dx = _mm_sub_pd(_mm_loadu_pd(x + q), cx);
+    __m128d dy = _mm_sub_pd(_mm_loadu_pd(y + q), cy);
+    __m128d dz = _mm_sub_pd(_mm_loadu_pd(z + q), cz);
+    return _mm_add_pd(_mm_add_pd(_mm_mul_pd(dx, dx), _mm_mul_pd(dy, dy)), _mm_mul_pd(dz, dz));
+}
+
 static inline int64_t mmtp_nb_scan(const double *x, const double *y, const double *z, const int32_t *idx,
                                    int64_t s, int64_t e, double xi, double yi, double zi, double r2_max,
                                    int32_t *found, int64_t k, double *r2_min)
@@ -23,14 +33,11 @@ static inline int64_t mmtp_nb_scan(const double *x, const double *y, const doubl
     const __m128d cx = _mm_set1_pd(xi), cy = _mm_set1_pd(yi), cz = _mm_set1_pd(zi);
     const __m128d lim = _mm_set1_pd(r2_max);
     __m128d low = _mm_set1_pd(*r2_min);
-    __m128d dx, dy, dz, r2;
+    __m128d r2;
     int64_t q = s;
     int m;
     for (; q + 2 <= e; q += 2) {
-        dx = _mm_sub_pd(_mm_loadu_pd(x + q), cx);
-        dy = _mm_sub_pd(_mm_loadu_pd(y + q), cy);
-        dz = _mm_sub_pd(_mm_loadu_pd(z + q), cz);
-        r2 = _mm_add_pd(_mm_add_pd(_mm_mul_pd(dx, dx), _mm_mul_pd(dy, dy)), _mm_mul_pd(dz, dz));
+        r2 = mmtp_r2_two(x, y, z, q, cx, cy, cz);
         m = _mm_movemask_pd(_mm_cmplt_pd(r2, lim));
         low = _mm_min_pd(low, r2);
         found[k] = idx[q];
@@ -40,10 +47,7 @@ static inline int64_t mmtp_nb_scan(const double *x, const double *y, const doubl
     }
     if (q < e) {
         /* The last entry in the low lane; the high lane (entry e) is ignored. */
-        dx = _mm_sub_pd(_mm_loadu_pd(x + q), cx);
-        dy = _mm_sub_pd(_mm_loadu_pd(y + q), cy);
-        dz = _mm_sub_pd(_mm_loadu_pd(z + q), cz);
-        r2 = _mm_add_pd(_mm_add_pd(_mm_mul_pd(dx, dx), _mm_mul_pd(dy, dy)), _mm_mul_pd(dz, dz));
+        r2 = mmtp_r2_two(x, y, z, q, cx, cy, cz);
         m = _mm_movemask_pd(_mm_cmplt_pd(r2, lim));
         low = _mm_min_sd(low, r2);
         found[k] = idx[q];
