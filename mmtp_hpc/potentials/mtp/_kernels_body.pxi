@@ -155,9 +155,9 @@ cdef inline void magnetic_basis(Tables* t, int z, double m, double* psi, double*
 
 
 cdef int gather(Tables* t, Work* w, int64_t i, const double[:, ::1] pos, const int[::1] types,
-                const double[::1] mag, const int64_t[::1] offsets, const int64_t[::1] nbrs,
-                bint deriv=True) noexcept nogil:
-    """Neighbours of i inside the cutoff: vectors, radial and magnetic bases, f_μ and derivatives."""
+                const double[::1] mag, const int64_t[::1] offsets, const int64_t[::1] nbrs) noexcept nogil:
+    """Neighbours of i inside the cutoff: vectors, radial and magnetic bases, f_μ and derivatives
+    (per-neighbour layout of the parameter-gradient kernels)."""
     cdef int nn = 0, k, mu, b, c, zj, zi = types[i]
     cdef int64_t p, j
     cdef double dx, dy, dz, r2, r, rc2 = t.rcut * t.rcut, env, denv, s
@@ -211,9 +211,6 @@ cdef int gather(Tables* t, Work* w, int64_t i, const double[:, ::1] pos, const i
         if M == 1:
             for mu in range(K):
                 cf = w.d + (zj * K + mu) * R
-                if not deriv:
-                    w.f[nn * K + mu] = mmtp_dot(cf, q, R)
-                    continue
                 mmtp_dot2(cf, q, dq, R, &s, &W)
                 w.f[nn * K + mu] = s
                 w.dfr[nn * K + mu] = W
@@ -227,9 +224,6 @@ cdef int gather(Tables* t, Work* w, int64_t i, const double[:, ::1] pos, const i
                     w.qdp[k * M + c] = q[k] * w.dpsij[nn * M + c]
             for mu in range(K):
                 cf = w.d + (zj * K + mu) * R * M
-                if not deriv:
-                    w.f[nn * K + mu] = mmtp_dot(cf, w.qp, R * M)
-                    continue
                 cfd = w.dd + (zj * K + mu) * R * M
                 mmtp_dot4(cf, cfd, w.qp, w.dqp, w.qdp, R * M, &s, &W, &Wd, &Wi)
                 w.f[nn * K + mu] = s
@@ -260,11 +254,8 @@ cdef inline void monomials_into(Tables* t, const double* u, double* mono) noexce
 
 cdef double forward(Tables* t, Work* w, int nn, int zi) noexcept nogil:
     """Basic moments (accumulated in the dense (μ, monomial) layout), products and E_i."""
-    cdef int n, s, k, mu, q, L, nm = t.n_mono
-    cdef const int* row
-    cdef double e
+    cdef int n, mu, nm = t.n_mono
     cdef double* mono
-    memset(w.moments, 0, t.n_moments * sizeof(double))
     for mu in range(t.K):
         memset(w.pm + mu * nm, 0, t.mu_len[mu] * sizeof(double))
     for n in range(nn):
@@ -272,31 +263,7 @@ cdef double forward(Tables* t, Work* w, int nn, int zi) noexcept nogil:
         monomials_into(t, w.u + 3 * n, mono)
         for mu in range(t.K):
             mmtp_axpy(w.pm + mu * nm, w.f[n * t.K + mu], mono, t.mu_len[mu])
-    for s in range(t.n_basic):
-        w.moments[s] = w.pm[t.basic[4 * s] * nm + t.basic_q[s]]
-    for k in range(t.n_times):
-        row = t.times + 3 * k
-        w.moments[row[2]] += t.weights[k] * w.moments[row[0]] * w.moments[row[1]]
-    e = t.species[zi]
-    for k in range(t.n_basis):
-        e = e + t.moment[k] * w.moments[t.mapping[k]]
-    return e
-
-
-cdef void backward(Tables* t, Work* w) noexcept nogil:
-    """g = ∂E_i/∂M by a reverse sweep over the product table."""
-    cdef int k
-    cdef const int* row
-    cdef double gk
-    memset(w.g, 0, t.n_moments * sizeof(double))
-    for k in range(t.n_basis):
-        w.g[t.mapping[k]] += t.moment[k]
-    for k in range(t.n_times - 1, -1, -1):
-        row = t.times + 3 * k
-        gk = t.weights[k] * w.g[row[2]]
-        if gk != 0.0:
-            w.g[row[0]] += gk * w.moments[row[1]]
-            w.g[row[1]] += gk * w.moments[row[0]]
+    return products_into(t, w.moments, w.pm, zi)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1103,7 +1070,7 @@ def param_terms(dict tab, const double[:, ::1] pos, const int[::1] types, const 
             tid = thread_id()
             nn = gather(&t, w, i, pos, types, mag, offsets, nbrs)
             site_en[i] = forward(&t, w, nn, types[i])
-            backward(&t, w)
+            backward_into(&t, w.moments, w.g)
             gs = NULL
             scale = 1.0
             tg = NULL

@@ -440,11 +440,10 @@ def product_order(times: np.ndarray, n_moments: int) -> np.ndarray:
     _, first = np.unique(k, return_index=True)
     first_of = np.zeros(n_moments, dtype=np.int64)
     first_of[k[np.sort(first)]] = np.arange(len(first))
-    rank = np.zeros(len(times), dtype=np.int64)   # position of each row among its target's rows
-    seen = np.zeros(n_moments, dtype=np.int64)
-    for r, kk in enumerate(k.tolist()):
-        rank[r] = seen[kk]
-        seen[kk] += 1
+    by_target = np.argsort(k, kind="stable")     # position of each row among its target's rows
+    starts = np.searchsorted(k[by_target], k[by_target], side="left")
+    rank = np.empty(len(times), dtype=np.int64)
+    rank[by_target] = np.arange(len(times)) - starts
     return np.lexsort((first_of[k], rank, level[k]))
 
 
