@@ -72,7 +72,6 @@ def test_avx2_equals_portable_shipped_and_gradients(monkeypatch):
         b = evaluate_with(avx2, monkeypatch, engine, cfg, symmetric=sym)
         for key in ("energy", "forces", "virial", "magnetic_gradient"):
             relclose(b[key], a[key], 1e-12)
-    ga = evaluate_with(portable, monkeypatch, engine, cfg, symmetric=False)
     monkeypatch.setattr(engine_module, "_kernels", portable)
     pa = engine.param_gradients(cfg)
     monkeypatch.setattr(engine_module, "_kernels", avx2)
@@ -80,7 +79,6 @@ def test_avx2_equals_portable_shipped_and_gradients(monkeypatch):
     for key in pa:
         if isinstance(pa[key], np.ndarray):
             relclose(pb[key], pa[key], 1e-11)
-    assert ga["energy"] != 0.0
 
 
 def test_select_variants():
