@@ -217,7 +217,10 @@ def write_abinit_input(cfg: Configuration, directory: str | os.PathLike, species
     lines += ["  " + " ".join(f"{v: .12f}" for v in row) for row in cell_bohr]
     lines.append("xcart")
     lines += ["  " + " ".join(f"{v: .12f}" for v in row) for row in pos_bohr]
-    lines += ["chkprim 0", "nsppol 2", "spinat"]
+    # chksymtnons 0: a displaced cell keeps symmetries whose fractional translations are not
+    # multiples of 1/8 or 1/12 (e.g. inversion about a shifted centre); ABINIT 9.6 stops on them by
+    # default (a check meant for GW/BSE), which would reject most MD-sampled configurations.
+    lines += ["chkprim 0", "chksymtnons 0", "nsppol 2", "spinat"]
     lines += [f"  0.0 0.0 {v: .10f}" for v in m]
     lines += ["constraint_kind " + " ".join(str(k) for k in kinds),
               "ratsph " + " ".join(f"{r:.4f}" for r in ratsph),
