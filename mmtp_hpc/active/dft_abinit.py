@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from mmtp_hpc.active.dft_common import constrained_inputs
+from mmtp_hpc.active.dft_common import DFTCodeError, SCFNotConverged, constrained_inputs
 from mmtp_hpc.errors import InputError
 from mmtp_hpc.system.configuration import Configuration
 
@@ -174,12 +174,14 @@ def _format_value(value: Any) -> str:
 
 def write_abinit_input(cfg: Configuration, directory: str | os.PathLike, species: Sequence[str],
                        settings: AbinitSettings, target_moments: np.ndarray | None = None,
-                       comment: str = "") -> Path:
+                       comment: str = "", constrained: bool = True) -> Path:
     """Write ``run.abi`` for ``cfg`` in ``directory`` and return its path.
 
     ``species[t]`` is the chemical symbol of type ``t``. The moments ``target_moments`` (default
     ``cfg.magmoms``, μB) become ``spinat`` (z) and the constraint targets. Only the species present
     are written as ABINIT types (in type order). The cell and positions are written in bohr.
+    With ``constrained=False`` the moments are only the starting guess (``constraint_kind 0``):
+    the unconstrained magnetic ground state, used to validate a potential's relaxed moments.
     """
     from ase.data import atomic_numbers
 
@@ -202,7 +204,8 @@ def write_abinit_input(cfg: Configuration, directory: str | os.PathLike, species
                                  f"{_dataset_path(settings, s, directory)}; set ratsph", field="ratsph")
             r = math.ceil(rpaw * 100.0 - 1e-9) / 100.0
         ratsph.append(float(r))
-    kinds = [int(_per_species(settings.constraint_kind, s, "constraint_kind")) for s in symbols]
+    kinds = [int(_per_species(settings.constraint_kind, s, "constraint_kind")) if constrained else 0
+             for s in symbols]
     ngkpt = list(settings.ngkpt) if settings.ngkpt is not None else kpoint_grid(cfg.cell, settings.kspacing)
     cell_bohr = cfg.cell / BOHR_ANGSTROM
     pos_bohr = cfg.positions / BOHR_ANGSTROM
@@ -235,7 +238,7 @@ def write_abinit_input(cfg: Configuration, directory: str | os.PathLike, species
         lines.append(f'pp_dirpath "{settings.pp_dirpath}"')
     lines.append('pseudos "' + ", ".join(settings.pseudos[s] for s in symbols) + '"')
     lines += [f'output_file "{OUTPUT_NAME}"', 'outdata_prefix "runo"', 'tmpdata_prefix "runt"',
-              "prtwf 0", "prtden 0", "prteig 0"]
+              "prtwf 0", "prtden 0", "prteig 0", "prtgsr 0", "prtebands 0", "prtddb 0"]
     for key, value in settings.extra.items():
         lines.append(f"{key} {_format_value(value)}")
     path = directory / INPUT_NAME
@@ -322,19 +325,75 @@ def _sphere_moments(lines: list[str], name: str) -> np.ndarray:
     return np.array(moments)
 
 
-def read_abinit_output(path: str | os.PathLike) -> AbinitResult:
-    """Parse an ABINIT 9 main output file (``.abo``) of one collinear, constrained ground state."""
+def abinit_errors(text: str) -> list[str]:
+    """The messages of ABINIT's ``--- !ERROR`` (and ``!BUG``) YAML blocks in a log or output, each
+    as ``file:line: first lines of the message``; empty when there are none."""
+    out = []
+    lines = text.splitlines()
+    for k, line in enumerate(lines):
+        m = re.match(r"^\s*(\w+): (ERROR|BUG) -\s*$", line)
+        if m:       # the old-style paragraph that usually says what is wrong
+            body = [t.strip() for t in lines[k + 1:k + 6] if t.strip()][:3]
+            out.append(f"{m.group(2)} in {m.group(1)}: " + " ".join(body))
+            continue
+        if line.strip() not in ("--- !ERROR", "--- !BUG"):
+            continue
+        src = where = ""
+        message: list[str] = []
+        in_message = False
+        for body in lines[k + 1:k + 80]:
+            stripped = body.strip()
+            if stripped == "...":
+                break
+            if stripped.startswith("src_file:"):
+                src = stripped.split(":", 1)[1].strip()
+            elif stripped.startswith("src_line:"):
+                where = stripped.split(":", 1)[1].strip()
+            elif stripped.startswith("message:"):
+                in_message = True
+                rest = stripped.split(":", 1)[1].strip()
+                if rest and rest != "|":
+                    message.append(rest)
+            elif in_message and stripped:
+                message.append(stripped)
+        text_msg = " ".join(message[:4]) or "(no message)"
+        label = line.strip()[5:]
+        out.append(f"{label} {src}:{where}: {text_msg}" if src else f"{label}: {text_msg}")
+    seen: list[str] = []
+    for e in out:               # every rank prints the same block
+        if e not in seen:
+            seen.append(e)
+    return seen
+
+
+def read_abinit_output(path: str | os.PathLike, log: str | os.PathLike | None = None) -> AbinitResult:
+    """Parse an ABINIT 9 main output file (``.abo``) of one collinear (constrained) ground state.
+
+    A run that stopped on an ABINIT error raises :class:`DFTCodeError` with ABINIT's message
+    (looked for in the ``.abo`` and in ``log``, ABINIT's log/stdout, when given); one whose SCF
+    cycle ran out of steps raises :class:`SCFNotConverged`.
+    """
     name = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        text = ""
     except OSError as exc:
         raise InputError(f"cannot read the ABINIT output: {exc.strerror}", path=name) from None
     lines = text.splitlines()
     for k, line in enumerate(lines):
         if "was not enough SCF cycles to converge" in line:
-            raise InputError("the SCF cycle did not converge (" + line.strip() + "); raise nstep or "
-                             "check the constraint", path=name, line=k + 1)
+            raise SCFNotConverged("the SCF cycle did not converge (" + line.strip() + "); raise nstep "
+                                  "or change the mixing", path=name, line=k + 1)
     if "Calculation completed." not in text:
+        errors = abinit_errors(text)
+        if log is not None and Path(log).is_file():
+            errors += [e for e in abinit_errors(Path(log).read_text(encoding="utf-8", errors="replace"))
+                       if e not in errors]
+        if errors:
+            raise DFTCodeError("ABINIT stopped with " + "; ".join(errors), path=name)
+        if not text:
+            raise InputError("no ABINIT output (the run did not start or wrote elsewhere)", path=name)
         raise InputError("the run did not finish ('Calculation completed.' missing)", path=name)
     values, where = _outvars_after(lines, name)
     if any(re.fullmatch(r"etotal\d+", k) for k in values):

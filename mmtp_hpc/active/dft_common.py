@@ -10,6 +10,16 @@ from mmtp_hpc.errors import InputError
 from mmtp_hpc.system.configuration import Configuration
 
 
+class SCFNotConverged(InputError):
+    """The DFT code stopped its electronic SCF cycle before its tolerance: the numbers are not a
+    ground state. The command oracle retries such runs with the ``[oracle] retry`` settings."""
+
+
+class DFTCodeError(InputError):
+    """The DFT code reported an error of its own (named in the message, e.g. ABINIT's
+    ``--- !ERROR`` block); retrying with the same input would fail the same way."""
+
+
 def constrained_inputs(cfg: Configuration, species: Sequence[str], target_moments: np.ndarray | None,
                        code: str) -> tuple[np.ndarray, list[int], list[str]]:
     """(target moments (n,), types present in ascending order, their chemical symbols) for a

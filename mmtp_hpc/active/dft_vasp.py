@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from mmtp_hpc.active.dft_common import constrained_inputs
+from mmtp_hpc.active.dft_common import SCFNotConverged, constrained_inputs
 from mmtp_hpc.errors import InputError
 from mmtp_hpc.system.configuration import EV_PER_A3_TO_GPA, Configuration
 
@@ -367,7 +367,7 @@ def read_vasp_outputs(directory: str | os.PathLike, n_atoms: int) -> VaspResult:
         if key not in data:
             raise InputError(f"no {what} found: the run did not finish", path=str(source))
     if source == outcar and not data.get("converged", False):
-        raise InputError("the electronic SCF did not converge ('aborting loop because EDIFF is "
+        raise SCFNotConverged("the electronic SCF did not converge ('aborting loop because EDIFF is "
                          "reached' missing): raise NELM or check the constraint", path=str(outcar))
     constraint = None
     if oszicar.is_file():

@@ -456,7 +456,6 @@ class Learner:
 
     # ------------------------------------------------------------------ iteration 0
     def initial_label(self, rec: dict) -> None:
-        from mmtp_hpc.active.oracles import label_all
         from mmtp_hpc.io.cfg import write_cfg
 
         s = self.settings
@@ -476,15 +475,20 @@ class Learner:
             cfg.features["learn_tag"] = make_tag(0, "init", k)
         todo = [k for k, c in enumerate(configs) if not is_labelled(c)]
         self.log(f"iteration 0 (pre-training): {what}; {len(todo)} to label with the oracle")
+        keep = list(range(len(configs)))
         if todo:
-            labelled = label_all(self.oracle(), [configs[k] for k in todo], d / "label", log=self.log)
-            for k, cfg in zip(todo, labelled, strict=True):
+            batch = self._label_batch([configs[k] for k in todo], d / "label", rec)
+            for k, cfg in zip(todo, batch.labelled, strict=True):
+                if cfg is None:
+                    continue
                 cfg.features = dict(cfg.features)
                 cfg.features["learn_tag"] = configs[k].features["learn_tag"]
                 cfg.features.setdefault("learn_source", configs[k].features.get("learn_source", ""))
                 configs[k] = cfg
-        write_cfg(d / "labelled.cfg", configs)
-        rec.update(candidates=0, selected=len(configs), labelled=len(todo))
+            failed = {todo[j] for j, f in enumerate(batch.failures) if f is not None}
+            keep = [k for k in keep if k not in failed]
+        write_cfg(d / "labelled.cfg", [configs[k] for k in keep])
+        rec.update(candidates=0, selected=len(configs), labelled=len(todo) - (len(configs) - len(keep)))
 
     # ------------------------------------------------------------------ md
     def md(self, k: int, rec: dict) -> None:
@@ -601,17 +605,16 @@ class Learner:
 
     # ------------------------------------------------------------------ label
     def label(self, k: int, rec: dict) -> None:
-        from mmtp_hpc.active.oracles import label_all
         from mmtp_hpc.io.cfg import read_cfg, write_cfg
 
         d = iteration_dir(self.workdir, k)
         selected = read_cfg(d / "selected.cfg")
         self.log(f"iteration {k}: labelling {len(selected)} configuration(s) with the oracle")
-        labelled = label_all(self.oracle(), selected, d / "label", log=self.log)
-        if len(labelled) != len(selected):
-            raise MMTPError(f"the oracle returned {len(labelled)} configurations for {len(selected)}")
+        batch = self._label_batch(selected, d / "label", rec)
         out = []
-        for src, cfg in zip(selected, labelled, strict=True):
+        for src, cfg in zip(selected, batch.labelled, strict=True):
+            if cfg is None:         # failed, recorded in rec["label_failures"] and the log
+                continue
             cfg = cfg.copy()
             merged = dict(src.features)
             merged.update(cfg.features)
@@ -621,6 +624,30 @@ class Learner:
             out.append(cfg)
         write_cfg(d / "labelled.cfg", out)
         rec["labelled"] = len(out)
+
+    def _label_batch(self, configs: list[Configuration], workdir: Path, rec: dict):
+        """Label ``configs`` with the oracle, ``[oracle] workers`` at a time; a configuration whose
+        DFT fails (SCF not converged after the retries, constraint missed, a DFT-code error, a
+        timeout) is recorded with its reason and skipped; the DFT time goes into ``rec``."""
+        from mmtp_hpc.active.oracles import label_batch
+
+        batch = label_batch(self.oracle(), configs, workdir, log=self.log, skip_failures=True)
+        rec["label_failures"] = batch.failure_table()
+        rec["dft_runs"] = sum(1 for c in batch.labelled if c is not None) + batch.n_failed
+        rec["dft_wall_s"] = batch.dft_wall_s
+        rec["dft_core_s"] = batch.core_s
+        if batch.n_failed:
+            kinds: dict[str, int] = {}
+            for f in batch.failures:
+                if f is not None:
+                    kinds[f.kind] = kinds.get(f.kind, 0) + 1
+            self.log(f"  {batch.n_failed} of {len(configs)} label(s) failed and were skipped ("
+                     + ", ".join(f"{v} {k}" for k, v in sorted(kinds.items()))
+                     + f"); reasons in {workdir}/cfg_*/failed.json and state.json")
+        if batch.n_failed == len(configs) and configs:
+            raise MMTPError(f"every one of the {len(configs)} labels failed (see the log above); "
+                            "fix the oracle settings and run the same command again")
+        return batch
 
     # ------------------------------------------------------------------ add
     def add(self, k: int, rec: dict) -> None:
@@ -801,6 +828,9 @@ def summary_table(history: list[dict]) -> str:
     stopped at γ_break, training RMSEs, wall time."""
     head = (f"{'iter':>4} {'runs':>4} {'broke':>5} {'max_grade':>9} {'cands':>6} {'select':>6} "
             f"{'train':>6} {'E_meV/at':>9} {'F_eV/A':>8} {'S_GPa':>7} {'dEdm':>7} {'wall_s':>7}")
+    dft = any("dft_runs" in rec for rec in history)
+    if dft:
+        head += f" {'dft':>4} {'fail':>4} {'dft_core_h':>10}"
     lines = [head]
     for rec in history:
         e = rec.get("errors") or {}
@@ -810,9 +840,18 @@ def summary_table(history: list[dict]) -> str:
             f"{rec.get('selected', 0):>6} "
             f"{_fmt(rec.get('training_size'), '6d'):>6} {_fmt(e.get('energy_rmse'), '9.3f'):>9} "
             f"{_fmt(e.get('force_rmse'), '8.4f'):>8} {_fmt(e.get('stress_rmse'), '7.3f'):>7} "
-            f"{_fmt(e.get('magnetic_rmse'), '7.4f'):>7} {sum(rec.get('wall_s', {}).values()):7.1f}")
+            f"{_fmt(e.get('magnetic_rmse'), '7.4f'):>7} {sum(rec.get('wall_s', {}).values()):7.1f}"
+            + (f" {rec.get('dft_runs', 0):>4} {len(rec.get('label_failures', [])):>4} "
+               f"{rec.get('dft_core_s', 0.0) / 3600:>10.3f}" if dft else ""))
     total = sum(sum(r.get("wall_s", {}).values()) for r in history)
     lines.append(f"total wall time {total:.1f} s")
+    if dft:
+        runs = sum(r.get("dft_runs", 0) for r in history)
+        failed = sum(len(r.get("label_failures", [])) for r in history)
+        wall = sum(r.get("dft_wall_s", 0.0) for r in history)
+        core = sum(r.get("dft_core_s", 0.0) for r in history)
+        lines.append(f"DFT: {runs} labels ({failed} failed and skipped), {wall / 3600:.2f} h of "
+                     f"program wall time, {core / 3600:.2f} core-h")
     return "\n".join(lines)
 
 

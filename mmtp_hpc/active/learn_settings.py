@@ -554,11 +554,9 @@ def describe() -> str:
                      else repr(default).replace("'", '"'))
             lines.append(f"  {_toml_name(f):<20} = {shown:<14} # {f.metadata['doc']}")
         lines.append("")
-    lines += ["[oracle]",
-              "  kind                 = \"analytic\"     # analytic | ase | command "
-              "(mmtp_hpc.active.oracles)",
-              "  model                = \"default\"      # analytic: model JSON or \"default\"; "
-              "relax = bool", "",
+    from mmtp_hpc.active.oracles import describe_oracle
+
+    lines += [*describe_oracle(), "",
               "[[learn.md]]                          # one or more explorations",
               "  name                 = \"md0\"          # run directories are named after it",
               "  a                    = [2.8, 3.0]     # lattice parameters (Å): one run per value …",
