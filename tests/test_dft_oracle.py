@@ -131,7 +131,7 @@ def test_writer_free_species_and_unconstrained_mode(tmp_path):
     assert "constraint_kind 1 0" in text
     text = write_abinit_input(cfg, tmp_path, ["Fe", "Al"], settings(), constrained=False).read_text()
     assert "constraint_kind 0 0" in text and "spinat" in text      # moments only a starting guess
-    assert "prtgsr 0" in text and "prtddb 0" in text                # no large files per label
+    assert "prtgsr 0" in text and "prtddb" not in text             # no large files; no unknown token
 
 
 # ------------------------------------------------------------------ failure paths (stand-in)

@@ -238,7 +238,7 @@ def write_abinit_input(cfg: Configuration, directory: str | os.PathLike, species
         lines.append(f'pp_dirpath "{settings.pp_dirpath}"')
     lines.append('pseudos "' + ", ".join(settings.pseudos[s] for s in symbols) + '"')
     lines += [f'output_file "{OUTPUT_NAME}"', 'outdata_prefix "runo"', 'tmpdata_prefix "runt"',
-              "prtwf 0", "prtden 0", "prteig 0", "prtgsr 0", "prtebands 0", "prtddb 0"]
+              "prtwf 0", "prtden 0", "prteig 0", "prtgsr 0", "prtebands 0"]
     for key, value in settings.extra.items():
         lines.append(f"{key} {_format_value(value)}")
     path = directory / INPUT_NAME

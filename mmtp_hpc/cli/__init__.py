@@ -15,7 +15,7 @@ from mmtp_hpc.errors import MMTPError
 
 # module names under mmtp_hpc.cli, in the order they appear in --help
 COMMANDS = ["efs", "info", "convert", "new_potential", "train", "errors", "label", "grade", "select", "md",
-            "learn", "post", "scan", "bench"]
+            "learn", "post", "scan", "validate", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

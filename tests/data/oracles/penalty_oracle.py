@@ -8,7 +8,8 @@ Reads one configuration with target moments m0 (MLIP-3 .cfg). With a penalty str
 (``Feature constraint_lambda`` of INPUT) it minimises E_model(m) + λ Σ_i (m_i − m0_i)² over
 the moments at fixed positions, as penalty-constrained DFT does, and labels the configuration
 at the moments reached with the built-in analytic Fe–Al model (energy, forces, virial,
-+∂E/∂m); without λ it labels at m0 (an exact constraint). Writes OUTPUT.
++∂E/∂m); without λ it labels at m0 (an exact constraint). With ``Feature constrained 0`` (the
+unconstrained ground state) the moments relax from m0 with the model. Writes OUTPUT.
 
 Every call appends "index lambda cwd" to --calls, so tests can count invocations, and
 --argv-json records the argument list it received (--note values are only recorded). With
@@ -51,6 +52,11 @@ def main() -> int:
         return 3
     cfg = read_cfg(args.input)[0]
     model = AnalyticMagneticModel.default()
+    if cfg.features.get("constrained") == "0":
+        out = model.label(cfg, relax=True)
+        out.features.pop("constrained", None)
+        write_cfg(args.output, out)
+        return 0
     m0 = cfg.magmoms
     lam_feature = cfg.features.get("constraint_lambda")
     if lam_feature is not None and args.lam and float(lam_feature) != float(args.lam):

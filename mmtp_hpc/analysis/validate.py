@@ -1,0 +1,402 @@
+"""Validation of a magnetic potential against direct DFT: E(a), P(a), relaxed moments, E(m), ∂E/∂m.
+
+This module's single job is the side-by-side comparison of the Fe–Al paper's Fig. 3 with a
+real oracle, run by ``mmtp validate``:
+
+1. **Ground state vs lattice parameter.** At each a the oracle computes the *unconstrained*
+   magnetic ground state (moments free, started from ``start``), and the potential relaxes its
+   moments from the same start (:func:`mmtp_hpc.analysis.scan.scan_structures`). Compared:
+   E(a) − E(a_ref) (meV/atom), the pressure (GPa) and the relaxed moment per species (μB).
+2. **E(m) and ∂E/∂m at fixed a** for uniform constrained moments on the first species (the
+   magnetic one); the other species keep the oracle's treatment (e.g. free Al). The potential
+   is evaluated at the moments the oracle actually reached.
+3. **Antiparallel pairs**: E(m, −m) − E(m, m) per atom at a_ref on the first species'
+   atoms (the cell is doubled along x when it holds only one such atom).
+
+DFT results live in ``workdir`` (one :func:`~mmtp_hpc.active.oracles.label_batch` folder per
+part), so a rerun reuses them and only evaluates the potential again. An ensemble (other
+members trained on the same data) adds its spread: a band in the figures and the mean
+standard deviation of E/N inside and outside the lattice-parameter range of the training data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mmtp_hpc.errors import InputError
+from mmtp_hpc.system.configuration import EV_PER_A3_TO_GPA, Configuration
+from mmtp_hpc.system.lattice import bulk
+
+# criterion name -> (default tolerance, unit, description)
+CRITERIA = {
+    "moment": (0.05, "μB", "relaxed moment of the first species, max |Δ| over a"),
+    "energy": (5.0, "meV/atom", "E(a) − E(a_ref), max |Δ| over a"),
+    "pressure": (1.5, "GPa", "pressure of the relaxed state, max |Δ| over a"),
+    "energy_m": (10.0, "meV/atom", "E(m) at fixed a, max |Δ| over m"),
+    "gradient_m": (0.05, "eV/μB", "∂E/∂m at fixed a, max |Δ| over m"),
+    "antiparallel": (20.0, "meV/atom", "E(antiparallel) − E(parallel), |Δ|"),
+}
+
+
+@dataclass
+class Validation:
+    """Numbers of one validation (DFT ``dft_*``, potential ``pot_*``; per-atom energies in eV)."""
+
+    species: list[str]
+    a: np.ndarray
+    a_ref: float
+    dft_energy: np.ndarray
+    pot_energy: np.ndarray
+    dft_pressure: np.ndarray
+    pot_pressure: np.ndarray
+    dft_moments: dict[str, np.ndarray]
+    pot_moments: dict[str, np.ndarray]
+    a_moment: float | None = None
+    m_values: np.ndarray | None = None
+    dft_energy_m: np.ndarray | None = None
+    pot_energy_m: np.ndarray | None = None
+    dft_gradient_m: np.ndarray | None = None
+    pot_gradient_m: np.ndarray | None = None
+    antiparallel_m: float | None = None
+    dft_antiparallel: float | None = None      # eV/atom
+    pot_antiparallel: float | None = None
+    curve_a: np.ndarray | None = None          # dense potential curves (and the ensemble's)
+    curve_energy: np.ndarray | None = None
+    curve_pressure: np.ndarray | None = None
+    curve_moment: np.ndarray | None = None
+    band_energy: np.ndarray | None = None      # ensemble std of E/N (eV/atom) on curve_a
+    band_pressure: np.ndarray | None = None
+    band_moment: np.ndarray | None = None
+    members_energy_m: np.ndarray | None = None   # (members, m) E(m)
+    trained_a: tuple[float, float] | None = None
+    failures: list[str] = field(default_factory=list)
+    tolerances: dict[str, float] = field(default_factory=dict)
+    reference: str = "DFT"                     # what the oracle is, for legends
+
+    def errors(self) -> dict[str, float]:
+        """Max |potential − DFT| of every criterion that was computed (units of CRITERIA)."""
+        first = self.species[0]
+        k_ref = int(np.argmin(np.abs(self.a - self.a_ref)))
+        out = {"moment": float(np.nanmax(np.abs(self.pot_moments[first] - self.dft_moments[first]))),
+               "energy": 1e3 * float(np.nanmax(np.abs((self.pot_energy - self.pot_energy[k_ref])
+                                                      - (self.dft_energy - self.dft_energy[k_ref])))),
+               "pressure": float(np.nanmax(np.abs(self.pot_pressure - self.dft_pressure)))}
+        if self.m_values is not None and len(self.m_values):
+            out["energy_m"] = 1e3 * float(np.nanmax(np.abs(self.pot_energy_m - self.dft_energy_m)))
+            out["gradient_m"] = float(np.nanmax(np.abs(self.pot_gradient_m - self.dft_gradient_m)))
+        if self.dft_antiparallel is not None:
+            out["antiparallel"] = 1e3 * abs(self.pot_antiparallel - self.dft_antiparallel)
+        return out
+
+    def passed(self) -> dict[str, bool]:
+        return {k: bool(v <= self.tolerances.get(k, CRITERIA[k][0])) for k, v in self.errors().items()}
+
+    def spread_inside_outside(self) -> tuple[float, float] | None:
+        """Mean ensemble std of E/N (meV/atom) on the curve inside and outside the trained range."""
+        if self.band_energy is None or self.trained_a is None or self.curve_a is None:
+            return None
+        lo, hi = self.trained_a
+        inside = (self.curve_a >= lo - 1e-9) & (self.curve_a <= hi + 1e-9)
+        if inside.all() or not inside.any():
+            return None
+        return 1e3 * float(self.band_energy[inside].mean()), 1e3 * float(self.band_energy[~inside].mean())
+
+    def table_rows(self) -> list[list[str]]:
+        """Markdown rows: quantity, max |Δ|, tolerance, pass."""
+        rows = []
+        errors, ok = self.errors(), self.passed()
+        for k, v in errors.items():
+            tol = self.tolerances.get(k, CRITERIA[k][0])
+            unit, what = CRITERIA[k][1], CRITERIA[k][2]
+            rows.append([what, f"{v:.3g} {unit}", f"{tol:g} {unit}", "pass" if ok[k] else "FAIL"])
+        return rows
+
+    def markdown(self) -> str:
+        first = self.species[0]
+        lines = ["| a (Å) | E−E_ref DFT | E−E_ref pot | P DFT (GPa) | P pot | "
+                 + " | ".join(f"m_{s} DFT | m_{s} pot" for s in self.species) + " |",
+                 "|" + "---|" * (5 + 2 * len(self.species))]
+        k_ref = int(np.argmin(np.abs(self.a - self.a_ref)))
+        for k, a in enumerate(self.a):
+            de_d = 1e3 * (self.dft_energy[k] - self.dft_energy[k_ref])
+            de_p = 1e3 * (self.pot_energy[k] - self.pot_energy[k_ref])
+            cells = [f"{a:.3f}", f"{de_d:.1f}", f"{de_p:.1f}", f"{self.dft_pressure[k]:.2f}",
+                     f"{self.pot_pressure[k]:.2f}"]
+            for s in self.species:
+                cells += [f"{self.dft_moments[s][k]:.3f}", f"{self.pot_moments[s][k]:.3f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append(f"Energies in meV/atom relative to a_ref = {self.a_ref:g} Å; moments in μB "
+                     f"(the first species, {first}, is the one the criteria use).")
+        if self.m_values is not None and len(self.m_values):
+            lines += ["", f"| m (μB), a = {self.a_moment:g} Å | E DFT (eV/atom) | E pot − E DFT (meV/atom) "
+                      "| ∂E/∂m DFT (eV/μB) | ∂E/∂m pot |", "|---|---|---|---|---|"]
+            for j, m in enumerate(self.m_values):
+                lines.append(f"| {m:.2f} | {self.dft_energy_m[j]:.4f} | "
+                             f"{1e3 * (self.pot_energy_m[j] - self.dft_energy_m[j]):+.1f} | "
+                             f"{self.dft_gradient_m[j]:+.4f} | {self.pot_gradient_m[j]:+.4f} |")
+        if self.dft_antiparallel is not None:
+            lines += ["", f"Antiparallel pair at a = {self.a_ref:g} Å, |m| = {self.antiparallel_m:g} μB: "
+                      f"E(↑↓) − E(↑↑) = {1e3 * self.dft_antiparallel:.1f} meV/atom (DFT), "
+                      f"{1e3 * self.pot_antiparallel:.1f} meV/atom (potential)."]
+        lines += ["", "| criterion | max \\|Δ\\| | tolerance | |", "|---|---|---|---|"]
+        lines += ["| " + " | ".join(r) + " |" for r in self.table_rows()]
+        spread = self.spread_inside_outside()
+        if spread is not None:
+            lines += ["", f"Ensemble spread of E/N: {spread[0]:.2f} meV/atom inside the trained range "
+                      f"{self.trained_a[0]:g}–{self.trained_a[1]:g} Å, {spread[1]:.2f} meV/atom outside."]
+        if self.failures:
+            lines += ["", "DFT points that failed (left out): " + "; ".join(self.failures)]
+        return "\n".join(lines)
+
+
+def _type0_alternating(cfg: Configuration, m: float) -> np.ndarray:
+    """Moments +m, −m, +m, … on the type-0 atoms in order of their x, y, z (others keep theirs)."""
+    out = np.array(cfg.magmoms, dtype=float)
+    idx = np.flatnonzero(cfg.types == 0)
+    order = idx[np.lexsort(cfg.positions[idx].T[::-1])]
+    for j, i in enumerate(order):
+        out[i] = m if j % 2 == 0 else -m
+    return out
+
+
+def _reference_name(oracle) -> str:
+    writer = getattr(getattr(oracle, "writer", None), "name", "")
+    return {"abinit": "DFT (ABINIT)", "vasp": "DFT (VASP)"}.get(writer, getattr(oracle, "name", "reference"))
+
+
+def _oriented(scan, first: str):
+    """``scan`` with every point's moments flipped (M -> -M) where the first species' mean is < 0."""
+    flip = np.where(scan.moment_mean[first] < 0, -1.0, 1.0)
+    for key in scan.moment_mean:
+        scan.moment_mean[key] = scan.moment_mean[key] * flip
+    return scan
+
+
+def _with_moments(cfg: Configuration, start: Sequence[float]) -> Configuration:
+    c = cfg.copy()
+    c.magmoms = np.asarray(start, dtype=float)[c.types]
+    return c
+
+
+def validate(potential, oracle, species: Sequence[str], lattice: str, a_values: Sequence[float],
+             a_ref: float, start: Sequence[float] | None = None, workdir: str | Path = "validation",
+             moment_values: Sequence[float] = (), a_moment: float | None = None,
+             antiparallel_m: float | None = None, members: Sequence = (),
+             curve: Sequence[float] | None = None, trained_a: tuple[float, float] | None = None,
+             symmetric: bool | None = None, tolerances: dict[str, float] | None = None,
+             log: Callable[[str], None] | None = None) -> Validation:
+    """Run the DFT parts (cached in ``workdir``) and the potential's, and compare them.
+
+    ``potential``: an :class:`~mmtp_hpc.potentials.mtp.engine.MTPEngine`; ``members``: more
+    engines (an ensemble) for the spread; ``oracle``: a constrained-moment oracle with
+    :meth:`unconstrained` (the command oracle); ``start``: start moments per species (default:
+    the upper end of the potential's magnetic interval per species: independent of the
+    potential's answer). ``curve``: lattice parameters of the dense potential curves (default
+    ``a_values`` widened by 0.1 Å each side).
+    """
+    from mmtp_hpc.active.oracles import label_batch
+    from mmtp_hpc.analysis.scan import scan_structures
+
+    say = log or (lambda _m: None)
+    workdir = Path(workdir)
+    species = list(species)
+    a_values = np.asarray(sorted(a_values), dtype=float)
+    if not np.any(np.isclose(a_values, a_ref)):
+        raise InputError(f"a_ref = {a_ref:g} Å must be one of the lattice parameters {a_values.tolist()}",
+                         field="a_ref")
+    pot = potential.pot
+    if start is None:
+        start = [float(x) for x in np.asarray(pot.mag_max, dtype=float)[:len(species)]]
+    start = [float(x) for x in np.atleast_1d(start)]
+    if len(start) == 1 and len(species) > 1:
+        raise InputError(f"give one start moment per species {species}", field="start")
+    sub = (0, 1) if len(species) > 1 else (0, 0)
+    structures = [_with_moments(bulk(lattice, a, 1, sublattice_types=sub), start) for a in a_values]
+    free = getattr(oracle, "unconstrained", None)
+    if free is None:
+        raise InputError("the oracle has no unconstrained (ground-state) mode; use a command oracle "
+                         "with writer = \"abinit\"", field="oracle")
+    say(f"validate: DFT ground states at {len(a_values)} lattice parameters ({workdir / 'ground_state'})")
+    batch = label_batch(free(), structures, workdir / "ground_state", log=say, skip_failures=True)
+    failures = [f"ground state a = {a_values[k]:g}: {f.kind}: {f.reason}"
+                for k, f in enumerate(batch.failures) if f is not None]
+    keep = [k for k, c in enumerate(batch.labelled) if c is not None]
+    if len(keep) < 2 or not any(np.isclose(a_values[k], a_ref) for k in keep):
+        raise InputError("too few DFT ground states (or none at a_ref) finished: " + "; ".join(failures))
+    a_ok = a_values[keep]
+    dft = [batch.labelled[k] for k in keep]
+    dft_e = np.array([c.energy / len(c) for c in dft])
+    dft_p = np.array([np.trace(c.virial) / (3 * c.volume) * EV_PER_A3_TO_GPA for c in dft])
+    types = sorted({int(t) for t in structures[0].types})
+    names = {t: species[t] for t in types}
+    # M -> -M: a ground state and its flipped twin are the same state; report the one whose
+    # first species has a non-negative mean moment (for DFT and potential alike)
+    sign = [1.0 if c.magmoms[c.types == types[0]].mean() >= 0 else -1.0 for c in dft]
+    dft_m = {names[t]: np.array([s * c.magmoms[c.types == t].mean() for s, c in zip(sign, dft, strict=True)])
+             for t in types}
+    say("validate: relaxing the potential's moments (same start)")
+    scan = _oriented(scan_structures(potential, [structures[k] for k in keep], a_ok, species,
+                                     magmoms=start, relax=True, tol=1e-6, symmetric=symmetric,
+                                     warm_start=False), names[types[0]])
+    out = Validation(species=[names[t] for t in types], a=a_ok, a_ref=float(a_ref), dft_energy=dft_e,
+                     pot_energy=scan.energy_per_atom, dft_pressure=dft_p, pot_pressure=scan.pressure,
+                     dft_moments=dft_m, pot_moments=scan.moment_mean, failures=failures,
+                     tolerances=dict(tolerances or {}), trained_a=trained_a,
+                     reference=_reference_name(oracle))
+
+    # dense curves and the ensemble band
+    if curve is None:
+        curve = np.linspace(a_values[0] - 0.1, a_values[-1] + 0.1, 41)
+    curve = np.asarray(curve, dtype=float)
+    dense = [_with_moments(bulk(lattice, a, 1, sublattice_types=sub), start) for a in curve]
+    k_ref = int(np.argmin(np.abs(curve - a_ref)))
+    main = _oriented(scan_structures(potential, dense, curve, species, magmoms=start, relax=True,
+                                     tol=1e-6, symmetric=symmetric), names[types[0]])
+    out.curve_a, out.curve_energy, out.curve_pressure = curve, main.energy_per_atom, main.pressure
+    out.curve_moment = main.moment_mean[names[types[0]]]
+    if members:
+        es, ps, ms = [], [], []
+        for j, member in enumerate(members):
+            s = _oriented(scan_structures(member, dense, curve, species, magmoms=start, relax=True,
+                                          tol=1e-6, symmetric=symmetric), names[types[0]])
+            es.append(s.energy_per_atom - s.energy_per_atom[k_ref])
+            ps.append(s.pressure)
+            ms.append(s.moment_mean[names[types[0]]])
+            say(f"validate: ensemble member {j + 1}/{len(members)} scanned")
+        out.band_energy, out.band_pressure, out.band_moment = (np.std(x, axis=0) for x in (es, ps, ms))
+
+    # E(m) and dE/dm at fixed a
+    if len(moment_values):
+        a_m = float(a_ref if a_moment is None else a_moment)
+        base = _with_moments(bulk(lattice, a_m, 1, sublattice_types=sub), start)
+        cfgs = []
+        for m in moment_values:
+            c = base.copy()
+            mm = np.array(c.magmoms)
+            mm[c.types == 0] = m
+            c.magmoms = mm
+            cfgs.append(c)
+        say(f"validate: constrained DFT at a = {a_m:g} Å for m = {list(moment_values)}")
+        mb = label_batch(oracle, cfgs, workdir / "moments", log=say, skip_failures=True)
+        out.failures += [f"E(m) m = {moment_values[k]:g}: {f.kind}: {f.reason}"
+                         for k, f in enumerate(mb.failures) if f is not None]
+        done = [k for k, c in enumerate(mb.labelled) if c is not None]
+        out.a_moment = a_m
+        out.m_values = np.array([moment_values[k] for k in done])
+        out.dft_energy_m, out.pot_energy_m = np.zeros(len(done)), np.zeros(len(done))
+        out.dft_gradient_m, out.pot_gradient_m = np.zeros(len(done)), np.zeros(len(done))
+        mem_e = []
+        for j, k in enumerate(done):
+            lab = mb.labelled[k]
+            sel = lab.types == 0
+            ev = potential.evaluate(lab, lab.magmoms, symmetric=symmetric)
+            out.dft_energy_m[j] = lab.energy / len(lab)
+            out.pot_energy_m[j] = ev["energy"] / len(lab)
+            out.dft_gradient_m[j] = float(np.mean(lab.magnetic_gradient[sel]))
+            out.pot_gradient_m[j] = float(np.mean(ev["magnetic_gradient"][sel]))
+            mem_e.append([mbr.evaluate(lab, lab.magmoms, symmetric=symmetric)["energy"] / len(lab)
+                          for mbr in members])
+        if members and done:
+            out.members_energy_m = np.array(mem_e).T
+
+    # antiparallel pair
+    if antiparallel_m is not None:
+        cell = bulk(lattice, a_ref, 1, sublattice_types=sub)
+        if int(np.sum(cell.types == 0)) < 2:
+            cell = bulk(lattice, a_ref, (2, 1, 1), sublattice_types=sub)
+        cell = _with_moments(cell, start)
+        par = cell.copy()
+        mm = np.array(par.magmoms)
+        mm[par.types == 0] = antiparallel_m
+        par.magmoms = mm
+        anti = cell.copy()
+        anti.magmoms = _type0_alternating(par, antiparallel_m)
+        say(f"validate: antiparallel vs parallel pair, |m| = {antiparallel_m:g} μB at a = {a_ref:g} Å")
+        ab = label_batch(oracle, [par, anti], workdir / "antiparallel", log=say, skip_failures=True)
+        if all(c is not None for c in ab.labelled):
+            p_lab, a_lab = ab.labelled
+            n = len(p_lab)
+            out.antiparallel_m = float(antiparallel_m)
+            out.dft_antiparallel = (a_lab.energy - p_lab.energy) / n
+            e_p = potential.evaluate(p_lab, p_lab.magmoms, symmetric=symmetric)["energy"]
+            e_a = potential.evaluate(a_lab, a_lab.magmoms, symmetric=symmetric)["energy"]
+            out.pot_antiparallel = (e_a - e_p) / n
+        else:
+            out.failures += [f"antiparallel: {f.kind}: {f.reason}" for f in ab.failures if f is not None]
+    return out
+
+
+def plot_validation(v: Validation, path: str | Path, title: str = "") -> list[Path]:
+    """Two PNGs: ``path`` (E − E_ref, P and the relaxed moment vs a: DFT points, the potential's
+    curve, the ensemble's ±1σ band, the trained range shaded) and ``path`` with ``_moments``
+    (E(m) and ∂E/∂m at fixed a)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    first = v.species[0]
+    k_ref = int(np.argmin(np.abs(v.a - v.a_ref)))
+    fig, axes = plt.subplots(3, 1, figsize=(6.4, 8.6), sharex=True)
+    ce = 1e3 * (v.curve_energy - np.interp(v.a_ref, v.curve_a, v.curve_energy))
+    panels = [(1e3 * (v.dft_energy - v.dft_energy[k_ref]), ce, v.band_energy, 1e3,
+               f"E − E(a = {v.a_ref:g} Å) (meV/atom)"),
+              (v.dft_pressure, v.curve_pressure, v.band_pressure, 1.0, "pressure (GPa)"),
+              (v.dft_moments[first], v.curve_moment, v.band_moment, 1.0, f"relaxed moment {first} (μB)")]
+    for ax, (dft, curve, band, scale, label) in zip(axes, panels, strict=True):
+        if v.trained_a is not None:
+            ax.axvspan(*v.trained_a, color="0.92", zorder=0, label="training range")
+        ax.plot(v.curve_a, curve, "-", color="C0", label="mMTP")
+        if band is not None:
+            ax.fill_between(v.curve_a, curve - scale * band, curve + scale * band, color="C0", alpha=0.25,
+                            label="ensemble ±1σ")
+        ax.plot(v.a, dft, "o", color="C3", ms=5, label=v.reference)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    for s in v.species[1:]:
+        axes[2].plot(v.a, v.dft_moments[s], "s", color="C2", ms=4, label=f"{v.reference} {s}")
+        axes[2].plot(v.a, v.pot_moments[s], "x", color="C1", ms=5, label=f"mMTP {s}")
+    axes[1].axhline(0.0, color="gray", lw=0.6)
+    axes[0].legend(fontsize="small", loc="best")
+    axes[2].legend(fontsize="small", loc="best")
+    axes[2].set_xlabel("lattice parameter a (Å)")
+    fig.suptitle(title or "mMTP vs DFT: relaxed magnetic ground state")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    paths = [path]
+    if v.m_values is not None and len(v.m_values):
+        fig, axes = plt.subplots(2, 1, figsize=(6.4, 6.2), sharex=True)
+        axes[0].plot(v.m_values, 1e3 * (v.pot_energy_m - v.dft_energy_m.min()), "-", color="C0",
+                     label="mMTP")
+        if v.members_energy_m is not None:
+            mem = 1e3 * (v.members_energy_m - v.dft_energy_m.min())
+            axes[0].fill_between(v.m_values, mem.mean(0) - mem.std(0), mem.mean(0) + mem.std(0),
+                                 color="C0", alpha=0.25, label="ensemble ±1σ")
+        axes[0].plot(v.m_values, 1e3 * (v.dft_energy_m - v.dft_energy_m.min()), "o", color="C3",
+                     label=f"{v.reference}, constrained")
+        axes[0].set_ylabel("E − min E_DFT (meV/atom)")
+        axes[1].plot(v.m_values, v.pot_gradient_m, "-", color="C0", label="mMTP")
+        axes[1].plot(v.m_values, v.dft_gradient_m, "o", color="C3", label=f"{v.reference}, constrained")
+        axes[1].axhline(0.0, color="gray", lw=0.6)
+        axes[1].set_ylabel(f"∂E/∂m of {first} (eV/μB)")
+        axes[1].set_xlabel(f"uniform constrained moment of {first} (μB), a = {v.a_moment:g} Å")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+        fig.suptitle(title or "mMTP vs constrained DFT at fixed a")
+        fig.tight_layout()
+        mpath = path.with_name(path.stem + "_moments" + path.suffix)
+        fig.savefig(mpath, dpi=120)
+        plt.close(fig)
+        paths.append(mpath)
+    return paths
+
+
