@@ -63,6 +63,7 @@ mag_basis_size = 3
 max_iter = {max_iter}
 retrain_max_iter = {retrain}
 magnetic_weight = 0.1
+{train_extra}
 
 [select]
 threshold = 2.0
@@ -105,7 +106,7 @@ moment_spread = 0.2"""
 def write_input(root: Path, **kw) -> Path:
     values = {"max_iterations": 10, "initial": GENERATED, "oracle": 'kind = "analytic"\nmodel = "default"',
               "max_iter": 100, "retrain": 50, "limit": 8, "a": "2.72, 2.86, 3.0",
-              "temperatures": "300.0, 600.0", "steps": 100}
+              "temperatures": "300.0, 600.0", "steps": 100, "train_extra": ""}
     values.update(kw)
     path = root / "input.toml"
     path.write_text(SMALL.format(**values), encoding="utf-8")
@@ -180,6 +181,30 @@ def test_learning_converges(learned):
     on_disk = read_state(work)
     assert on_disk.finished and on_disk.phase == "done" and on_disk.history == json.loads(
         json.dumps(state.history))
+
+
+def test_final_ensemble_is_trained_once_and_spreads(tmp_path):
+    from mmtp_hpc.potentials.mtp.mlip_io import load_potential
+    from mmtp_hpc.training.ensemble import ensemble_predict
+
+    path = write_input(tmp_path, max_iterations=1, steps=20, a="2.86", temperatures="300.0",
+                       max_iter=60, retrain=20, train_extra="ensemble = 2")
+    state = run_learning(load_learn_settings(path), stream=io.StringIO(), md_stream=None)
+    assert state.finished
+    d = tmp_path / "work" / "ensemble"
+    members = sorted(d.glob("member_*.almtp"))
+    assert [m.name for m in members] == ["member_00.almtp", "member_01.almtp"]
+    pots = [load_potential(m) for m in members]
+    assert all(p.trained and p.active_set is not None for p in pots)
+    training = read_trainingset_h5(tmp_path / "work" / "trainingset.h5")
+    # different random starts: different potentials, a non-zero spread
+    pred = ensemble_predict(pots, training[0])
+    assert pred["energy_std"] > 0.0
+    summary = json.loads((d / "ensemble.json").read_text())
+    assert set(summary) == {"member_00", "member_01"}
+    stamp = [m.stat().st_mtime_ns for m in members]
+    run_learning(load_learn_settings(path), stream=io.StringIO(), md_stream=None)
+    assert [m.stat().st_mtime_ns for m in members] == stamp      # a rerun trains nothing again
 
 
 def test_learned_potential_reproduces_the_model(learned):

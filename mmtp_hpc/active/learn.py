@@ -742,6 +742,8 @@ class Learner:
                 self.log(f"figure: {self.workdir / PLOT_FILE}")
             except ImportError:  # pragma: no cover - matplotlib is a dependency
                 self.log("note: matplotlib is not available; no figure")
+        if self.settings.train.ensemble and state.finished:
+            self.train_ensemble(state)
         report = None
         if self.settings.report.lattice is not None:
             report = self.magnetisation_report() if self.root else None
@@ -750,6 +752,45 @@ class Learner:
                 state.report = report
                 self.save_state(state)
         self.log(f"potential: {self.current_path}; training set: {self.training_path}")
+
+    def train_ensemble(self, state: LearnState) -> None:
+        """``[train] ensemble`` members fitted afresh (random starts) to the final training set,
+        with the current potential's basis and intervals; each saved as it is done, so a rerun
+        trains only the missing ones."""
+        import dataclasses as dc
+
+        from mmtp_hpc.active.maxvol import attach_active_set
+        from mmtp_hpc.io.trainingset import read_trainingset_h5
+        from mmtp_hpc.potentials.mtp.mlip_io import load_potential, save_potential
+        from mmtp_hpc.training.fit import train
+
+        s = self.settings
+        n = s.train.ensemble
+        d = self.workdir / "ensemble"
+        training = read_trainingset_h5(self.training_path)
+        base = dc.replace(s.train_settings(first=True), init="random")
+        errors = {}
+        for i in range(n):
+            path = d / f"member_{i:02d}.almtp"
+            if path.exists():
+                continue
+            settings = dc.replace(base, seed=s.train.seed + 1 + i)
+            self.log(f"ensemble member {i + 1}/{n} (seed {settings.seed}): {len(training)} configurations, "
+                     f"{settings.max_iter} iterations max")
+            result = train(load_potential(self.current_path), training, settings, comm=self.comm, log=self.log)
+            pot = result.potential
+            pot.species_names = list(self.species())
+            errors[f"member_{i:02d}"] = dict(result.train_errors)
+            if self.root:
+                attach_active_set(pot, training, mode=s.select.mode)
+                d.mkdir(parents=True, exist_ok=True)
+                save_potential(pot, path)
+        if self.root:
+            summary = d / "ensemble.json"
+            old = json.loads(summary.read_text(encoding="utf-8")) if summary.exists() else {}
+            old.update(errors)
+            _write_json(summary, old)
+            self.log(f"ensemble: {n} members in {d} (training errors in {summary.name})")
 
     def magnetisation_report(self) -> dict | None:
         """⟨m⟩ vs lattice parameter, moments relaxed, with the potential and with the oracle's

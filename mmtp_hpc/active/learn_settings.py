@@ -188,6 +188,10 @@ class LearnTrainSettings:
     seed: int = _key(0, "seed of the random start", integer(0, 2 ** 31 - 1))
     log_every: int = _key(50, "training log interval (iterations)", integer(1))
     threads: int = _key(0, "OpenMP threads of the kernels (0: OMP_NUM_THREADS or 1)", integer(0))
+    ensemble: int = _key(0, "members of a final ensemble trained on the final training set when the loop "
+                         "ends (fresh random starts, seeds seed+1, seed+2, …; 0: none): "
+                         "workdir/ensemble/member_NN.almtp, for uncertainty (mmtp validate --ensemble)",
+                         integer(0, 64))
 
 
 @dataclass
