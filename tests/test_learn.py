@@ -205,6 +205,23 @@ def test_final_ensemble_is_trained_once_and_spreads(tmp_path):
     stamp = [m.stat().st_mtime_ns for m in members]
     run_learning(load_learn_settings(path), stream=io.StringIO(), md_stream=None)
     assert [m.stat().st_mtime_ns for m in members] == stamp      # a rerun trains nothing again
+    # the card beside the potential states the training range and the oracle
+    card = json.loads((tmp_path / "work" / "current.almtp.card.json").read_text())
+    tr = card["training"]
+    assert tr["species"] == ["Fe"] and tr["configurations"] == len(training)
+    lo, hi = tr["cubic2_lattice_parameter_A"]
+    assert 2.7 < lo <= 2.84 * 1.05 and 2.84 * 0.95 < hi < 3.0          # the generated a = 2.84, 2.88 (± strain)
+    m_lo, m_hi = tr["moments_uB"]["Fe"]
+    assert 1.5 < m_lo < m_hi < 3.0
+    assert card["oracle"]["kind"] == "analytic"
+    import contextlib
+
+    from mmtp_hpc.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["info", str(tmp_path / "work" / "current.almtp")]) == 0
+    assert "lattice range" in out.getvalue() and "moments Fe" in out.getvalue()
 
 
 def test_learned_potential_reproduces_the_model(learned):

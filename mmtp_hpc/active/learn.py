@@ -742,6 +742,8 @@ class Learner:
                 self.log(f"figure: {self.workdir / PLOT_FILE}")
             except ImportError:  # pragma: no cover - matplotlib is a dependency
                 self.log("note: matplotlib is not available; no figure")
+        if self.root and self.training_path.exists() and self.current_path.exists():
+            self.write_card(state)
         if self.settings.train.ensemble and state.finished:
             self.train_ensemble(state)
         report = None
@@ -752,6 +754,19 @@ class Learner:
                 state.report = report
                 self.save_state(state)
         self.log(f"potential: {self.current_path}; training set: {self.training_path}")
+
+    def write_card(self, state: LearnState) -> None:
+        """current.almtp.card.json: the training range and who labelled the data (mmtp info)."""
+        from mmtp_hpc.io.potential_card import training_range, write_card
+        from mmtp_hpc.io.trainingset import read_trainingset_h5
+
+        training = read_trainingset_h5(self.training_path)
+        oracle = dict(self.settings.oracle) if isinstance(self.settings.oracle, dict) else {}
+        card = {"description": f"mmtp learn {self.settings.source}: {state.stop_reason}",
+                "training": training_range(training, self.species()),
+                "oracle": {k: v for k, v in oracle.items() if k not in ("env", "command")}}
+        path = write_card(self.current_path, card)
+        self.log(f"potential card (training range, labels' provenance): {path}")
 
     def train_ensemble(self, state: LearnState) -> None:
         """``[train] ensemble`` members fitted afresh (random starts) to the final training set,

@@ -32,8 +32,14 @@ def is_potential(path: Path) -> bool:
 
 def potential_summary(path: Path) -> dict:
     from mmtp_hpc.potentials.mtp.mlip_io import load_potential
+    from mmtp_hpc.io.potential_card import read_card
+
     pot = load_potential(path)
-    return {"file": str(path), "kind": "potential", **pot.summary()}
+    out = {"file": str(path), "kind": "potential", **pot.summary()}
+    card = read_card(path)
+    if card is not None:
+        out["card"] = card
+    return out
 
 
 def data_summary(path: Path, en_der_sign: int) -> dict:
@@ -61,7 +67,18 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
+    card = info.pop("card", None)
     width = max(len(k) for k in info)
     for key, value in info.items():
         print(f"{key:<{width}}  {value}")
+    if card is not None:
+        from mmtp_hpc.io.potential_card import card_lines
+
+        rows = card_lines(card)
+        w = max((len(k) for k, _ in rows), default=0)
+        print("training range and provenance (" + path.name + ".card.json):")
+        for key, value in rows:
+            print(f"  {key:<{w}}  {value}")
+    elif info.get("kind") == "potential":
+        print("no card beside this potential (" + path.name + ".card.json): its training range is not recorded")
     return 0
