@@ -279,3 +279,17 @@ def test_oracle_table_keys(tmp_path):
                                                               "missed_constraint")):
         with pytest.raises(InputError, match=f"oracle.{key}"):
             oracle_from_settings({**table, **bad}, tmp_path, ["Fe"])
+
+
+@pytest.mark.parametrize("name", ["abinit.toml", "vasp.toml", "slurm_vasp.toml", "slurm_abinit.toml"])
+def test_shipped_oracle_tables_load(name):
+    """The documented [oracle] examples are valid tables (inputs/oracles/)."""
+    from mmtp_hpc.dynamics.settings import read_toml
+
+    path = REPO / "inputs" / "oracles" / name
+    data, _ = read_toml(path)
+    oracle = oracle_from_settings(data["oracle"], path.parent, ["Fe", "Al"], source=str(path))
+    assert oracle.writer.name in ("abinit", "vasp") and oracle.retry
+    if name.startswith("slurm"):
+        assert oracle.command[:2] == ["sbatch", "--wait"] and oracle.template_dir.is_dir()
+        assert (oracle.template_dir / "job.sh").is_file() and oracle.workers > 1

@@ -394,8 +394,9 @@ class _AbinitWriter(_Writer):
 
     def read(self, cfg: Configuration, directory: Path) -> Configuration:
         path = directory / dft_abinit.OUTPUT_NAME
-        return label_from_abinit(cfg, read_abinit_output(path, log=directory / "stdout.txt"),
-                                 source=str(path))
+        # ABINIT's log: its stdout here, or what a batch job script wrote (abinit.log)
+        log = next((directory / n for n in ("abinit.log", "stdout.txt") if (directory / n).is_file()), None)
+        return label_from_abinit(cfg, read_abinit_output(path, log=log), source=str(path))
 
 
 def _substitute(arg: str, values: Mapping[str, str]) -> str:
