@@ -108,12 +108,25 @@ def _check_sign(en_der_sign: int) -> float:
 
 
 class _Lines:
-    """Numbered lines of a text stream with push-back (so a section can end on a peek)."""
+    """Numbered lines of a text stream with push-back (so a section can end on a peek); bytes
+    that are not UTF-8 are an error naming the file and line."""
 
-    def __init__(self, stream: Iterable[str]):
-        self._it = iter(stream)
+    def __init__(self, stream: Iterable[str], name: str = "<stream>"):
+        self._it = self._checked(iter(stream))
         self._back: list[tuple[int, str]] = []
         self.lineno = 0            # number of the last line taken from the stream
+        self.name = name
+
+    def _checked(self, it: Iterator[str]) -> Iterator[str]:
+        while True:
+            try:
+                line = next(it)
+            except StopIteration:
+                return
+            except UnicodeDecodeError as exc:
+                raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start} of the buffer)",
+                                 path=self.name, line=self.lineno + 1) from None
+            yield line
 
     def next(self) -> tuple[int, str] | None:
         if self._back:
@@ -144,7 +157,7 @@ class _Lines:
 
 
 def _iter_stream(stream: Iterable[str], name: str, sign: float) -> Iterator[Configuration]:
-    lines = _Lines(stream)
+    lines = _Lines(stream, name)
     while (item := lines.next()) is not None:
         lineno, line = item
         tokens = line.split()
@@ -231,7 +244,7 @@ def _read_one(lines: _Lines, name: str, begin: int, sign: float) -> Configuratio
         blk.seen[key] = lineno
         if key == "Size" and len(tokens) == 1:
             (value,) = _value_line(lines, name, lineno, "Size", 1)
-            if not value.is_integer() or value < 0:
+            if not value.is_integer() or value < 0 or value > 2**40:
                 raise InputError(f"Size must be a non-negative integer, got {value!r}", path=name,
                                  line=lines.lineno, field="Size")
             blk.size, blk.size_line = int(value), lines.lineno

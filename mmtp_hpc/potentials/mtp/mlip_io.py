@@ -376,6 +376,13 @@ def parse_active_set(raw: bytes, n: int | None = None, path: str | None = None,
         raise fail("cannot find the matrices / links layout")
     A = np.frombuffer(raw, dtype="<f8", count=m * m, offset=body_start).reshape(m, m).copy()
     invA = np.frombuffer(raw, dtype="<f8", count=m * m, offset=body_start + 8 * m * m).reshape(m, m).copy()
+    if not (np.isfinite(A).all() and np.isfinite(invA).all() and all(math.isfinite(x) for x in w)):
+        raise fail("non-finite numbers (NaN or inf) in the active set: grades from it would be "
+                   "meaningless")
+    residual = float(np.abs(A @ invA.T - np.eye(m)).max()) if m else 0.0
+    if not residual <= 1e-5:
+        raise fail(f"the stored inverse does not invert the active-set matrix (max |A·invAᵀ − I| = "
+                   f"{residual:.3g}): the block is corrupted")
     cfg_text = raw[cfg_start:].decode("utf-8", "surrogateescape")
     n_cfg = cfg_text.count("BEGIN_CFG")
     if cfg.max(initial=-1) >= n_cfg or np.any(cfg < -1):
@@ -543,8 +550,15 @@ def _ints(items: list[str], key: str, path: str, line: int) -> np.ndarray:
     try:
         return np.array([int(x) for x in items], dtype=np.int64)
     except ValueError:
-        bad = next(x for x in items if not x.strip().lstrip("+-").isdigit())
-        raise InputError(f"expected an integer, got {bad.strip()!r}", path=path, line=line,
+        def bad(x: str) -> bool:
+            try:
+                int(x)
+                return False
+            except ValueError:
+                return True
+
+        item = next((x for x in items if bad(x)), "?")
+        raise InputError(f"expected an integer, got {item!r}", path=path, line=line,
                          field=key) from None
 
 
@@ -642,10 +656,17 @@ def _build(items: dict[str, _Item], radial: dict | None, path: str, text: str) -
                              line=line_of(key), field=items[key].spelling)
         return v
 
-    C = positive("species_count")
-    R = positive("radial_basis_size")
-    K = positive("radial_funcs_count")
-    n_moments = positive("alpha_moments_count")
+    def bounded(key: str, hi: int) -> int:
+        v = positive(key)
+        if v > hi:
+            raise InputError(f"{v} is implausibly large (at most {hi}): a corrupted count?", path=path,
+                             line=line_of(key), field=items[key].spelling)
+        return v
+
+    C = bounded("species_count", 128)
+    R = bounded("radial_basis_size", 256)
+    K = bounded("radial_funcs_count", 4096)
+    n_moments = bounded("alpha_moments_count", 1_000_000)
     if get("radial_basis_type") != "RBChebyshev":
         raise InputError(f"radial basis {get('radial_basis_type')!r} is not supported (only RBChebyshev)",
                          path=path, line=line_of("radial_basis_type"), field="radial_basis_type")
@@ -666,7 +687,7 @@ def _build(items: dict[str, _Item], radial: dict | None, path: str, text: str) -
                              line=line_of("mag_scaling"), field="scaling")
         if "mag_basis_size" not in items:
             raise missing("mag_basis_size")
-        M = positive("mag_basis_size")
+        M = bounded("mag_basis_size", 64)
         for single, per in (("mag_min", "species_mag_min"), ("mag_max", "species_mag_max")):
             if single in items and per in items:
                 raise InputError(f"give either {items[single].spelling} or {_SPELLING[per]}, not both",
@@ -730,9 +751,16 @@ def _build(items: dict[str, _Item], radial: dict | None, path: str, text: str) -
         if len(blocks) != C * C:
             raise InputError(f"has {len(blocks)} blocks, expected species_count² = {C * C}", path=path,
                              line=radial["line"], field="radial_coeffs")
-        radial_coeffs = np.empty((C, C, K, R * M * M))
         seen: dict[tuple[int, int], int] = {}
         width = R * M * M
+        for (a, b), label_line, rows in blocks:     # check the layout before allocating anything
+            if len(rows) == K and any(len(vals) != width for _, vals in rows):
+                row_line, vals = next((ln, v) for ln, v in rows if len(v) != width)
+                expl = f"radial_basis_size·basis_size² = {R}·{M}²" if magnetic else \
+                    f"radial_basis_size = {R}"
+                raise InputError(f"row has {len(vals)} numbers, expected {expl} = {width}",
+                                 path=path, line=row_line, field="radial_coeffs")
+        radial_coeffs = np.empty((C, C, K, R * M * M))
         for (a, b), label_line, rows in blocks:
             if a >= C or b >= C:
                 raise InputError(f"block label '{a}-{b}' is not a pair of species indices 0..{C - 1}",
