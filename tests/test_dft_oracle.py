@@ -293,3 +293,67 @@ def test_shipped_oracle_tables_load(name):
     if name.startswith("slurm"):
         assert oracle.command[:2] == ["sbatch", "--wait"] and oracle.template_dir.is_dir()
         assert (oracle.template_dir / "job.sh").is_file() and oracle.workers > 1
+
+
+def test_learn_loop_records_and_skips_failed_labels(tmp_path):
+    """A pre-training label whose SCF never converges is skipped with its reason; the loop goes on."""
+    import io
+
+    from mmtp_hpc.active.learn import run_learning
+    from mmtp_hpc.active.learn_settings import load_learn_settings
+    from mmtp_hpc.io.cfg import write_cfg
+    from mmtp_hpc.io.trainingset import read_trainingset_h5
+
+    cfgs = [fe2(a=2.80 + 0.02 * k, m=(2.0 + 0.1 * k, 2.0 + 0.1 * k)) for k in range(5)]
+    write_cfg(tmp_path / "initial.cfg", cfgs)
+    (tmp_path / "plan.json").write_text(json.dumps({"2": "scf:100000"}))
+    (tmp_path / "input.toml").write_text(f"""
+[learn]
+workdir = "work"
+species = ["Fe"]
+max_iterations = 1
+[potential]
+level = 6
+radial_basis_size = 4
+mag_basis_size = 2
+[initial]
+file = "initial.cfg"
+[oracle]
+kind = "command"
+writer = "abinit"
+command = [{json.dumps(sys.executable)}, {json.dumps(str(STANDIN))}, "run.abi"]
+workers = 2
+retry = [{{nstep = 120}}]
+env = {{STANDIN_PLAN = {json.dumps(str(tmp_path / "plan.json"))}, STANDIN_CALLS = {json.dumps(str(tmp_path / "calls.txt"))}}}
+[oracle.abinit]
+pseudos = {{Fe = "Fe.xml"}}
+pp_dirpath = "{PSP}"
+ratsph = 2.12
+[train]
+max_iter = 20
+[select]
+threshold = 1e9
+break = 1e10
+[[learn.md]]
+name = "bcc2"
+a = [2.86]
+temperature_K = [300.0]
+[learn.md.system]
+lattice = "bcc"
+repeat = 1
+magmoms = 2.2
+[learn.md.md]
+steps = 10
+[learn.md.moments]
+mode = "fixed"
+""")
+    log = io.StringIO()
+    state = run_learning(load_learn_settings(tmp_path / "input.toml"), stream=log, md_stream=None)
+    rec = state.history[0]
+    assert [f["index"] for f in rec["label_failures"]] == [2]
+    assert rec["label_failures"][0]["kind"] == "scf"
+    assert rec["dft_runs"] == 5
+    assert len(read_trainingset_h5(tmp_path / "work" / "trainingset.h5")) == 4
+    text = log.getvalue()
+    assert "1 of 5 label(s) failed and were skipped (1 scf)" in text
+    assert "DFT: 5 labels (1 failed and skipped)" in (tmp_path / "work" / "summary.txt").read_text()
