@@ -1,10 +1,10 @@
 """Fuzz the text input parsers through the CLI: every malformed file must give a clear error.
 
-    python scripts/fuzz_inputs.py [--cases 200] [--seed 1] [--kinds cfg almtp mtpr] [--show 5]
+    python scripts/fuzz_inputs.py [--cases 200] [--seed 1] [--kinds cfg almtp mtpr toml] [--show 5]
 
 Mutates valid files (deleted, duplicated or swapped lines; truncation; NaN, inf, huge, negative
 or non-numeric numbers; changed counts; garbage bytes and non-UTF-8) and runs the commands a
-user would (`mmtp info`, `mmtp efs`, `mmtp grade`) in this process. A case passes when the
+user would (`mmtp info`, `mmtp efs`, `mmtp grade`, two steps of `mmtp md`) in this process. A case passes when the
 command ends normally (exit 0, or an MMTPError/FileNotFoundError turned into exit 1 with a
 message); it fails on any other exception (a traceback) or when a number that is not finite
 reaches an output without an error. Prints the counts per kind and the first failures.
@@ -32,6 +32,7 @@ SOURCES = {
     "cfg": [SHARED / "mlip3" / "magnetic" / "fe_magmom.cfg", SHARED / "mlip3" / "examples" / "train.cfg"],
     "almtp": [SHARED / "mlip3" / "examples" / "04_pot.almtp", REPO / "inputs" / "potentials" / "feal_b2_l16.almtp"],
     "mtpr": [REPO / "inputs" / "potentials" / "al_fe_mag.mtpr"],
+    "toml": [REPO / "inputs" / "md_fe_nvt" / "input.toml"],
 }
 NUMBER = re.compile(r"-?\d+\.?\d*(?:[eE][-+]?\d+)?")
 REPLACEMENTS = ["nan", "inf", "-inf", "1e308", "-1", "0", "x", "1e9", "-1e9", "3.5", ""]
@@ -83,6 +84,8 @@ def commands(kind: str, path: Path, out: Path) -> list[list[str]]:
     cfg = str(SHARED / "mlip3" / "magnetic" / "fe_magmom.cfg")
     if kind == "cfg":
         return [["info", str(path)], ["efs", pot, str(path), "-o", str(out / "o.cfg")]]
+    if kind == "toml":
+        return [["md", str(path), "--steps", "2", "--quiet"]]
     if kind == "almtp":
         return [["info", str(path)], ["grade", str(path), cfg, "-o", str(out / "g.cfg")]]
     return [["info", str(path)], ["efs", str(path), cfg, "-o", str(out / "o.cfg")]]
@@ -127,7 +130,11 @@ def main() -> int:
             sources = [s for s in SOURCES[kind] if s.is_file()]
             for case in range(args.cases):
                 src = rng.choice(sources)
-                data = mutate(src.read_bytes().decode("utf-8", "surrogateescape"), rng)
+                text = src.read_bytes().decode("utf-8", "surrogateescape")
+                if kind == "toml":      # run where the copy is, with the example's potential
+                    text = re.sub(r'file = "([^"]+)"', lambda m: f'file = "{(src.parent / m.group(1)).resolve()}"',
+                                  text).replace("repeat = 5", "repeat = 2")
+                data = mutate(text, rng)
                 path = tmp / f"{kind}{case}{src.suffix}"
                 path.write_bytes(data)
                 out = tmp / f"out_{kind}{case}"

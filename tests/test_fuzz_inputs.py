@@ -1,4 +1,4 @@
-"""Malformed .cfg, .almtp and .mtpr files give clear errors through the CLI, never a traceback
+"""Malformed .cfg, .almtp, .mtpr and md TOML files give clear errors through the CLI, never a traceback
 or a silent non-finite result (scripts/fuzz_inputs.py, a fixed seed and a small number of
 cases here; run the script with more cases to search further)."""
 
@@ -17,8 +17,9 @@ def test_fuzzed_text_inputs_fail_cleanly():
                            "--seed", "11", "--show", "3"], capture_output=True, text=True, timeout=900,
                           cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    rows = [ln.split() for ln in proc.stdout.splitlines()[1:4]]
-    assert [r[0] for r in rows] == ["cfg", "almtp", "mtpr"] and all(int(r[1]) == 50 for r in rows)
+    rows = [ln.split() for ln in proc.stdout.splitlines()[1:5]]
+    assert [r[0] for r in rows] == ["cfg", "almtp", "mtpr", "toml"]
+    assert [int(r[1]) for r in rows] == [50, 50, 50, 25] and all(r[2] == "0" for r in rows)
 
 
 def test_nan_in_an_active_set_is_an_error(tmp_path):
