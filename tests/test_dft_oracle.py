@@ -357,3 +357,13 @@ mode = "fixed"
     text = log.getvalue()
     assert "1 of 5 label(s) failed and were skipped (1 scf)" in text
     assert "DFT: 5 labels (1 failed and skipped)" in (tmp_path / "work" / "summary.txt").read_text()
+
+
+def test_a_result_of_another_configuration_is_never_read_back(tmp_path):
+    oracle, calls = standin(tmp_path)
+    label_batch(oracle, [fe2(dz=0.0)], tmp_path / "b")
+    with pytest.raises(OracleError, match="does not hold this configuration"):
+        label_batch(oracle, [fe2(dz=0.05)], tmp_path / "b")          # same atoms, moved
+    with pytest.raises(OracleError, match="does not hold this configuration"):
+        label_batch(oracle, [fe2(a=2.90)], tmp_path / "b")            # same atoms, other cell
+    assert len(calls_of(calls)) == 1

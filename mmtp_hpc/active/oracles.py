@@ -783,9 +783,12 @@ def _read_labelled(result: Path, cfg: Configuration, k: int, d: Path) -> Configu
         got = read_cfg(result)
     except InputError as exc:
         raise OracleError(f"cannot read the earlier result: {exc}", k, d) from exc
-    if len(got) != 1 or len(got[0]) != len(cfg) or not np.array_equal(got[0].types, cfg.types):
-        raise OracleError(f"{result} does not hold this configuration (a different batch in "
-                          "the same directory?)", k, d)
+    same = (len(got) == 1 and len(got[0]) == len(cfg) and np.array_equal(got[0].types, cfg.types)
+            and np.allclose(got[0].cell, cfg.cell, rtol=0.0, atol=1e-6)
+            and np.allclose(got[0].positions, cfg.positions, rtol=0.0, atol=1e-6))
+    if not same:
+        raise OracleError(f"{result} does not hold this configuration (other atoms, cell or "
+                          "positions: a different batch in the same directory?)", k, d)
     return got[0]
 
 
