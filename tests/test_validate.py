@@ -83,3 +83,25 @@ def test_validate_command_writes_outputs_and_reuses_the_reference(tmp_path, env_
     assert "| criterion |" in (tmp_path / "out" / "val.md").read_text()
     assert main(args) == rc                     # a rerun reads the reference back ...
     assert len((tmp_path / "calls.txt").read_text().splitlines()) == 5     # ... without new runs
+
+
+def test_constrained_ground_state_where_the_free_scf_fails(tmp_path, env_path):
+    """When the unconstrained run fails, the ground state is the constrained one with dE/dm = 0."""
+    oracle = CommandOracle(command(tmp_path) + ["--fail-free"], workers=2, env=env_path, timeout=120)
+    engine = MTPEngine(load_potential(FE_POT))
+    a = [2.80, 2.85, 2.90]
+    v = validate(engine, oracle, ["Fe"], "bcc", a, a_ref=2.85, start=[3.0], workdir=tmp_path / "w",
+                 curve=np.linspace(2.8, 2.9, 3))
+    assert v.constrained_points == a and not v.failures
+    model = AnalyticMagneticModel.default()
+    for k, x in enumerate(a):
+        cfg = bulk("bcc", x, 1, sublattice_types=(0, 0))
+        cfg.magmoms = np.array([3.0, 3.0])
+        ref = model.label(cfg, relax=True)              # the model's own relaxed moment
+        assert v.dft_moments["Fe"][k] == pytest.approx(abs(ref.magmoms.mean()), abs=0.01)
+        assert v.dft_energy[k] == pytest.approx(ref.energy / 2, abs=1e-4)
+    assert "secant search" in v.markdown()
+    runs = len((tmp_path / "calls.txt").read_text().splitlines())
+    validate(engine, oracle, ["Fe"], "bcc", a, a_ref=2.85, start=[3.0], workdir=tmp_path / "w",
+             curve=np.linspace(2.8, 2.9, 3))
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == runs      # all read back

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmtp_hpc.active.oracles import OracleError
 from mmtp_hpc.errors import InputError
 from mmtp_hpc.system.configuration import EV_PER_A3_TO_GPA, Configuration
 from mmtp_hpc.system.lattice import bulk
@@ -77,6 +78,7 @@ class Validation:
     failures: list[str] = field(default_factory=list)
     tolerances: dict[str, float] = field(default_factory=dict)
     reference: str = "DFT"                     # what the oracle is, for legends
+    constrained_points: list[float] = field(default_factory=list)   # a where dE/dm = 0 was searched
 
     def errors(self) -> dict[str, float]:
         """Max |potential − DFT| of every criterion that was computed (units of CRITERIA)."""
@@ -133,6 +135,10 @@ class Validation:
         lines.append("")
         lines.append(f"Energies in meV/atom relative to a_ref = {self.a_ref:g} Å; moments in μB "
                      f"(the first species, {first}, is the one the criteria use).")
+        if self.constrained_points:
+            lines.append("At a = " + ", ".join(f"{a:g}" for a in self.constrained_points) + " Å the free "
+                         "SCF did not converge; the ground state there is the constrained one with "
+                         f"dE/dm = 0 on {first} (secant search).")
         if self.m_values is not None and len(self.m_values):
             lines += ["", f"| m (μB), a = {self.a_moment:g} Å | E DFT (eV/atom) | E pot − E DFT (meV/atom) "
                       "| ∂E/∂m DFT (eV/μB) | ∂E/∂m pot |", "|---|---|---|---|---|"]
@@ -163,6 +169,67 @@ def _type0_alternating(cfg: Configuration, m: float) -> np.ndarray:
     for j, i in enumerate(order):
         out[i] = m if j % 2 == 0 else -m
     return out
+
+
+def constrained_ground_state(oracle, cfg: Configuration, workdir: Path, tol: float = 0.005,
+                             max_runs: int = 8, log: Callable[[str], None] | None = None) -> Configuration:
+    """The magnetic ground state of ``cfg`` from constrained runs: the uniform moment m of the
+    type-0 atoms where their mean dE/dm vanishes (secant steps, bracketed once a sign change is
+    seen, within ``tol`` eV/μB; m = 0 when dE/dm > 0 down to 0.05 μB: non-magnetic). The other
+    atoms keep the oracle's treatment (free, or held at their moments). Every run is kept in
+    ``workdir/m_<moment>`` and read back by a rerun. Returns the label at the root."""
+    from mmtp_hpc.active.oracles import label_batch
+
+    say = log or (lambda _m: None)
+    sel = cfg.types == 0
+    m_start = float(np.mean(np.abs(np.asarray(cfg.magmoms)[sel])))
+    history: list[tuple[float, float, Configuration]] = []
+
+    def run(m: float) -> tuple[float, Configuration]:
+        c = cfg.copy()
+        mm = np.array(c.magmoms, dtype=float)
+        mm[sel] = m
+        c.magmoms = mm
+        res = label_batch(oracle, [c], Path(workdir) / f"m_{m:.5f}", log=None)
+        lab = res.labelled[0]
+        if lab.magnetic_gradient is None:
+            raise InputError("the oracle gives no dE/dm: the constrained search needs it", field="oracle")
+        g = float(np.mean(lab.magnetic_gradient[sel]))
+        history.append((m, g, lab))
+        say(f"  constrained m = {m:.4f} μB: dE/dm = {g:+.5f} eV/μB")
+        return g, lab
+
+    g, lab = run(m_start)
+    for _ in range(max_runs - 1):
+        if abs(g) <= tol:
+            return lab
+        pts = sorted(((m, gg) for m, gg, _ in history), key=lambda p: p[0])
+        pos = [p for p in pts if p[1] > 0]
+        neg = [p for p in pts if p[1] < 0 and (not pos or p[0] < pos[0][0])]
+        (m_a, g_a), (m_b, g_b) = (history[-2][:2], history[-1][:2]) if len(history) > 1 else \
+            ((m_start, g), (m_start, g))
+        secant = m_b - g_b * (m_b - m_a) / (g_b - g_a) if g_b != g_a and m_b != m_a else None
+        if neg and pos:                      # bracketed: the secant if inside, else regula falsi
+            (m_lo, g_lo), (m_hi, g_hi) = neg[-1], pos[0]
+            inside = secant is not None and m_lo < secant < m_hi
+            m_new = secant if inside else m_lo - g_lo * (m_hi - m_lo) / (g_hi - g_lo)
+        elif pos:                            # the root is below every point tried
+            m_min = pos[0][0]
+            if m_min <= 0.05:
+                return run(0.0)[1]           # dE/dm > 0 down to 0.05 μB: non-magnetic
+            m_new = secant if secant is not None and 0 < m_min - secant <= 0.5 else m_min - 0.3
+            m_new = max(m_new, 0.05)
+        else:                                # the root is above every point tried
+            m_max = neg[-1][0]
+            m_new = secant if secant is not None and 0 < secant - m_max <= 0.5 else m_max + 0.3
+        g, lab = run(float(m_new))
+    if abs(g) <= tol:
+        return lab
+    best = min(history, key=lambda h: abs(h[1]))
+    if abs(best[1]) > 5 * tol:
+        raise InputError(f"no moment with |dE/dm| <= {tol:g} eV/μB after {len(history)} constrained "
+                         f"runs (best {best[1]:+.3g} at m = {best[0]:.3f} μB)")
+    return best[2]
 
 
 def _reference_name(oracle) -> str:
@@ -224,8 +291,22 @@ def validate(potential, oracle, species: Sequence[str], lattice: str, a_values: 
                          "with writer = \"abinit\"", field="oracle")
     say(f"validate: DFT ground states at {len(a_values)} lattice parameters ({workdir / 'ground_state'})")
     batch = label_batch(free(), structures, workdir / "ground_state", log=say, skip_failures=True)
-    failures = [f"ground state a = {a_values[k]:g}: {f.kind}: {f.reason}"
-                for k, f in enumerate(batch.failures) if f is not None]
+    failures = []
+    root_points = []
+    for k, f in enumerate(batch.failures):
+        if f is None:
+            continue
+        # near a magnetic transition the free SCF wanders; constrained runs converge: find the
+        # moment where dE/dm = 0 with them instead (and say so)
+        say(f"validate: the free ground state at a = {a_values[k]:g} failed ({f.kind}); searching "
+            "dE/dm = 0 with constrained runs")
+        try:
+            batch.labelled[k] = constrained_ground_state(
+                oracle, structures[k], workdir / "ground_state_constrained" / f"cfg_{k:05d}", log=say)
+            root_points.append(float(a_values[k]))
+        except (InputError, OracleError) as exc:
+            failures.append(f"ground state a = {a_values[k]:g}: {f.kind}: {f.reason}; constrained "
+                            f"search: {exc}")
     keep = [k for k, c in enumerate(batch.labelled) if c is not None]
     if len(keep) < 2 or not any(np.isclose(a_values[k], a_ref) for k in keep):
         raise InputError("too few DFT ground states (or none at a_ref) finished: " + "; ".join(failures))
@@ -248,7 +329,7 @@ def validate(potential, oracle, species: Sequence[str], lattice: str, a_values: 
                      pot_energy=scan.energy_per_atom, dft_pressure=dft_p, pot_pressure=scan.pressure,
                      dft_moments=dft_m, pot_moments=scan.moment_mean, failures=failures,
                      tolerances=dict(tolerances or {}), trained_a=trained_a,
-                     reference=_reference_name(oracle))
+                     reference=_reference_name(oracle), constrained_points=root_points)
 
     # dense curves and the ensemble band
     if curve is None:

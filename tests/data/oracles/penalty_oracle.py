@@ -2,7 +2,7 @@
 
     penalty_oracle.py INPUT OUTPUT --calls FILE [--index I] [--lambda L] [--argv-json FILE]
                       [--note TEXT ...]
-                      [--fail-flag FILE --fail-index I --fail-lambda L]
+                      [--fail-flag FILE --fail-index I --fail-lambda L] [--fail-free]
 
 Reads one configuration with target moments m0 (MLIP-3 .cfg). With a penalty strength λ
 (``Feature constraint_lambda`` of INPUT) it minimises E_model(m) + λ Σ_i (m_i − m0_i)² over
@@ -39,6 +39,8 @@ def main() -> int:
     p.add_argument("--fail-flag", default=None)
     p.add_argument("--fail-index", default=None)
     p.add_argument("--fail-lambda", default=None)
+    p.add_argument("--fail-free", action="store_true",
+                   help="report an SCF that did not converge for every unconstrained run")
     args = p.parse_args()
     with open(args.calls, "a", encoding="utf-8") as f:
         f.write(f"{args.index} {args.lam or '-'} {os.getcwd()}\n")
@@ -53,6 +55,11 @@ def main() -> int:
     cfg = read_cfg(args.input)[0]
     model = AnalyticMagneticModel.default()
     if cfg.features.get("constrained") == "0":
+        if args.fail_free:
+            out = model.label(cfg)
+            out.features = {"scf_converged": "0"}
+            write_cfg(args.output, out)
+            return 0
         out = model.label(cfg, relax=True)
         out.features.pop("constrained", None)
         write_cfg(args.output, out)
