@@ -3,9 +3,11 @@
 import os
 from pathlib import Path
 
-# small dense linear algebra (line searches, 6×6 cell filters) stalls with OpenBLAS threads on
-# a busy 2-core machine; one thread keeps it fast and reproducible
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Deterministic thread counts whatever the caller's environment: small dense linear algebra
+# (line searches, 6×6 cell filters) stalls with BLAS threads on a busy machine, and the
+# summation order of threaded BLAS would make optimiser paths depend on the machine.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
 
 import pytest  # noqa: E402  (after the environment is set)
 

@@ -404,9 +404,10 @@ def test_label_relaxed_moments(model):
 def test_evaluation_speed(model):
     cfg = bulk("bcc", 2.855, 10, sublattice_types=(FE, FE), magmoms=2.2, jitter=0.04, seed=1)
     model.evaluate(cfg)
-    t0 = time.perf_counter()
+    # CPU time of this process, not wall time: a machine shared with other jobs must not fail it
+    t0 = time.process_time()
     out = model.evaluate(cfg)
-    assert time.perf_counter() - t0 < 1.0
+    assert time.process_time() - t0 < 1.0
     assert out["forces"].shape == (2000, 3)
 
 

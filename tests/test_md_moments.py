@@ -167,3 +167,36 @@ def test_mc_and_langevin_moments_agree_in_md(fe_potential, tmp_path):
     assert abs(m_mc - m_lv) < 0.02
     assert abs(s_mc / s_lv - 1) < 0.1
     assert math.isfinite(m_mc)
+
+
+def test_time_split_adds_up_to_the_wall_time_with_monte_carlo(fe_potential, tmp_path):
+    """The summary's time split: disjoint shares (Monte Carlo's own force-field work counted once,
+    as Monte Carlo) that add up to the run's wall time."""
+    settings = md_settings(fe_potential, tmp_path, repeat=2,
+                           md={"steps": 12, "ensemble": "nvt", "temperature_K": 300.0, "seed": 3},
+                           moments={"mode": "mc", "every": 2})
+    sim = Simulation.from_settings(settings, stream=None)
+    sim.run()
+    split, wall = sim.time_split()
+    assert wall > 0 and split["Monte Carlo moments"] > 0 and split["force"] > 0
+    assert sum(split.values()) == pytest.approx(wall, rel=1e-9)
+    assert all(v >= 0 for k, v in split.items() if k != "integration and other")
+
+
+def test_npt_log_has_a_volume_column_and_average(fe_potential, tmp_path):
+    """NPT runs log V/N (Å³/atom) beside the pressure, and the summary gives its average."""
+    import io
+
+    stream = io.StringIO()
+    settings = md_settings(fe_potential, tmp_path, repeat=2,
+                           md={"steps": 10, "ensemble": "npt", "temperature_K": 300.0, "pressure_GPa": 1.0},
+                           output={"log_every": 5})
+    sim = Simulation.from_settings(settings, stream=stream)
+    sim.run()
+    lines = stream.getvalue().splitlines()
+    header = next(x for x in lines if x.split()[:1] == ["step"]).split()
+    assert header[header.index("P_GPa") + 1] == "V_A3/at"
+    rows = [x.split() for x in lines if x.split()[:1] in (["5"], ["10"])]
+    volume = sim.state.volume / sim.state.n_global
+    assert float(rows[-1][header.index("V_A3/at")]) == pytest.approx(volume, abs=1e-4)
+    assert "V = " in next(x for x in lines if "logged averages" in x)

@@ -14,6 +14,7 @@ round-off differences (~1e-16) grow only mildly over 200 steps of a thermostatte
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -303,6 +304,11 @@ def test_mpi_parallel_monte_carlo_sectors(tmp_path):
     rate1, t1, _ = runs[1]
     rate2, t2, out2 = runs[2]
     assert "grid [2, 1, 1]" in out2
+    # the time split of the summary names Monte Carlo and adds up to the wall time
+    mpi_line = next(x for x in out2.splitlines() if x.strip().startswith("MPI:"))
+    assert "Monte Carlo moments" in mpi_line and "integration and other" in mpi_line
+    shares = [float(p) for p in re.findall(r"\((-?\d+) %\)", mpi_line)]
+    assert abs(sum(shares) - 100) <= len(shares)          # each share rounded to 1 %
     tried_per_run = 10 * 480
     assert abs(rate1 - rate2) < 5 * np.sqrt(rate1 * (1 - rate1) / tried_per_run)
     assert abs(t1["moment_mean"][-1] - t2["moment_mean"][-1]) < 0.05
@@ -339,3 +345,20 @@ def test_mpi_error_on_one_rank_ends_all_ranks(tmp_path):
     proc = run_mpi(4, CLI, "md", inp, timeout=120)
     assert proc.returncode != 0
     assert "thinner than" in proc.stderr and "at most" in proc.stderr
+
+
+def test_mpi_bench_time_split_adds_up_and_efs_says_why_it_is_slow(tmp_path):
+    """2-rank bench: the split of the timed force steps adds up to 100 %; 2-rank efs of a small
+    cell explains that one distributed evaluation is mostly set-up and gathering."""
+    proc = run_mpi(2, CLI, "bench", FE_POT, CELL_2000, "--repeat", "2", "--json", timeout=300)
+    _ok(proc)
+    line = next(x for x in proc.stdout.splitlines() if "time split of the force steps" in x)
+    shares = [float(p) for p in re.findall(r"(-?\d+) %", line)]
+    assert len(shares) == 4 and abs(sum(shares) - 100) <= 4
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert sum(results[k] for k in ("force_fraction", "communication_fraction", "neighbor_fraction",
+                                    "other_fraction")) == pytest.approx(1.0)
+    out = tmp_path / "efs.cfg"
+    proc = run_mpi(2, CLI, "efs", FE_POT, CELL_2000, "-o", out, timeout=300)
+    _ok(proc)
+    assert "atoms per rank" in proc.stdout and "single evaluation cannot amortise" in proc.stdout

@@ -3,6 +3,7 @@ plain-h5py example runs as written."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -268,3 +269,36 @@ checkpoint = "c.h5"
     else:
         np.testing.assert_allclose(np.sort(sim.state.positions[:, 0]), np.sort(atoms.positions[:, 0]),
                                    atol=1e-6)
+
+
+def test_vdos_and_rdf_say_when_the_frames_cannot_resolve_them(run_dir, capsys):
+    traj = str(run_dir / "trajectory.h5")
+    main(["post", "vdos", traj])
+    out = capsys.readouterr().out
+    assert "frames are" not in out                     # 2 fs apart: fine
+    assert "warning: resolution ≈ 3.33 THz" in out     # 0.6 ps run: max lag 300 fs
+    png = run_dir / "thin_vdos.png"
+    main(["post", "vdos", traj, "--frames", "::10", "--plot", str(png)])
+    out = capsys.readouterr().out
+    assert "warning: frames are 20 fs apart (Nyquist 25 THz)" in out and "only 31 frames" in out
+    png_ok(png)
+    main(["post", "rdf", traj, "--frames", "0:3", "--plot", str(run_dir / "few_rdf.png")])
+    out = capsys.readouterr().out
+    assert "warning: only 3 frame(s) averaged" in out
+    main(["post", "rdf", traj, "--frames", "::10"])
+    out = capsys.readouterr().out
+    assert "warning" not in out
+    # bcc: 8 nearest neighbours, then 6 more at a = 2.855 Å
+    m = re.search(r"first shell \(to the first minimum, ([0-9.]+) Å\): coordination ([0-9.]+)", out)
+    assert 2.5 < float(m.group(1)) < 2.8 and 7.5 < float(m.group(2)) < 9.5
+
+
+def test_info_understands_trajectories_and_checkpoints(run_dir, capsys):
+    assert main(["info", str(run_dir / "trajectory.h5"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "MD trajectory" and info["frames"] == 301 and info["atoms"] == N_ATOMS
+    assert info["species"] == {"Fe": N_ATOMS} and info["frame_spacing_fs"] == pytest.approx(2.0)
+    assert info["vdos_nyquist_THz"] == pytest.approx(250.0) and "velocities" in info["datasets"]
+    assert main(["info", str(run_dir / "checkpoint.h5"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "MD checkpoint" and info["step"] == 600 and info["atoms"] == N_ATOMS

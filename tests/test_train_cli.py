@@ -52,6 +52,11 @@ def test_train_end_to_end(data, tmp_path, capsys):
     assert rc == 0
     assert "iter     0" in text and "training finished" in text        # progress from train()
     assert "validation: 6 configurations" in text                     # 25 % of 24
+    # while it runs: validation errors beside the training errors, and the time left
+    progress = [line for line in text.splitlines() if line.startswith("iter ")]
+    assert all("| val E" in line and "val dE/dm" in line for line in progress)
+    assert any("ETA ≤" in line for line in progress)
+    assert "warning" not in text
     pot = load_potential(out)
     assert pot.trained and pot.magnetic
     try:
@@ -184,3 +189,16 @@ def test_mpi_train_equals_serial(data, tmp_path, capsys):
     # only rank 0 prints: one report, the same numbers as the serial run
     assert proc.stdout.count("training set:") == 1 and "2 rank(s)" in proc.stdout
     assert table_rows(proc.stdout, "validation set") == table_rows(serial_out, "validation set")
+
+
+def test_train_warns_on_tiny_data_and_tiny_validation(data, tmp_path, capsys):
+    configs = read_configurations(data / "train.cfg")[:2]      # 1 to fit (55 numbers), 1 to validate
+    write_configurations(tmp_path / "tiny.cfg", configs)
+    rc = main(["train", str(data / "template.mtp"), str(tmp_path / "tiny.cfg"), "-o", str(tmp_path / "p.mtp"),
+               "--max-iter", "2", "--validation-fraction", "0.5"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    pot = load_potential(tmp_path / "p.mtp")
+    m = re.search(r"warning: (\d+) parameters are fitted to (\d+) numbers", text)
+    assert m and int(m.group(1)) == pot.n_params and int(m.group(2)) < 2 * pot.n_params
+    assert "warning: a validation set of 1 configuration(s)" in text

@@ -54,15 +54,21 @@ def test_linear_solve_is_the_exact_minimiser(problem):
 
 
 def test_training_recovers_a_known_potential(problem):
+    """150 iterations recover a potential of the model's own form.
+
+    The bounds hold wherever the optimiser stops: over seeds 0–3 (NumPy 2.4, SciPy 1.17) the
+    training energy RMSE was 0.12–0.44 meV/atom (asserted < 1), the held-out one 0.16–0.53
+    (asserted < 2) and the loss fell by 38–470× (asserted > 10×).
+    """
     template, configs, true = problem
     train_set, test_set = configs[:18], configs[18:]
-    result = train(template, train_set, TrainSettings(max_iter=150, seed=0, log_every=1000),
+    result = train(template, train_set, TrainSettings(max_iter=150, seed=0, log_every=1000, num_threads=1),
                    log=lambda m: None)
     assert result.train_errors["energy_rmse"] < 1.0  # meV/atom
     fitted, reference = MTPEngine(result.potential), MTPEngine(true)
     errors = [(fitted.evaluate(c)["energy"] - reference.evaluate(c)["energy"]) / len(c) for c in test_set]
     assert 1000 * np.sqrt(np.mean(np.square(errors))) < 2.0  # held-out configurations, meV/atom
-    assert result.history[-1]["loss"] < result.history[0]["loss"] / 20
+    assert result.history[-1]["loss"] < result.history[0]["loss"] / 10
 
 
 def test_same_seed_same_result(problem):

@@ -111,3 +111,25 @@ def peak_positions(r: np.ndarray, g: np.ndarray, min_height: float = 1.0,
         if all(abs(r[k] - r[j]) >= min_separation for j in kept):
             kept.append(k)
     return np.sort(np.asarray(r)[kept])
+
+
+MIN_FRAMES = 10
+MIN_PAIRS_PER_BIN = 100
+
+
+def rdf_warnings(n_frames: int, n_atoms: int, volume: float, r_max: float, n_bins: int) -> list[str]:
+    """What makes g(r) from these frames noisy, in words (empty: nothing).
+
+    The expected number of pairs in a bin at r_max/2 of an ideal gas, N·ρ·4πr²Δr·F/2,
+    sets the relative noise 1/√count of g there.
+    """
+    out = []
+    if n_frames < MIN_FRAMES:
+        out.append(f"only {n_frames} frame(s) averaged: g(r) shows one snapshot's thermal noise; "
+                   f"use ≥ {MIN_FRAMES} frames")
+    r = 0.5 * r_max
+    pairs = 0.5 * n_atoms * (n_atoms / volume) * 4.0 * np.pi * r * r * (r_max / n_bins) * n_frames
+    if pairs < MIN_PAIRS_PER_BIN:
+        out.append(f"about {pairs:.0f} pairs per bin at r = {r:.3g} Å (noise ≈ {100 / np.sqrt(max(pairs, 1)):.0f} %): "
+                   "use fewer --bins or more frames")
+    return out

@@ -216,3 +216,30 @@ def frame_spacing(time_fs: np.ndarray, rtol: float = 1e-6) -> float:
                          f"{d[k]:g} fs, typical {dt:g} fs); select a uniform range with --frames",
                          field="time")
     return dt
+
+
+# thresholds of :func:`dos_warnings` (a metal's lattice vibrations reach 8–15 THz)
+MAX_FRAME_SPACING_FS = 5.0        # ≥ 20 samples per period of a 10 THz vibration
+MAX_RESOLUTION_THZ = 0.5          # ≥ 2 ps of correlation time
+MIN_FRAMES = 200
+
+
+def dos_warnings(dt_fs: float, n_frames: int, resolution_THz: float) -> list[str]:
+    """What makes a vibrational DOS from these frames unreliable, in words (empty: nothing).
+
+    Frames further apart than 5 fs sample a 10 THz vibration fewer than 20 times per period
+    (Nyquist 1/(2Δt)); a resolution ≈ 1/t_max coarser than 0.5 THz merges the features of a
+    lattice DOS that spans ~10 THz into one hump; fewer than 200 frames leave a noisy VACF.
+    """
+    out = []
+    if dt_fs > MAX_FRAME_SPACING_FS:
+        out.append(f"frames are {dt_fs:g} fs apart (Nyquist {500.0 / dt_fs:.3g} THz): a 10 THz vibration "
+                   f"is sampled {100.0 / dt_fs:.1f} times per period; store frames every 1–5 fs "
+                   f"([output] every)")
+    if resolution_THz > MAX_RESOLUTION_THZ:
+        out.append(f"resolution ≈ {resolution_THz:.3g} THz: a lattice DOS spanning ~10 THz is smeared "
+                   f"into a few bins; correlate over ≥ {1000.0 / MAX_RESOLUTION_THZ / 1000:.0f} ps "
+                   f"(a longer run, --max-lag-fs)")
+    if n_frames < MIN_FRAMES:
+        out.append(f"only {n_frames} frames: the VACF and DOS are noisy; use ≥ {MIN_FRAMES} frames")
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from mmtp_hpc import __version__
 from mmtp_hpc.errors import MMTPError
@@ -28,9 +29,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line: one line with the category, no Python source lines."""
+    return f"mmtp: warning ({category.__name__}): {message}\n"
+
+
+def _describe_missing(exc: FileNotFoundError, args: argparse.Namespace) -> str:
+    """'potential file not found: X' rather than '[Errno 2] No such file or directory: X'."""
+    name = exc.filename
+    if name is None:
+        return str(exc)
+    if str(getattr(args, "potential", None)) == str(name):
+        return f"potential file not found: {name}"
+    return f"file not found: {name}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.formatwarning = _format_warning
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -41,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
         comm = get_comm()
         where = f" (rank {comm.Get_rank()} of {comm.Get_size()})" if comm.Get_size() > 1 else ""
-        print(f"mmtp {args.command}: error{where}: {exc}", file=sys.stderr, flush=True)
+        message = _describe_missing(exc, args) if isinstance(exc, FileNotFoundError) else str(exc)
+        print(f"mmtp {args.command}: error{where}: {message}", file=sys.stderr, flush=True)
         abort_all(comm, 1)   # under MPI: end every rank now, none may wait forever in a collective
         return 1
     except Exception:

@@ -1,4 +1,4 @@
-"""``mmtp info FILE``: summarise a potential or a data file."""
+"""``mmtp info FILE``: summarise a potential, a data file, an MD trajectory or a checkpoint."""
 
 from __future__ import annotations
 
@@ -11,11 +11,79 @@ POTENTIAL_SUFFIXES = {".mtp", ".almtp", ".mtpr"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="summarise a potential or a configuration file")
+    p = sub.add_parser("info", help="summarise a potential, configurations, a trajectory or a checkpoint")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--en-der-sign", type=int, choices=(1, -1), default=1)
     p.set_defaults(func=run)
+
+
+def h5_kind(path: Path) -> str | None:
+    """The ``kind`` attribute of an HDF5 file written by mmtp_hpc (None for other files)."""
+    if path.suffix not in (".h5", ".hdf5"):
+        return None
+    import h5py
+
+    from mmtp_hpc.io import schema
+    try:
+        with h5py.File(path, "r") as f:
+            kind = f.attrs.get(schema.KIND_ATTR)
+    except OSError:
+        return None
+    return kind.decode() if isinstance(kind, bytes) else kind
+
+
+def trajectory_summary(path: Path) -> dict:
+    """Frames, atoms, species, time span and spacing, averages, and what the frames allow."""
+    import numpy as np
+
+    from mmtp_hpc.io.trajectory_frames import read_frames
+
+    t = read_frames(path, names=["temperature", "potential_energy", "pressure", "volume"])
+    n, f = t.n_atoms, t.n_frames
+    counts = {(t.species[k] if k < len(t.species) else f"type {k}"): int(c)
+              for k, c in enumerate(np.bincount(t.types)) if c}
+    md = t.settings.get("md", {}) if isinstance(t.settings, dict) else {}
+    info = {"file": str(path), "kind": "MD trajectory", "frames": f, "atoms": n, "species": counts,
+            "ensemble": md.get("ensemble"), "potential": _potential_file(t.settings)}
+    if f:
+        info["steps"] = f"{int(t.step[0])} → {int(t.step[-1])}"
+        info["time_ps"] = f"{t.time[0] / 1000:.4g} → {t.time[-1] / 1000:.4g}"
+    if f > 1:
+        dt = float(np.median(np.diff(t.time)))
+        info["frame_spacing_fs"] = dt
+        info["vdos_nyquist_THz"] = round(500.0 / dt, 4)
+        info["vdos_resolution_THz"] = round(1000.0 / (0.5 * (t.time[-1] - t.time[0])), 4)
+    for name, unit, scale in (("temperature", "K", 1.0), ("potential_energy", "eV/atom", 1.0 / max(n, 1)),
+                              ("pressure", "GPa", 1.0), ("volume", "Å³/atom", 1.0 / max(n, 1))):
+        if name in t.data and f:
+            info[f"mean_{name}"] = f"{float(np.mean(t.data[name])) * scale:.6g} {unit}"
+    info["datasets"] = sorted(t.available)
+    return info
+
+
+def _potential_file(settings: object) -> str | None:
+    pot = settings.get("potential") if isinstance(settings, dict) else None
+    return pot.get("file") if isinstance(pot, dict) else pot
+
+
+def checkpoint_summary(path: Path) -> dict:
+    """Step, time, atoms, species, energy, the potential and why the run stopped."""
+    import numpy as np
+
+    from mmtp_hpc.io.checkpoint import read_checkpoint
+
+    c = read_checkpoint(path)
+    types = np.asarray(c.state["types"])
+    n = len(types)
+    md = c.settings.get("md", {}) if isinstance(c.settings, dict) else {}
+    return {"file": str(path), "kind": "MD checkpoint", "step": int(c.step),
+            "target_steps": md.get("steps"), "time_ps": c.time / 1000.0, "atoms": n,
+            "species": {(c.species[k] if k < len(c.species) else f"type {k}"): int(v)
+                        for k, v in enumerate(np.bincount(types)) if v},
+            "potential_energy": f"{c.energy / max(n, 1):.6g} eV/atom", "ensemble": md.get("ensemble"),
+            "potential": c.potential, "potential_sha256": c.potential_sha256,
+            "stop_reason": c.stop_reason or "-"}
 
 
 def is_potential(path: Path) -> bool:
@@ -63,7 +131,13 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    info = potential_summary(path) if is_potential(path) else data_summary(path, args.en_der_sign)
+    kind = h5_kind(path)
+    if kind == "trajectory":
+        info = trajectory_summary(path)
+    elif kind == "checkpoint":
+        info = checkpoint_summary(path)
+    else:
+        info = potential_summary(path) if is_potential(path) else data_summary(path, args.en_der_sign)
     if args.json:
         print(json.dumps(info))
         return 0

@@ -128,8 +128,26 @@ def _thermo(traj, args, title):
     for line in lines:
         print("  " + line)
     if args.plot:
-        plot_thermo(table, args.plot, title)
+        plot_thermo(table, args.plot, title, targets=_targets(traj.settings))
     return table, "\n".join(lines)
+
+
+def _targets(settings: dict) -> dict[str, float]:
+    """Target temperature (NVT, NPT) and pressure (NPT, isotropic) of the run, from its settings."""
+    md = (settings or {}).get("md", {}) if isinstance(settings, dict) else {}
+    ensemble = str(md.get("ensemble", "")).lower()
+    out = {}
+    if ensemble in ("nvt", "npt") and md.get("temperature_K") is not None:
+        out["temperature_K"] = float(md["temperature_K"])
+    pressure = md.get("pressure_GPa")
+    if ensemble == "npt" and isinstance(pressure, (int, float)):
+        out["pressure_GPa"] = float(pressure)
+    return out
+
+
+def _warn(notes: list[str]) -> None:
+    for note in notes:
+        print(f"  warning: {note}")
 
 
 def _magnetisation(traj, args, title):
@@ -150,18 +168,26 @@ def _magnetisation(traj, args, title):
 
 
 def _rdf(traj, args, title):
-    from mmtp_hpc.analysis.plots import plot_rdf
-    from mmtp_hpc.analysis.rdf import peak_positions, radial_distribution
+    from mmtp_hpc.analysis.plots import first_shell, plot_rdf
+    from mmtp_hpc.analysis.rdf import peak_positions, radial_distribution, rdf_warnings
 
     positions = traj.require("positions", "the RDF")
     result = radial_distribution(positions, traj.cell, traj.types, _species(traj), r_max=args.rmax,
                                  n_bins=args.bins, pbc=traj.pbc)
     peaks = peak_positions(result.r, result.total)
     line = "peaks of g(r) at r = " + ", ".join(f"{x:.3f}" for x in peaks) + " Å"
+    shell = first_shell(result.r, result.total)
+    if shell is not None:
+        n_first = result.coordination["total"][int(np.searchsorted(result.r, shell))]
+        line += f"; first shell (to the first minimum, {shell:.3f} Å): coordination {n_first:.2f}"
     print(f"  {result.n_frames} frames averaged; {line}")
+    volume = float(np.mean(np.abs(np.linalg.det(traj.cell))))
+    notes = rdf_warnings(result.n_frames, traj.n_atoms, volume, args.rmax, args.bins)
+    _warn(notes)
     if args.plot:
-        plot_rdf(result.r, result.total, result.partial, args.plot, title, markers=args.mark)
-    return result.table(), line
+        plot_rdf(result.r, result.total, result.partial, args.plot, title, markers=args.mark,
+                 coordination=result.coordination, notes=notes)
+    return result.table(), "\n".join([line, *(f"warning: {n}" for n in notes)])
 
 
 def _vacf_of(traj, args):
@@ -189,7 +215,7 @@ def _vacf(traj, args, title):
 
 def _vdos(traj, args, title):
     from mmtp_hpc.analysis.plots import plot_dos
-    from mmtp_hpc.analysis.vacf import power_spectrum_dos, vibrational_dos
+    from mmtp_hpc.analysis.vacf import dos_warnings, power_spectrum_dos, vibrational_dos
 
     vacf, velocities, dt = _vacf_of(traj, args)
     species = _species(traj)
@@ -205,6 +231,9 @@ def _vdos(traj, args, title):
                      f"peak {dos.peak_THz(g):.3f} THz")
     for line in lines:
         print("  " + line)
+    notes = dos_warnings(dt, traj.n_frames, dos.resolution_THz)
+    _warn(notes)
+    lines += [f"warning: {n}" for n in notes]
     if args.plot:
         reference = None
         if args.compare:
@@ -212,7 +241,7 @@ def _vdos(traj, args, title):
             reference = (other.freq_THz, other.total,
                          "periodogram" if args.method == "vacf" else "VACF route")
         plot_dos(dos.freq_THz, dos.total, dos.partial, args.plot, title, vacf_time_fs=vacf.time_fs,
-                 vacf=vacf.normalised(), f_max=args.fmax, reference=reference)
+                 vacf=vacf.normalised(), f_max=args.fmax, reference=reference, notes=notes)
     return dos.table(), "\n".join(lines)
 
 

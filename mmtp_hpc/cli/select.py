@@ -26,23 +26,26 @@ LISTED = 20   # selected configurations listed one per line in the summary
 def register(sub: argparse._SubParsersAction) -> None:
     from mmtp_hpc.cli.grade import add_data_options
 
-    p = sub.add_parser("select", help="select new training configurations by MaxVol (MLIP-3 select_add)",
+    p = sub.add_parser("select", aliases=["select_add"],
+                       help="select new training configurations by MaxVol (MLIP-3 select_add)",
                        description="One MaxVol pass over the rows of TRAIN and all CANDIDATES together, "
                                    "starting from TRAIN's own MaxVol set: the candidates that end up in "
                                    "the active set are written to -o. Near-duplicates are not all "
-                                   "selected; candidates TRAIN already represents are not selected.")
+                                   "selected; candidates TRAIN already represents are not selected. "
+                                   "Without -o the last file named is the output: 'mmtp select_add POT "
+                                   "TRAIN NEW DIFF' as in MLIP-3.")
     p.add_argument("potential", help="potential (.almtp, .mtp, .h5); its active set fixes --mode auto")
     p.add_argument("train", help="training set (.cfg, .h5 training set, .xyz/.extxyz, ...)")
     p.add_argument("candidates", nargs="+", metavar="CANDIDATES",
                    help="candidate configurations (e.g. the extrapolative ones saved by mmtp md)")
-    p.add_argument("-o", "--output", required=True,
-                   help="the selected candidates only (.cfg; or .h5/.xyz)")
-    p.add_argument("--mode", choices=("auto", "cfg", "nbh"), default="auto",
+    p.add_argument("-o", "--output", dest="output",
+                   help="the selected candidates only (.cfg; or .h5/.xyz); default: the last CANDIDATES")
+    p.add_argument("--mode", "--al_mode", dest="mode", choices=("auto", "cfg", "nbh"), default="auto",
                    help="rows per configuration or per neighbourhood (default: the potential's active "
                         "set's, else nbh)")
     p.add_argument("--threshold", type=float, default=1.001,
                    help="MaxVol swap threshold (>= 1, default 1.001)")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
+    p.add_argument("--limit", "--selection_limit", dest="limit", type=int, default=None, metavar="N",
                    help="select at most N configurations (the most extrapolative ones MaxVol admits "
                         "first)")
     p.add_argument("--min-grade", type=float, default=None, metavar="G",
@@ -61,12 +64,19 @@ def run(args: argparse.Namespace) -> int:
         selected_configurations,
         updated_potential,
     )
-    from mmtp_hpc.cli.grade import grade_summary, load_potential_checked, read_inputs
+    from mmtp_hpc.cli.grade import (
+        grade_summary,
+        load_potential_checked,
+        read_inputs,
+        restore_data_types,
+        split_positional_output,
+    )
     from mmtp_hpc.io.formats import write_configurations
     from mmtp_hpc.potentials.mtp.engine import MTPEngine
     from mmtp_hpc.potentials.mtp.mlip_io import save_potential
 
     # --- options first, so that mistakes cost nothing
+    split_positional_output(args, "candidates", "CANDIDATES")
     if args.threshold < 1.0:
         raise InputError(f"must be >= 1, got {args.threshold}", field="threshold")
     if args.limit is not None and args.limit < 1:
@@ -92,13 +102,15 @@ def run(args: argparse.Namespace) -> int:
         path, index = (args.train, exc.index) if exc.group == "training" else origin[exc.index]
         raise InputError(f"configuration {index}: {exc.detail}", path=path, field=exc.field) from exc
 
+    updated = None
+    if args.update_potential:
+        updated = updated_potential(pot, training, candidates, result, threshold=args.threshold)
+    restore_data_types(args, files, pot)
     selected = selected_configurations(candidates, result)
     species = args.species or pot.species_names
     provenance = [f"select: {origin[k][0]}#{origin[k][1]}" for k in result.indices]
     write_configurations(args.output, selected, species=species, provenance=provenance)
-    updated = None
-    if args.update_potential:
-        updated = updated_potential(pot, training, candidates, result, threshold=args.threshold)
+    if updated is not None:
         save_potential(updated, args.update_potential)
 
     # --- summary

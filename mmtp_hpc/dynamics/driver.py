@@ -80,6 +80,8 @@ class Simulation:
         self._steps_done = 0
         self._observer_time: dict[str, float] = {}
         self._time_start: dict[str, float] = {}
+        self._moment_time = 0.0                       # s in Monte Carlo moment updates
+        self._moment_ff_time: dict[str, float] = {}   # force-field time spent inside them
         self._extrapolation = None
         integrator.setup(state)
 
@@ -166,9 +168,11 @@ class Simulation:
             if isinstance(self.moments, LangevinMoments):
                 self.moments.update(s, self.evaluation)
             elif isinstance(self.moments, MonteCarloMoments):
+                t_mc, before = time.perf_counter(), dict(getattr(self.forcefield, "time", {}))
                 self.moments.update(self.forcefield, s, self.evaluation)
                 if self.distributed:       # parallel MC migrates atoms first
                     self._after_migration()
+                self._account_moments(t_mc, before)
         self._steps_done += 1
         for observer, interval in self.observers:                     # 7
             if s.step % interval == 0:
@@ -176,6 +180,29 @@ class Simulation:
                 observer(self)
                 self._observer_time[observer.name] = (self._observer_time.get(observer.name, 0.0)
                                                       + time.perf_counter() - t0)
+
+    def _account_moments(self, t0: float, before: dict[str, float]) -> None:
+        """Monte Carlo time as its own share; the force-field time inside it is not counted twice."""
+        self._moment_time += time.perf_counter() - t0
+        for key, value in getattr(self.forcefield, "time", {}).items():
+            self._moment_ff_time[key] = self._moment_ff_time.get(key, 0.0) + value - before.get(key, 0.0)
+
+    def time_split(self) -> tuple[dict[str, float], float]:
+        """({share: s per rank}, wall s per rank), averaged over ranks; the shares add up to the
+        wall time: force, communication, neighbour lists and migration (outside Monte Carlo),
+        Monte Carlo moments, I/O (trajectory, checkpoint), integration and the rest."""
+        s, ff = self.state, self.forcefield
+        ranks = s.comm.Get_size() if s.comm is not None else 1
+        ff_time = {k: v - self._time_start.get(k, 0.0) - self._moment_ff_time.get(k, 0.0)
+                   for k, v in getattr(ff, "time", {}).items()}
+        io = sum(v for k, v in self._observer_time.items() if k in ("trajectory", "checkpoint"))
+        parts = np.array([ff_time.get("force", 0.0), ff_time.get("comm", 0.0), ff_time.get("neighbor", 0.0),
+                          self._moment_time, io, self._wall])
+        parts = np.asarray(s.global_sum(parts), dtype=np.float64) / ranks
+        names = ("force", "communication", "neighbour lists/migration", "Monte Carlo moments", "I/O")
+        split = dict(zip(names, (float(x) for x in parts[:5]), strict=True))
+        split["integration and other"] = float(parts[5] - parts[:5].sum())
+        return split, float(parts[5])
 
     @property
     def distributed(self) -> bool:
@@ -381,18 +408,17 @@ class Simulation:
             lines.append(f"  logged averages: T = {np.mean(samples['T']):.1f} K, "
                          f"P = {np.mean(samples['P']):.3f} GPa, "
                          f"E_pot = {np.mean(samples['Epot']):.5f} eV/atom, "
-                         f"<m> = {np.mean(samples['m']):.3f} μB ({len(samples['T'])} log lines)")
+                         + (f"V = {np.mean(samples['V']):.4f} Å³/atom, " if samples.get("V") else "")
+                         + f"<m> = {np.mean(samples['m']):.3f} μB ({len(samples['T'])} log lines)")
         ff = self.forcefield
         lines.append(f"  neighbour list: {ff.rebuilds} builds, skin {ff.skin:g} Å; "
                      f"{ff.evaluations} force evaluations")
         if self.distributed:
-            split = s.global_sum(np.array([ff.time["force"], ff.time["comm"], ff.time["neighbor"]]))
-            split = split / s.comm.Get_size()
-            total = max(self._wall, 1e-12)
-            lines.append(f"  MPI: {ff.decomp.describe()}; {ff.migrations} atom migrations; time per rank: "
-                         f"force {split[0]:.2f} s ({100 * split[0] / total:.0f} %), communication "
-                         f"{split[1]:.2f} s ({100 * split[1] / total:.0f} %), neighbour/migration "
-                         f"{split[2]:.2f} s ({100 * split[2] / total:.0f} %)")
+            split, wall = self.time_split()
+            total = max(wall, 1e-12)
+            lines.append(f"  MPI: {ff.decomp.describe()}; {ff.migrations} atom migrations; time per rank "
+                         f"({wall:.2f} s): " + ", ".join(f"{name} {sec:.2f} s ({100 * sec / total:.0f} %)"
+                                                          for name, sec in split.items() if sec or name == "force"))
         m = self.moments
         if isinstance(m, RelaxMoments):
             lines.append(f"  moments relaxed {m.relaxations} times, {m.evaluations} evaluations, "

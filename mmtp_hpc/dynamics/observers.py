@@ -202,6 +202,8 @@ class ThermoLog(Observer):
         self._header_done = False
         self.samples: dict[str, list[float]] = {"T": [], "P": [], "Epot": [], "m": []}
         self.last_logged = -1
+        self.columns = self.COLUMNS
+        self.volume = False         # a V/N column (Å³/atom) when the cell changes (NPT)
 
     def write(self, line: str) -> None:
         if self.stream is not None:
@@ -215,7 +217,13 @@ class ThermoLog(Observer):
 
     def __call__(self, sim: Simulation) -> None:
         if not self._header_done:
-            self.write(" ".join(_pad(name, fmt) for name, fmt in self.COLUMNS))
+            md = getattr(getattr(sim, "settings", None), "md", None)
+            self.volume = str(getattr(md, "ensemble", "")).lower() == "npt"
+            if self.volume:
+                at = [name for name, _ in self.COLUMNS].index("P_GPa") + 1
+                self.columns = self.COLUMNS[:at] + (("V_A3/at", "{:>9.4f}"),) + self.COLUMNS[at:]
+                self.samples["V"] = []
+            self.write(" ".join(_pad(name, fmt) for name, fmt in self.columns))
             self._header_done = True
         th = sim.thermo()
         now = time.perf_counter()
@@ -227,15 +235,18 @@ class ThermoLog(Observer):
         n = sim.state.n_global
         eta = "-" if not math.isfinite(rate) or rate <= 0 else _duration((sim.target_step - step) / rate)
         values = (step, sim.state.time_fs / 1000.0, th["temperature"], th["potential_energy"] / n,
-                  th["kinetic_energy"] / n, th["conserved_energy"] / n, th["pressure"], th["moment_mean"],
+                  th["kinetic_energy"] / n, th["conserved_energy"] / n, th["pressure"],
+                  *((th["volume"] / n,) if self.volume else ()), th["moment_mean"],
                   th["moment_abs_mean"], th["magnetization"], th["grade"], rate, eta)
-        self.write(" ".join(_fmt(fmt, v) for (_, fmt), v in zip(self.COLUMNS, values, strict=True)))
+        self.write(" ".join(_fmt(fmt, v) for (_, fmt), v in zip(self.columns, values, strict=True)))
         self.last_logged = step
         if step > sim.start_step or not sim.restarted:
             self.samples["T"].append(th["temperature"])
             self.samples["P"].append(th["pressure"])
             self.samples["Epot"].append(th["potential_energy"] / n)
             self.samples["m"].append(th["moment_mean"])
+            if self.volume:
+                self.samples["V"].append(th["volume"] / n)
 
     def close(self, sim: Simulation) -> None:
         if self.last_logged != sim.state.step and not sim.aborted:

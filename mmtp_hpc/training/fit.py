@@ -191,9 +191,44 @@ def solve_linear(objective: Objective, ridge: float = 1e-10) -> None:
 
 
 # --------------------------------------------------------------------------- training
+def fitted_numbers(configs: list[Configuration], weights: Weights, magnetic: bool) -> int:
+    """How many labelled numbers the loss compares (energies, force components, 6 stress
+    components, ∂E/∂m per atom), counting only the terms with a non-zero weight."""
+    n = 0
+    for cfg in configs:
+        if weights.energy > 0 and cfg.energy is not None:
+            n += 1
+        if weights.force > 0 and cfg.forces is not None:
+            n += 3 * len(cfg)
+        if weights.stress > 0 and cfg.virial is not None and bool(np.all(cfg.pbc)):
+            n += 6
+        if magnetic and weights.magnetic > 0 and cfg.magnetic_gradient is not None:
+            n += len(cfg)
+    return n
+
+
+def data_size_warnings(n_params: int, n_numbers: int, n_configs: int) -> list[str]:
+    """Warnings when the data are too few for the parameters (a fit that interpolates noise)."""
+    out = []
+    if n_numbers < 2 * n_params:
+        out.append(f"warning: {n_params} parameters are fitted to {n_numbers} numbers; the fit is "
+                   "under-determined or close to it (it will reproduce the training data and little "
+                   "else): add configurations, or use a lower level or fewer radial functions")
+    elif n_configs < 10:
+        out.append(f"warning: only {n_configs} training configuration(s): energies and stresses enter "
+                   f"{n_configs} times each; the potential will not be transferable")
+    return out
+
+
 def train(pot: MTPPotential, configs: list[Configuration], settings: TrainSettings | None = None,
-          comm=None, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Fit ``pot`` to ``configs``; returns a new, trained potential and the history."""
+          comm=None, log: Callable[[str], None] | None = None,
+          validation: list[Configuration] | None = None) -> TrainResult:
+    """Fit ``pot`` to ``configs``; returns a new, trained potential and the history.
+
+    With ``validation`` configurations their errors are logged beside the training errors
+    (``val E``, ``val F``, ...) at every log line; the log also shows an estimate of the time
+    left for ``max_iter`` iterations.
+    """
     settings = settings or TrainSettings()
     comm = get_comm(comm)
     root = comm.Get_rank() == 0
@@ -208,10 +243,24 @@ def train(pot: MTPPotential, configs: list[Configuration], settings: TrainSettin
     samples = make_samples(pot, configs, settings.weights, comm)
     objective = Objective(pot, samples, comm, settings.num_threads)
     result = TrainResult(pot, settings=asdict(settings), notes=notes)
+    n_numbers = int(comm.allreduce(fitted_numbers([s.cfg for s in samples], settings.weights, pot.magnetic)))
+    log(f"fitting {pot.n_params} parameters to {n_numbers} numbers from {len(configs)} configurations")
+    for warning in data_size_warnings(pot.n_params, n_numbers, len(configs)):
+        log(warning)
+    val_objective = None
+    if validation:
+        val_objective = Objective(pot, make_samples(pot, validation, settings.weights, comm), comm,
+                                  settings.num_threads)
+    t_start = time.perf_counter()
 
     def report(it: int, ev, tag: str = "") -> None:
         errs = rmse_from_sums(ev.sums)
         entry = {"iteration": it, "loss": ev.loss, "time_s": time.perf_counter() - t0, **errs}
+        if val_objective is not None:
+            theta_now = pot.get_params()
+            val = rmse_from_sums(val_objective(theta_now, gradient=False).sums)
+            pot.set_params(theta_now)
+            entry.update({f"validation_{k}": v for k, v in val.items()})
         result.history.append(entry)
         parts = [f"iter {it:5d}", f"loss {ev.loss:.6e}"]
         if "energy_rmse" in errs:
@@ -222,7 +271,18 @@ def train(pot: MTPPotential, configs: list[Configuration], settings: TrainSettin
             parts.append(f"S {errs['stress_rmse']:.3f} GPa")
         if "magnetic_rmse" in errs:
             parts.append(f"dE/dm {errs['magnetic_rmse']:.4f} eV/μB")
+        if "validation_energy_rmse" in entry:
+            parts.append(f"| val E {entry['validation_energy_rmse']:.3f}")
+        if "validation_force_rmse" in entry:
+            parts.append(f"val F {entry['validation_force_rmse']:.4f}")
+        if "validation_magnetic_rmse" in entry:
+            parts.append(f"val dE/dm {entry['validation_magnetic_rmse']:.4f}")
         parts.append(f"{entry['time_s']:.1f} s{tag}")
+        if 0 < it < settings.max_iter:
+            # the time per iteration so far, times the iterations left (an upper bound: the
+            # tolerance may stop the run earlier)
+            left = (time.perf_counter() - t_start) / it * (settings.max_iter - it)
+            parts.append(f"ETA ≤ {_duration(left)}")
         log("  ".join(parts))
 
     theta = pot.get_params()
@@ -242,6 +302,16 @@ def train(pot: MTPPotential, configs: list[Configuration], settings: TrainSettin
     log(f"training finished: {iterations} iterations, {objective.n_evaluations} loss evaluations, "
         f"{result.wall_time:.1f} s")
     return result
+
+
+def _duration(seconds: float) -> str:
+    """12 s, 3 min 05 s, 2 h 10 min."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
 
 
 def _run_bfgs(objective: Objective, settings: TrainSettings, theta: np.ndarray, ev, report

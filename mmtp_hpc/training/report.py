@@ -90,6 +90,19 @@ def _stats(pred: np.ndarray, ref: np.ndarray, factor: float) -> dict:
             "mae": float(np.mean(np.abs(err))), "max_abs": float(np.max(np.abs(err)))}
 
 
+def _relative(diff: np.ndarray, ref: np.ndarray) -> dict:
+    """MLIP-3's relative errors over rows (atoms or configurations) of vectors:
+    RMS(diff)/RMS(ref) = sqrt(Σ|Δ|²/Σ|ref|²) and Max(diff)/Max(ref) = max|Δ_i|/max|ref_i|."""
+    diff, ref = np.asarray(diff), np.asarray(ref)
+    if diff.size == 0:
+        return {}
+    ref_sq, diff_sq = float(np.sum(ref ** 2)), float(np.sum(diff ** 2))
+    ref_max = float(np.max(np.linalg.norm(ref, axis=1)))
+    return {"rms_relative": np.sqrt(diff_sq / ref_sq) if ref_sq > 0 else float("inf"),
+            "max_relative": float(np.max(np.linalg.norm(diff, axis=1))) / ref_max if ref_max > 0
+            else float("inf")}
+
+
 def _per_species(pred: np.ndarray, ref: np.ndarray, types: np.ndarray, names: list[str],
                  factor: float) -> dict:
     out = {}
@@ -115,7 +128,7 @@ def build_report(configs: Sequence[Configuration], predictions: Sequence[Predict
                     "species_names": names}
     e_ref, e_pred, e_idx = [], [], []
     f_ref, f_pred, f_types, f_idx = [], [], [], []
-    s_ref, s_pred, s_idx = [], [], []
+    s_ref, s_pred, s_idx, s_vol = [], [], [], []
     m_ref, m_pred, m_types, m_idx = [], [], [], []
     for k, (cfg, out) in enumerate(zip(configs, predictions, strict=True)):
         n = len(cfg)
@@ -134,6 +147,7 @@ def build_report(configs: Sequence[Configuration], predictions: Sequence[Predict
             s_ref.append(ref[_VOIGT_ROWS, _VOIGT_COLS])
             s_pred.append(np.asarray(out["stress"])[_VOIGT_ROWS, _VOIGT_COLS])
             s_idx.append(k)
+            s_vol.append(cfg.volume)
         if cfg.magnetic_gradient is not None and out.get("magnetic_gradient") is not None:
             m_ref.append(cfg.magnetic_gradient)
             m_pred.append(out["magnetic_gradient"])
@@ -146,17 +160,24 @@ def build_report(configs: Sequence[Configuration], predictions: Sequence[Predict
     if f_ref:
         ref, pred = np.concatenate(f_ref), np.concatenate(f_pred)
         types = np.concatenate(f_types)
-        report["forces"] = {**_stats(pred, ref, 1.0), "reference": ref, "predicted": pred,
+        report["forces"] = {**_stats(pred, ref, 1.0), **_relative(pred - ref, ref),
+                            "reference": ref, "predicted": pred,
                             "types": types, "config_index": np.concatenate(f_idx),
                             "per_species": _per_species(pred, ref, types, names, 1.0)}
     if s_idx:
         ref, pred = np.array(s_ref), np.array(s_pred)
-        report["stress"] = {**_stats(pred, ref, 1.0), "reference": ref, "predicted": pred,
+        # MLIP-3 compares full 3×3 PlusStress tensors in eV (off-diagonal terms count twice)
+        to_virial = np.array(s_vol)[:, None] / EV_PER_A3_TO_GPA * np.sqrt([1, 1, 1, 2, 2, 2])
+        report["stress"] = {**_stats(pred, ref, 1.0), **_relative((pred - ref) * to_virial, ref * to_virial),
+                            "reference": ref, "predicted": pred,
                             "config_index": np.array(s_idx)}
     if m_ref:
         ref, pred = np.concatenate(m_ref), np.concatenate(m_pred)
         types = np.concatenate(m_types)
-        report["magnetic_gradient"] = {**_stats(pred, ref, 1.0), "reference": ref, "predicted": pred,
+        # the error if the labels had the other sign (−∂E/∂m, the magnetic force): a sign check
+        opposite = float(np.sqrt(np.mean((pred + ref) ** 2))) if ref.size else float("nan")
+        report["magnetic_gradient"] = {**_stats(pred, ref, 1.0), "rmse_opposite_sign": opposite,
+                                       "reference": ref, "predicted": pred,
                                        "types": types, "config_index": np.concatenate(m_idx),
                                        "per_species": _per_species(pred, ref, types, names, 1.0)}
     for key, (_, unit, value_unit, _) in QUANTITIES.items():
@@ -229,6 +250,12 @@ def format_report(report: dict, title: str = "errors") -> str:
     else:
         lines.append(header)
         lines.extend(rows)
+    relative = [f"{name} RMS(Δ)/RMS = {report[key]['rms_relative']:.6g}, Max(Δ)/Max = "
+                f"{report[key]['max_relative']:.6g}"
+                for key, name in (("forces", "forces"), ("stress", "stress"))
+                if "rms_relative" in report.get(key, {})]
+    if relative:
+        lines.append("relative errors as MLIP-3 reports them: " + "; ".join(relative))
     return "\n".join(lines)
 
 

@@ -930,6 +930,9 @@ def _extension(path: str | os.PathLike) -> str:
 def load_potential(path: str | os.PathLike) -> MTPPotential:
     """Read a potential, choosing the format from the extension (.mtp/.mtpr/.almtp/.h5/.hdf5)."""
     ext = _extension(path)
+    if not os.path.isfile(path):
+        what = "is a directory, not a potential file" if os.path.isdir(path) else "potential file not found"
+        raise InputError(what, path=os.fspath(path))
     if ext in MTP_EXTENSIONS:
         return read_mtp(path)
     if ext in H5_EXTENSIONS:
