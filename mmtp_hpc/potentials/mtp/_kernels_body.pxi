@@ -77,6 +77,12 @@ cdef struct Work:
     double* tmj
     double* mdot
     double* h
+    # (M·M,) per-neighbour scratch of the radial-coefficient gradients (tangent_atom)
+    double* xbc
+    double* ybc
+    double* ubc
+    double* vbc
+    double* sbc
 
 
 cdef Work* alloc_work(Tables* t, int nmax) noexcept nogil:
@@ -117,6 +123,11 @@ cdef Work* alloc_work(Tables* t, int nmax) noexcept nogil:
     w.tmj = <double*> malloc(n * sizeof(double))
     w.mdot = <double*> malloc(t.n_moments * sizeof(double))
     w.h = <double*> malloc(t.n_moments * sizeof(double))
+    w.xbc = <double*> malloc(t.M * t.M * sizeof(double))
+    w.ybc = <double*> malloc(t.M * t.M * sizeof(double))
+    w.ubc = <double*> malloc(t.M * t.M * sizeof(double))
+    w.vbc = <double*> malloc(t.M * t.M * sizeof(double))
+    w.sbc = <double*> malloc(t.M * t.M * sizeof(double))
     return w
 
 
@@ -127,6 +138,7 @@ cdef void free_work(Work* w) noexcept nogil:
     free(w.px); free(w.py); free(w.pz)
     free(w.pm); free(w.gm); free(w.gxm); free(w.monos); free(w.tmono); free(w.qp); free(w.dqp); free(w.qdp)
     free(w.tr); free(w.tv); free(w.tmj); free(w.mdot); free(w.h)
+    free(w.xbc); free(w.ybc); free(w.ubc); free(w.vbc); free(w.sbc)
     free(w)
 
 
@@ -987,11 +999,11 @@ cdef void tangent_atom(Tables* t, Work* w, int nn, int zi, double t_mi, double* 
     # ∂E_i/∂C[zj,μ,k,b,c] ∋ G_μ Q_k X_bc and ∂Ė_i/∂C ∋ Q_k (A_μ X_bc + G_μ Y_bc) + Q'_k G_μ δr X_bc
     # with X_bc = ψ_b(m_i) ψ_c(m_j), Y_bc = ψ'_b δm_i ψ_c + ψ_b ψ'_c δm_j (contiguous over k, b, c)
     cdef int MM = M * M, bc
-    cdef double[16] X
-    cdef double[16] Y
-    cdef double[16] U
-    cdef double[16] V
-    cdef double[16] S
+    cdef double* X = w.xbc      # (M·M,) scratch sized from the potential
+    cdef double* Y = w.ybc
+    cdef double* U = w.ubc
+    cdef double* V = w.vbc
+    cdef double* S = w.sbc
     cdef double* gr
     cdef double* gsite
     cdef bint same = grad_site != NULL and grad_site == grad_radial
