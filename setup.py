@@ -8,6 +8,9 @@ Environment switches:
   MMTP_NATIVE=1   add -march=native to every module (not portable; off by default)
   MMTP_OPENMP=0   build without OpenMP (on by default where the compiler has it)
   MMTP_DEBUG=1    -O0 -g and Cython bounds checks
+  MMTP_DEBUG=asan -O1 -g, Cython bounds checks and AddressSanitizer (-fsanitize=address);
+                  the modules then need libasan loaded first: scripts/asan_kernels.sh builds
+                  a copy this way and runs the kernel tests under it
 """
 
 import glob
@@ -18,7 +21,11 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-DEBUG = os.environ.get("MMTP_DEBUG", "0") == "1"
+_DEBUG_MODE = os.environ.get("MMTP_DEBUG", "0").strip().lower()
+if _DEBUG_MODE not in ("0", "", "1", "asan"):
+    raise SystemExit(f"MMTP_DEBUG must be 0, 1 or asan, got {_DEBUG_MODE!r}")
+ASAN = _DEBUG_MODE == "asan"
+DEBUG = _DEBUG_MODE == "1" or ASAN
 NATIVE = os.environ.get("MMTP_NATIVE", "0") == "1"
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 OPENMP = os.environ.get("MMTP_OPENMP", "1") == "1"
@@ -33,10 +40,15 @@ COMPILER_DIRECTIVES = {
     "embedsignature": True,
 }
 
-compile_args = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-math-errno"]
+if ASAN:
+    compile_args = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]
+elif DEBUG:
+    compile_args = ["-O0", "-g"]
+else:
+    compile_args = ["-O3", "-fno-math-errno"]
 if NATIVE:
     compile_args.append("-march=native")
-link_args = []
+link_args = ["-fsanitize=address"] if ASAN else []
 if OPENMP:
     compile_args.append("-fopenmp")
     link_args.append("-fopenmp")

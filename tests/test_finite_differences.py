@@ -15,11 +15,13 @@ def strained(cfg, eps):
     return out
 
 
-@pytest.fixture(params=[(12, 2, 2, False), (12, 2, 2, True), (16, 1, 1, False)],
-                ids=["magnetic", "symmetrised", "nonmagnetic"])
+@pytest.fixture(params=[(12, 2, 2, False), (12, 2, 2, True), (16, 1, 1, False),
+                        (8, 2, 5, False, 10), (8, 1, 6, True, 10), (8, 1, 4, False, 3)],
+                ids=["magnetic", "symmetrised", "nonmagnetic", "M5_R10", "symmetrised_M6_R10", "M4_R3"])
 def setup(request):
-    level, species, mag, symmetric = request.param
-    pot = random_potential(level=level, species=species, mag_size=mag, seed=11, symmetric=symmetric)
+    level, species, mag, symmetric, *radial = request.param
+    pot = random_potential(level=level, species=species, mag_size=mag, seed=11, symmetric=symmetric,
+                           radial_size=radial[0] if radial else 6)
     cfg = random_configuration(n=6, species=species, seed=11, magnetic=mag > 1, cell_size=5.0)
     return pot, cfg, MTPEngine(pot)
 

@@ -1,7 +1,9 @@
 """The Cython engine equals the NumPy reference to 1e-12 relative on randomised inputs.
 
-Levels 8–20, 1–3 species, magnetic basis sizes 1–3, per-species intervals,
-triclinic cells, tiny cells with many self-images, vacancies, negative moments.
+Levels 8–20, 1–3 species, magnetic basis sizes 1–6, radial basis sizes 1–10, per-species
+intervals, triclinic cells, tiny cells with many self-images, vacancies, negative moments.
+The sizes sweep what the file formats allow, so a kernel scratch buffer sized for less
+than M·M or R·M shows up here (and under AddressSanitizer, ``scripts/asan_kernels.sh``).
 """
 
 import numpy as np
@@ -45,11 +47,32 @@ def make_config(kind, species, magnetic, seed):
     return cfg
 
 
+# level, species, M, R, per-species interval, configuration: magnetic basis sizes 4–6 and
+# radial basis sizes up to 10 (the parameter-gradient scratch is (M·M), the site kernel's (R·M))
+WIDE_CASES = [
+    (8, 1, 4, 10, False, "triclinic"),
+    (8, 2, 5, 9, True, "triclinic"),
+    (10, 1, 6, 10, False, "vacancies"),
+    (8, 2, 6, 7, True, "tiny"),
+    (8, 1, 5, 1, False, "triclinic"),
+    (8, 1, 1, 10, False, "triclinic"),
+]
+
+
 @pytest.mark.parametrize("level,species,mag,per_species,kind", CASES)
 def test_engine_equals_reference(level, species, mag, per_species, kind):
+    check_engine_equals_reference(level, species, mag, 6, per_species, kind)
+
+
+@pytest.mark.parametrize("level,species,mag,radial,per_species,kind", WIDE_CASES)
+def test_engine_equals_reference_wide_bases(level, species, mag, radial, per_species, kind):
+    check_engine_equals_reference(level, species, mag, radial, per_species, kind)
+
+
+def check_engine_equals_reference(level, species, mag, radial, per_species, kind):
     seed = level * 10 + species
     pot = random_potential(level=level, species=species, mag_size=mag, seed=seed,
-                           per_species_interval=per_species)
+                           per_species_interval=per_species, radial_size=radial)
     cfg = make_config(kind, species, mag > 1, seed)
     engine = MTPEngine(pot)
     rng = np.random.default_rng(seed)

@@ -362,3 +362,16 @@ def test_mpi_bench_time_split_adds_up_and_efs_says_why_it_is_slow(tmp_path):
     proc = run_mpi(2, CLI, "efs", FE_POT, CELL_2000, "-o", out, timeout=300)
     _ok(proc)
     assert "atoms per rank" in proc.stdout and "single evaluation cannot amortise" in proc.stdout
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_mpi_incremental_monte_carlo_makes_full_recomputations_decisions(tmp_path, ranks):
+    """Sector-parallel MC through the kernels' incremental moves and through the Python loop
+    (full site energies per trial), same random numbers: the same moves on 1 and 2 ranks."""
+    out = tmp_path / "mc.json"
+    _ok(run_mpi(ranks, SCRIPTS / "mc_sectors.py", FE_POT, out, timeout=600))
+    res = json.loads(out.read_text())
+    assert res["ranks"] == ranks
+    assert res["accepted"][0] == res["accepted"][1] > 0.2 * 2 * 512
+    assert res["same_moments"]
+    assert res["max_site_diff"] < 1e-10

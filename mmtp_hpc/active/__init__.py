@@ -1,5 +1,5 @@
 """Active learning: extrapolation grades from a potential's active set (MaxVol), selection."""
 
-from mmtp_hpc.active.grades import ActiveSet, GradeResult
+from mmtp_hpc.potentials.mtp.grades import ActiveSet, GradeResult
 
 __all__ = ["ActiveSet", "GradeResult"]

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmtp_hpc.active import maxvol
-from mmtp_hpc.active.grades import ActiveSet, GradeResult
+from mmtp_hpc.potentials.mtp.grades import ActiveSet, GradeResult
 from mmtp_hpc.errors import InputError
 from mmtp_hpc.potentials.mtp.engine import MTPEngine
 from mmtp_hpc.potentials.mtp.parameters import MTPPotential

@@ -115,7 +115,7 @@ def grade_summary(grades: np.ndarray) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmtp_hpc.active.grades import ActiveSet
+    from mmtp_hpc.potentials.mtp.grades import ActiveSet
     from mmtp_hpc.active.maxvol import real_atoms
     from mmtp_hpc.active.selection import ConfigurationError, grade_configurations
     from mmtp_hpc.io.formats import write_configurations

@@ -29,43 +29,76 @@ from __future__ import annotations
 import numpy as np
 
 from mmtp_hpc.dynamics.forcefield import ForceField
+from mmtp_hpc.dynamics.moments import NativeMetropolis
 from mmtp_hpc.dynamics.state import Evaluation, MDState
 from mmtp_hpc.parallel.comm import allreduce_sum, max_op
 from mmtp_hpc.parallel.decomposition import Decomposition
 from mmtp_hpc.parallel.halo import Halo, gather_rows, migrate
 from mmtp_hpc.system.neighbors import NeighborList, find_pairs
 
-# per-atom columns that travel with an atom (MDState attribute, width)
-_ATOM_COLUMNS = (("positions", 3), ("velocities", 3), ("masses", 1), ("types", 1), ("ids", 1), ("magmoms", 1))
+# the per-atom state that travels with an atom: MDState attribute → values per atom
+_ATOM_FIELDS = {"positions": 3, "velocities": 3, "masses": 1, "types": 1, "ids": 1, "magmoms": 1}
+_INTEGER_FIELDS = ("types", "ids")
 
 
-def pack_atoms(state: MDState, extra: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """(n, k) float64 rows of the per-atom state (ids and types are exact in float64)."""
-    cols = [np.asarray(getattr(state, name), dtype=np.float64).reshape(state.n_atoms, w)
-            for name, w in _ATOM_COLUMNS]
-    for value in (extra or {}).values():
-        cols.append(np.asarray(value, dtype=np.float64).reshape(state.n_atoms, -1))
-    return np.concatenate(cols, axis=1) if cols else np.zeros((0, 0))
+class AtomRows:
+    """Named per-atom fields packed side by side into float64 rows (what migration sends; ids
+    and types are exact in float64). Fields are found by name, never by column number."""
+
+    def __init__(self, widths: dict[str, int]):
+        self.slices: dict[str, slice] = {}
+        c = 0
+        for name, w in widths.items():
+            self.slices[name] = slice(c, c + int(w))
+            c += int(w)
+        self.width = c
+
+    @classmethod
+    def for_state(cls, extra: dict[str, np.ndarray] | None = None) -> AtomRows:
+        widths = dict(_ATOM_FIELDS)
+        for name, value in (extra or {}).items():
+            if name in widths:
+                raise ValueError(f"extra per-atom field {name!r} shadows a state field")
+            widths[name] = int(np.prod(np.shape(value)[1:]))
+        return cls(widths)
+
+    def pack(self, n: int, fields: dict[str, np.ndarray]) -> np.ndarray:
+        rows = np.empty((n, self.width))
+        for name, sl in self.slices.items():
+            rows[:, sl] = np.asarray(fields[name], dtype=np.float64).reshape(n, sl.stop - sl.start)
+        return rows
+
+    def field(self, rows: np.ndarray, name: str) -> np.ndarray:
+        """(n, width) columns of ``name``."""
+        return rows[:, self.slices[name]]
 
 
-def unpack_atoms(state: MDState, rows: np.ndarray, extra_widths: dict[str, int] | None = None
-                 ) -> dict[str, np.ndarray]:
-    """Set the state's per-atom arrays from ``rows``; returns the extra columns by name."""
-    c = 0
-    for name, w in _ATOM_COLUMNS:
-        block = rows[:, c:c + w]
-        if name in ("types", "ids"):
-            setattr(state, name, np.rint(block[:, 0]).astype(np.int64))
-        elif w == 1:
-            setattr(state, name, np.ascontiguousarray(block[:, 0]))
-        else:
-            setattr(state, name, np.ascontiguousarray(block))
-        c += w
+def pack_atoms(state: MDState, extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, AtomRows]:
+    """(n, k) float64 rows of the per-atom state and ``extra`` arrays, and their layout."""
+    layout = AtomRows.for_state(extra)
+    fields = {name: getattr(state, name) for name in _ATOM_FIELDS}
+    fields.update(extra or {})
+    return layout.pack(state.n_atoms, fields), layout
+
+
+def unpack_atoms(state: MDState, rows: np.ndarray, layout: AtomRows) -> dict[str, np.ndarray]:
+    """Set the state's per-atom arrays from ``rows``; returns the extra fields by name."""
     out = {}
-    for name, w in (extra_widths or {}).items():
-        out[name] = np.ascontiguousarray(rows[:, c:c + w])
-        c += w
+    for name in layout.slices:
+        block = layout.field(rows, name)
+        if name in _INTEGER_FIELDS:
+            setattr(state, name, np.rint(block[:, 0]).astype(np.int64))
+        elif name in _ATOM_FIELDS:
+            setattr(state, name, np.ascontiguousarray(block[:, 0] if block.shape[1] == 1 else block))
+        else:
+            out[name] = np.ascontiguousarray(block)
     return out
+
+
+def _select_atoms(state: MDState, index: np.ndarray) -> None:
+    """Keep (or reorder to) the atoms ``index`` of the state."""
+    rows, layout = pack_atoms(state)
+    unpack_atoms(state, rows[index], layout)
 
 
 class DomainForceField(ForceField):
@@ -98,7 +131,7 @@ class DomainForceField(ForceField):
         if replicated:
             frac, _ = self.decomp.wrap(state.positions)
             keep = self.decomp.owners(frac) == self.comm.Get_rank()
-            unpack_atoms(state, pack_atoms(state)[keep])
+            _select_atoms(state, keep)
             self._sort(state)
         else:
             self._migrate(state)
@@ -120,7 +153,7 @@ class DomainForceField(ForceField):
     def _sort(state: MDState) -> None:
         order = np.argsort(state.ids, kind="stable")
         if np.any(order != np.arange(len(order))):
-            unpack_atoms(state, pack_atoms(state)[order])
+            _select_atoms(state, order)
 
     def _migrate(self, state: MDState, carry: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Atoms to their owners; ``carry``: more per-atom arrays that travel with them."""
@@ -128,10 +161,10 @@ class DomainForceField(ForceField):
         frac, _ = self.decomp.wrap(state.positions)
         owners = self.decomp.owners(frac)
         moving = int(np.count_nonzero(owners != self.comm.Get_rank()))
-        widths = {k: int(np.prod(np.shape(v)[1:])) for k, v in carry.items()}
-        rows = migrate(self.comm, owners, pack_atoms(state, carry))
-        rows = rows[np.argsort(rows[:, 8], kind="stable")]     # column 8: ids (see _ATOM_COLUMNS)
-        extra = unpack_atoms(state, rows, widths)
+        rows, layout = pack_atoms(state, carry)
+        rows = migrate(self.comm, owners, rows)
+        rows = rows[np.argsort(layout.field(rows, "ids")[:, 0], kind="stable")]
+        extra = unpack_atoms(state, rows, layout)
         self.migrations += int(allreduce_sum(self.comm, np.array([float(moving)]))[0])
         return {k: extra[k].reshape((len(rows), *np.shape(carry[k])[1:])) for k in carry}
 
@@ -208,7 +241,7 @@ class DomainForceField(ForceField):
         self._decompose(np.asarray(build_cell), state.pbc)
         frac, _ = self.decomp.wrap(build_positions)
         keep = self.decomp.owners(frac) == self.comm.Get_rank()
-        unpack_atoms(state, pack_atoms(state)[keep])
+        _select_atoms(state, keep)
         state.comm = self.comm
         state.n_global = int(len(keep))
         local_build = np.ascontiguousarray(build_positions[keep])
@@ -278,6 +311,36 @@ class DomainForceField(ForceField):
         per_entry[:, 3] = res.magnetic_gradient if self.magnetic else 0.0
         return res.site_energies, per_entry, res.virial
 
+    def grade(self, active_set, state: MDState, evaluation: Evaluation, mode: str):
+        """Grades with the atoms spread over ranks: per-neighbourhood rows of the owned atoms
+        (ghost moments from the halo); the configuration grade and the worst atom (its id) over
+        all ranks; in configuration mode the row Σ_i ∂E_i/∂θ is summed over ranks."""
+        from mmtp_hpc.errors import InputError
+        from mmtp_hpc.potentials.mtp.grades import GradeResult
+
+        g = self.engine.param_gradients_on_list(self.nl, self.types_all, self.ghost_moments(state.magmoms),
+                                                symmetric=self.symmetric)
+        comm = state.comm
+        if mode == "nbh":
+            nbh = active_set.row_grades(g["site_param_grad"]) if state.n_atoms else np.zeros(0)
+            k = int(np.argmax(nbh)) if len(nbh) else -1
+            mine = (float(nbh[k]), int(state.ids[k])) if k >= 0 else (-1.0, -1)
+            best = max(comm.allgather(mine))
+            return GradeResult(max(best[0], 0.0), nbh, best[1])
+        if active_set.force_weight != 0.0 or active_set.stress_weight != 0.0:
+            raise InputError("configuration grades with force/stress rows are not available with domain "
+                             "decomposition (they need O(N) parameter Jacobians); use an active set of "
+                             "energy or neighbourhood rows", field="extrapolation.mode")
+        row = state.global_sum(g["energy_param_grad"])
+        n = state.n_global
+        row = active_set.energy_weight * row / (float(n) ** (active_set.weight_scaling / 2.0) if n else 1.0)
+        return GradeResult(float(active_set.row_grades(row)[0]))
+
+    def monte_carlo_layout(self, state: MDState, evaluation: Evaluation,
+                           previous=None) -> "DomainSweepLayout":
+        """Parallel Monte Carlo by sectors (migrates the atoms first): :class:`DomainSweepLayout`."""
+        return DomainSweepLayout(self, state, evaluation)
+
     # ------------------------------------------------------------------ gathering
     def gather(self, state: MDState, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """Per-atom arrays of all ranks on rank 0, in global id order (None on other ranks)."""
@@ -325,7 +388,7 @@ def evaluate_distributed(engine, cfg, comm, magmoms: np.ndarray | None = None, s
 
 
 # --------------------------------------------------------------------------- parallel Monte Carlo
-class DomainSiteModel:
+class DomainSiteModel(NativeMetropolis):
     """The MC :class:`~mmtp_hpc.dynamics.moments.SiteModel` of one rank: centres are the owned
     atoms and the ghosts within one cutoff of the subdomain (each atom once), on a list built
     at the current positions; a moment change is written to every entry of that atom."""
@@ -372,13 +435,22 @@ class DomainSiteModel:
                                         np.arange(n, dtype=np.int64) * (self.n_centres + 1)]))
         self.affected_centres = key % self.n_centres
         self.affected_offsets = np.concatenate([[0], np.cumsum(np.bincount(key // self.n_centres, minlength=n))])
+        self.engine, self.symmetric = ff.engine, bool(ff.symmetric)
+        self.maps = {"entry_owner": owner, "image_entries": self.image_entries,
+                     "image_offsets": self.image_offsets, "affected_centres": self.affected_centres,
+                     "affected_offsets": self.affected_offsets}
+        self._native_setup()
         self.refresh(state.magmoms)
 
     def refresh(self, magmoms: np.ndarray) -> None:
         """Moments of all entries from their owners (forward communication)."""
         self.mag = np.ascontiguousarray(self.ff.ghost_moments(magmoms)[self.order])
+        self._cache_valid = False
 
     def all_site_energies(self) -> np.ndarray:
+        out = np.zeros(self.n_centres)
+        if self.fill_site_energies(out):     # and the kernels' caches for the sector's moves
+            return out
         return self.site_energies(np.arange(self.n_centres, dtype=np.int64))
 
     def affected(self, i: int) -> np.ndarray:
@@ -386,6 +458,7 @@ class DomainSiteModel:
 
     def set_moment(self, i: int, value: float) -> None:
         self.mag[self.image_entries[self.image_offsets[i]:self.image_offsets[i + 1]]] = value
+        self._cache_valid = False
 
     def site_energies(self, centers: np.ndarray) -> np.ndarray:
         # symmetrised potentials: ½[E_k(M) + E_k(−M)] (one pass for symmetric intervals)
@@ -393,8 +466,9 @@ class DomainSiteModel:
                                                symmetric=self.ff.symmetric)
 
 
-def distributed_mc_update(mc, ff: DomainForceField, state: MDState, evaluation: Evaluation) -> None:
-    """Metropolis moment moves on all ranks at once, by sectors (spec §6).
+class DomainSweepLayout:
+    """The MC layout of one rank of a domain-decomposed run: Metropolis moves on all ranks at
+    once, by sectors (spec §6).
 
     Atoms migrate first so that every rank's atoms lie inside its subdomain. Each subdomain
     is halved along every direction that has two or more ranks; in phase b (a bit per such
@@ -407,33 +481,35 @@ def distributed_mc_update(mc, ff: DomainForceField, state: MDState, evaluation: 
     order of moves follows the sectors, so MC trajectories on different rank counts are
     statistically equivalent, not identical.
     """
-    carry = ff.rebuild_now(state, {"forces": evaluation.forces, "site_energies": evaluation.site_energies,
-                                   "magnetic_gradient": evaluation.magnetic_gradient})
-    evaluation.forces = carry["forces"]
-    evaluation.site_energies = carry["site_energies"].reshape(-1)
-    evaluation.magnetic_gradient = carry["magnetic_gradient"].reshape(-1)
-    mc.set_types(state.types)
-    d = ff.decomp
-    model = DomainSiteModel(ff, state)
-    n = state.n_atoms
-    split = np.flatnonzero(d.grid > 1)
-    half = np.floor((d.fractional(ff.nl.positions[:n]) - d.lo) * d.grid * 2.0).astype(np.int64)
-    half = np.clip(half, 0, 1)
-    sector = np.zeros(n, dtype=np.int64)
-    for bit, axis in enumerate(split):
-        sector += half[:, axis] << bit
-    order_keys, draws = mc.random_numbers(state.ids, state.step)
-    accepted = 0
-    for s in range(mc.sweeps):
-        for phase in range(1 << len(split)):
-            if s or phase:
-                model.refresh(state.magmoms)
-            energies = model.all_site_energies()
-            accepted += mc.moves(model, state.magmoms, energies, np.flatnonzero(sector == phase),
-                                 order_keys, draws, s)
-    mc.tried += mc.sweeps * n
-    mc.accepted += accepted
-    after = ff.evaluate(state, derivatives=False)
-    state.heat -= after.energy - evaluation.energy
-    evaluation.site_energies = after.site_energies
-    evaluation.energy = after.energy
+
+    migrated = True
+
+    def __init__(self, ff: DomainForceField, state: MDState, evaluation: Evaluation):
+        carry = ff.rebuild_now(state, {"forces": evaluation.forces, "site_energies": evaluation.site_energies,
+                                       "magnetic_gradient": evaluation.magnetic_gradient})
+        evaluation.forces = carry["forces"]
+        evaluation.site_energies = carry["site_energies"].reshape(-1)
+        evaluation.magnetic_gradient = carry["magnetic_gradient"].reshape(-1)
+        self.ff = ff
+        d = ff.decomp
+        self.model = DomainSiteModel(ff, state)
+        n = state.n_atoms
+        split = np.flatnonzero(d.grid > 1)
+        half = np.floor((d.fractional(ff.nl.positions[:n]) - d.lo) * d.grid * 2.0).astype(np.int64)
+        half = np.clip(half, 0, 1)
+        sector = np.zeros(n, dtype=np.int64)
+        for bit, axis in enumerate(split):
+            sector += half[:, axis] << bit
+        self.sectors = [np.flatnonzero(sector == phase) for phase in range(1 << len(split))]
+
+    def site_energies(self, magmoms: np.ndarray, first: bool) -> np.ndarray:
+        """Site energies of every centre (owned and ghost) after the previous sector's moves."""
+        if not first:
+            self.model.refresh(magmoms)
+        return self.model.all_site_energies()
+
+    def finish(self, state: MDState, evaluation: Evaluation) -> float:
+        after = self.ff.evaluate(state, derivatives=False)
+        evaluation.site_energies = after.site_energies
+        return after.energy
+

@@ -7,13 +7,18 @@ One step n → n + 1 of :meth:`Simulation.step` is always, in this order
                                drift (Langevin: drift/2, O, drift/2)      integrators.py
     2. exchange / neighbours   refresh ghost positions, or rebuild the list when an atom
                                may have crossed the skin (MPI: migrate + halo exchange)
-    3. forces                  E, E_i, F, virial, ∂E/∂m at the new positions; with
-                               moments.mode = relax the moments are relaxed first  forcefield.py
+    3. forces                  E, E_i, F, virial, ∂E/∂m at the new positions: the moment
+                               updater's ``forces`` hook (relax: moments relaxed first)
     4. reverse sum             ghost forces and ∂E/∂m folded onto their owners
     5. integrate, second half  half kick, thermostat (CSVR / Nosé–Hoover half step)
-    6. moment update           langevin or mc moves, every ``moments.every`` steps  moments.py
+    6. moment update           the updater's ``end_of_step`` hook (langevin or mc moves),
+                               every ``moments.every`` steps                  moments.py
     7. observers               each attached with an interval, in order: extrapolation
                                grades, log, trajectory, checkpoint, user     observers.py
+
+The moment updater (fixed, relax, langevin, mc) is one :class:`~mmtp_hpc.dynamics.moments.MomentUpdater`:
+the driver calls its hooks at these points and never tests its type; after a migration
+(step 2, or parallel MC in step 6) its ``post_migrate`` hook runs.
 
 Observers also run at step 0 of a new run (not after a restart: those frames exist).
 Only observers produce output. An observer may :meth:`Simulation.request_stop` (the
@@ -39,7 +44,7 @@ import numpy as np
 
 from mmtp_hpc.dynamics.forcefield import ForceField
 from mmtp_hpc.dynamics.integrators import Integrator
-from mmtp_hpc.dynamics.moments import LangevinMoments, MonteCarloMoments, RelaxMoments
+from mmtp_hpc.dynamics.moments import FixedMoments, MomentUpdater
 from mmtp_hpc.dynamics.observers import CallbackObserver, ExtrapolationObserver, Observer
 from mmtp_hpc.dynamics.state import Evaluation, MDState
 from mmtp_hpc.io.checkpoint import CheckpointData, read_checkpoint, write_checkpoint
@@ -57,12 +62,12 @@ class Simulation:
     """
 
     def __init__(self, state: MDState, forcefield: ForceField, integrator: Integrator, *,
-                 moments: RelaxMoments | LangevinMoments | MonteCarloMoments | None = None,
+                 moments: MomentUpdater | None = None,
                  moment_every: int = 1, seed: int = 0, settings=None, potential_path: str | None = None):
         self.state = state
         self.forcefield = forcefield
         self.integrator = integrator
-        self.moments = moments
+        self.moments = moments if moments is not None else FixedMoments()
         self.moment_every = int(moment_every)
         self.seed = int(seed)
         self.settings = settings
@@ -164,15 +169,10 @@ class Simulation:
             self._after_migration()
         self.evaluation = self._forces()                              # 3 + 4 (ForceField folds ghosts)
         self.integrator.second_half(s, self.evaluation)             # 5
-        if self.moments is not None and s.step % self.moment_every == 0:   # 6
-            if isinstance(self.moments, LangevinMoments):
-                self.moments.update(s, self.evaluation)
-            elif isinstance(self.moments, MonteCarloMoments):
-                t_mc, before = time.perf_counter(), dict(getattr(self.forcefield, "time", {}))
-                self.moments.update(self.forcefield, s, self.evaluation)
-                if self.distributed:       # parallel MC migrates atoms first
-                    self._after_migration()
-                self._account_moments(t_mc, before)
+        t_mom, before = time.perf_counter(), dict(getattr(self.forcefield, "time", {}))
+        if self.moments.end_of_step(self.forcefield, s, self.evaluation, self._moments_due()):   # 6
+            self._after_migration()        # parallel MC migrated atoms first
+        self._account_moments(t_mom, before)
         self._steps_done += 1
         for observer, interval in self.observers:                     # 7
             if s.step % interval == 0:
@@ -217,14 +217,13 @@ class Simulation:
     def _after_migration(self) -> None:
         """This rank's atoms changed: refresh per-atom constants that follow the types."""
         self.integrator.refresh(self.state)
-        set_types = getattr(self.moments, "set_types", None)
-        if set_types is not None:
-            set_types(self.state.types)
+        self.moments.post_migrate(self.state.types)
+
+    def _moments_due(self) -> bool:
+        return self.state.step % self.moment_every == 0
 
     def _forces(self) -> Evaluation:
-        if isinstance(self.moments, RelaxMoments) and self.state.step % self.moment_every == 0:
-            return self.moments.relax(self.forcefield, self.state)
-        return self.forcefield.evaluate(self.state)
+        return self.moments.forces(self.forcefield, self.state, self._moments_due())
 
     def request_stop(self, reason: str) -> None:
         """Stop after the current step's observers (the run ends cleanly, with a checkpoint)."""
@@ -419,14 +418,9 @@ class Simulation:
             lines.append(f"  MPI: {ff.decomp.describe()}; {ff.migrations} atom migrations; time per rank "
                          f"({wall:.2f} s): " + ", ".join(f"{name} {sec:.2f} s ({100 * sec / total:.0f} %)"
                                                           for name, sec in split.items() if sec or name == "force"))
-        m = self.moments
-        if isinstance(m, RelaxMoments):
-            lines.append(f"  moments relaxed {m.relaxations} times, {m.evaluations} evaluations, "
-                         f"{m.unconverged} not converged to {m.tol:g} eV/μB")
-        elif isinstance(m, MonteCarloMoments):
-            accepted, tried = (int(x) for x in s.global_sum(np.array([float(m.accepted), float(m.tried)])))
-            if tried:
-                lines.append(f"  moment MC: {accepted}/{tried} moves accepted ({100.0 * accepted / tried:.1f} %)")
+        line = self.moments.summary_line(s)
+        if line is not None:
+            lines.append(line)
         if self._extrapolation is not None:
             ex = self._extrapolation
             lines.append(f"  extrapolation: {ex.evaluated} grades, max {ex.max_grade:.4g}, "

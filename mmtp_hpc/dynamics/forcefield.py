@@ -162,6 +162,18 @@ class ForceField:
             grad = np.zeros(n)
         return res.site_energies, forces, grad, res.virial
 
+    def grade(self, active_set, state: MDState, evaluation: Evaluation, mode: str):
+        """Extrapolation grade of the current configuration (``active_set.grade`` on this list)."""
+        cfg = state.configuration(evaluation)
+        return active_set.grade(self.engine, cfg, mode, nl=self.nl, symmetric=self.symmetric)
+
+    def monte_carlo_layout(self, state: MDState, evaluation: Evaluation, previous=None):
+        """What a Monte Carlo sweep needs on this layout
+        (:class:`~mmtp_hpc.dynamics.moments.SerialSweepLayout`)."""
+        from mmtp_hpc.dynamics.moments import SerialSweepLayout
+
+        return SerialSweepLayout(self, state, evaluation, previous)
+
     def site_energies_of(self, magmoms_all: np.ndarray, centers: np.ndarray) -> np.ndarray:
         """E_k of the listed centres for per-entry moments ``magmoms_all`` (n_total,); the
         force field's energy (½[E_k(M) + E_k(−M)] when symmetrised, in one pass where the

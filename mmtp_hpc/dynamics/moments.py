@@ -22,7 +22,9 @@ in the MD step (hook order in :mod:`mmtp_hpc.dynamics.driver`):
   δ ~ U(−mc_max_change, mc_max_change); both proposals are symmetric, moves outside the
   bounds are rejected. ΔE is computed from the changed site energies only: a change of
   m_i changes E_i and E_k of every centre k with i (or a periodic image of i) among its
-  neighbours, so only those are re-evaluated (:meth:`MTPEngine.site_energies_of`).
+  neighbours, so only those are re-evaluated — in the kernels, incrementally
+  (:meth:`MTPEngine.metropolis`: cached basic moments per centre, only the pair terms (k, i)
+  updated; no Python per trial), or for other site models by :meth:`SiteModel.site_energies`.
 
 After a ``langevin`` or ``mc`` update the forces and ∂E/∂m of the step are those of the
 moments before the update; the next step's half kick uses them. This is a Lie
@@ -33,8 +35,22 @@ added to ``state.heat`` (so E_pot + E_kin + heat stays nearly constant with MC m
 a Langevin update they are those before it, and the conserved-energy column is not
 conserved with Langevin moments.
 
+Every mode is a :class:`MomentUpdater` (like a LAMMPS fix): the driver calls the same hooks
+on whichever it has, at fixed points of the step, and never tests its type —
+
+- ``post_migrate(types)``   this rank's atoms changed (MPI migration): per-atom constants;
+- ``forces(ff, state, due)`` hook 3: the step's evaluation (``relax`` minimises first);
+- ``end_of_step(ff, state, evaluation, due)`` hook 6: the moment move; returns True when
+  atoms changed ranks (parallel MC migrates first), so the driver runs ``post_migrate``;
+- ``summary_line(state)``   one line for the run summary (collective under MPI).
+
+``due`` is True on the steps the update runs (every ``moments.every`` steps).
+
 Monte Carlo works on a :class:`SiteModel` (``set_moment``, ``site_energies``,
-``affected``); :class:`MTPSiteModel` is the potential's, and tests use analytic ones.
+``affected``); :class:`MTPSiteModel` is the potential's, and tests use analytic ones. The
+sweep belongs to :class:`MonteCarloMoments` on any layout: the force field only supplies
+the sweep's layout (:meth:`ForceField.monte_carlo_layout`: the site model, the sectors
+whose atoms may move at the same time, and how site energies are refreshed between them).
 """
 
 from __future__ import annotations
@@ -77,6 +93,32 @@ def _global_max(comm, a: np.ndarray) -> float:
     return float(comm.allreduce(value, op=max_op()))
 
 
+class MomentUpdater(_TypeBounds):
+    """The hooks of a moment update (see the module docstring); the defaults keep the moments fixed."""
+
+    name = "fixed"
+
+    def post_migrate(self, types: np.ndarray) -> None:
+        """This rank's atoms changed (migration): per-atom bounds follow the new types."""
+        self.set_types(types)
+
+    def forces(self, forcefield, state: MDState, due: bool) -> Evaluation:
+        """Hook 3: the evaluation of the step at the current positions."""
+        return forcefield.evaluate(state)
+
+    def end_of_step(self, forcefield, state: MDState, evaluation: Evaluation, due: bool) -> bool:
+        """Hook 6: move the moments; True when atoms changed ranks on the way."""
+        return False
+
+    def summary_line(self, state: MDState) -> str | None:
+        """A line for the run summary, or None (called on every rank)."""
+        return None
+
+
+class FixedMoments(MomentUpdater):
+    """Moments stay as they are."""
+
+
 def reflect(m: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Reflect values into [lo, hi] (once), then clip what is still outside."""
     m = np.where(m > hi, 2.0 * hi - m, m)
@@ -84,7 +126,7 @@ def reflect(m: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.clip(m, lo, hi)
 
 
-class RelaxMoments(_TypeBounds):
+class RelaxMoments(MomentUpdater):
     """Bounded minimisation of E over the moments at fixed positions.
 
     Spectral projected gradient (Birgin, Martínez & Raydan, SIAM J. Optim. 10, 1196 (2000),
@@ -152,6 +194,16 @@ class RelaxMoments(_TypeBounds):
             pg = self.projected_gradient(m, g)
         return m, payload, pg
 
+    name = "relax"
+
+    def forces(self, forcefield, state: MDState, due: bool) -> Evaluation:
+        """Hook 3: relax the moments at the new positions (when due), then evaluate there."""
+        return self.relax(forcefield, state) if due else forcefield.evaluate(state)
+
+    def summary_line(self, state: MDState) -> str | None:
+        return (f"  moments relaxed {self.relaxations} times, {self.evaluations} evaluations, "
+                f"{self.unconverged} not converged to {self.tol:g} eV/μB")
+
     def relax(self, forcefield, state: MDState) -> Evaluation:
         self.comm = state.comm
 
@@ -167,7 +219,7 @@ class RelaxMoments(_TypeBounds):
         return ev
 
 
-class LangevinMoments(_TypeBounds):
+class LangevinMoments(MomentUpdater):
     """Overdamped longitudinal Langevin moment dynamics (Euler–Maruyama, reflecting bounds)."""
 
     def __init__(self, gamma: float, dt_fs: float, temperature_K: float, lo: np.ndarray, hi: np.ndarray,
@@ -186,8 +238,15 @@ class LangevinMoments(_TypeBounds):
              + math.sqrt(2.0 * self.gamma * self.kT * self.dt) * noise)
         return reflect(m, self.lo, self.hi)
 
+    name = "langevin"
+
     def update(self, state: MDState, evaluation: Evaluation) -> None:
         state.magmoms[:] = self.step(state.magmoms, evaluation.magnetic_gradient, state.ids, state.step)
+
+    def end_of_step(self, forcefield, state: MDState, evaluation: Evaluation, due: bool) -> bool:
+        if due:
+            self.update(state, evaluation)
+        return False
 
 
 class SiteModel(Protocol):
@@ -203,11 +262,51 @@ class SiteModel(Protocol):
         """E_k (eV) of the listed centres at the current moments."""
 
 
-class MTPSiteModel:
+class NativeMetropolis:
+    """Metropolis sweeps of a site model in the kernels (:meth:`MTPEngine.metropolis`): a trial
+    updates only the pair terms and site energies it changes, from per-centre caches, and no
+    Python runs per trial. A model sets ``engine``, ``nl``, ``types``, ``mag`` (per entry),
+    ``maps`` and ``symmetric``, then calls :meth:`_native_setup`."""
+
+    native = True      # False: every model runs the Python loop (reference runs in tests and benchmarks)
+
+    def _native_setup(self) -> None:
+        self._cache = self.engine.metropolis_cache(self.nl.n_local, self.symmetric) if self.native else None
+        self._cache_valid = False
+
+    def metropolis(self, moves: np.ndarray, draws: np.ndarray, col: int, lo: np.ndarray, hi: np.ndarray,
+                   flip_fraction: float, max_change: float, beta: float, magmoms: np.ndarray,
+                   site_energies: np.ndarray, incremental: bool = True,
+                   trial_delta: np.ndarray | None = None) -> int | None:
+        """The moves of :meth:`MonteCarloMoments.moves` in the kernels; None where they cannot
+        (the caller then runs them in Python). ``site_energies`` (n_centres,) are recomputed
+        with the caches before the first moves on this model."""
+        if self._cache is None:
+            return None
+        accepted = self.engine.metropolis(
+            self.nl, self.types, self.mag, self.maps, moves, draws, col, lo, hi, flip_fraction,
+            max_change, beta, magmoms, site_energies, self._cache, not self._cache_valid,
+            self.symmetric, incremental, trial_delta)
+        self._cache_valid = True
+        return accepted
+
+    def fill_site_energies(self, out: np.ndarray) -> bool:
+        """All centres' energies into ``out`` with the caches (True), or False where unsupported."""
+        if self._cache is None:
+            return False
+        self._cache_valid = False
+        empty = np.zeros(0, dtype=np.int64)
+        self.metropolis(empty, np.zeros((1, 3)), 0, np.zeros(1), np.zeros(1), 0.0, 0.0, 1.0,
+                        np.zeros(1), out)
+        return True
+
+
+class MTPSiteModel(NativeMetropolis):
     """Site energies of the potential on the force field's current neighbour list.
 
     Keeps the per-entry moments (locals and ghosts) and, per atom, the entries that are
-    its images and the centres that see it; symmetrised potentials average E_k(M) and
+    its images and the centres that see it inside the cutoff (at the current positions);
+    symmetrised potentials average E_k(M) and
     E_k(−M) (the force field's ``site_energies_of``, one pass for symmetric intervals).
     """
 
@@ -216,22 +315,36 @@ class MTPSiteModel:
         nl = forcefield.nl
         self.generation = forcefield.generation
         self.mag_all = np.ascontiguousarray(np.asarray(magmoms)[nl.image_of], dtype=np.float64)
-        if previous is not None and previous.generation == self.generation and previous.ff is forcefield:
-            # same neighbour list: reuse the index maps
-            self.image_entries, self.image_offsets = previous.image_entries, previous.image_offsets
-            self.affected_centres = previous.affected_centres
-            self.affected_offsets = previous.affected_offsets
-            return
+        self.engine, self.nl, self.types, self.mag = forcefield.engine, nl, forcefield.types_all, self.mag_all
+        self.symmetric = bool(forcefield.symmetric)
         n = nl.n_local
-        order = np.argsort(nl.image_of, kind="stable")
-        self.image_entries = order
-        self.image_offsets = np.concatenate([[0], np.cumsum(np.bincount(nl.image_of, minlength=n))])
-        owners = nl.image_of[nl.neighbors]
+        if (previous is not None and getattr(previous, "generation", None) == self.generation
+                and previous.ff is forcefield):
+            # same neighbour list: reuse the image maps
+            self.image_entries, self.image_offsets = previous.image_entries, previous.image_offsets
+        else:
+            order = np.argsort(nl.image_of, kind="stable")
+            self.image_entries = order
+            self.image_offsets = np.concatenate([[0], np.cumsum(np.bincount(nl.image_of, minlength=n))])
+        # centres that see atom i (or an image) inside the cutoff at the current positions, and i:
+        # pairs in the skin change no energy (a hair's margin keeps every borderline pair)
         centres = nl.pair_centers()
-        key = np.unique(np.concatenate([owners * n + centres, np.arange(n, dtype=np.int64) * (n + 1)]))
+        d = nl.positions[nl.neighbors] - nl.positions[centres]
+        r2 = d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2]
+        inside = r2 < (forcefield.cutoff ** 2) * (1.0 + 1e-9)
+        owners = nl.image_of[nl.neighbors[inside]]
+        key = np.unique(np.concatenate([owners * n + centres[inside],
+                                        np.arange(n, dtype=np.int64) * (n + 1)]))
         owner_sorted = key // n
         self.affected_centres = key % n
         self.affected_offsets = np.concatenate([[0], np.cumsum(np.bincount(owner_sorted, minlength=n))])
+        self._set_maps()
+
+    def _set_maps(self) -> None:
+        self.maps = {"entry_owner": self.nl.image_of, "image_entries": self.image_entries,
+                     "image_offsets": self.image_offsets, "affected_centres": self.affected_centres,
+                     "affected_offsets": self.affected_offsets}
+        self._native_setup()
 
     def affected(self, i: int) -> np.ndarray:
         return self.affected_centres[self.affected_offsets[i]:self.affected_offsets[i + 1]]
@@ -239,12 +352,13 @@ class MTPSiteModel:
     def set_moment(self, i: int, value: float) -> None:
         entries = self.image_entries[self.image_offsets[i]:self.image_offsets[i + 1]]
         self.mag_all[entries] = value
+        self._cache_valid = False
 
     def site_energies(self, centers: np.ndarray) -> np.ndarray:
         return self.ff.site_energies_of(self.mag_all, centers)
 
 
-class MonteCarloMoments(_TypeBounds):
+class MonteCarloMoments(MomentUpdater):
     """Metropolis moves on the moments: flips and bounded magnitude changes."""
 
     def __init__(self, sweeps: int, flip_fraction: float, max_change: float, temperature_K: float,
@@ -288,7 +402,14 @@ class MonteCarloMoments(_TypeBounds):
         accepted = 0
         beta = 1.0 / self.kT if self.kT > 0 else math.inf
         atoms = np.asarray(atoms, dtype=np.int64)
-        for i in atoms[np.argsort(order_keys[atoms, s], kind="stable")].tolist():
+        order = atoms[np.argsort(order_keys[atoms, s], kind="stable")]
+        native = getattr(model, "metropolis", None)   # models that sweep in the kernels
+        if native is not None:
+            done = native(order, draws, 3 * s, self.lo, self.hi, self.flip_fraction, self.max_change, beta,
+                          magmoms, site_energies)
+            if done is not None:
+                return done
+        for i in order.tolist():
             u_kind, u_delta, u_accept = draws[i, 3 * s:3 * s + 3]
             old = float(magmoms[i])
             if u_kind < self.flip_fraction:
@@ -310,15 +431,54 @@ class MonteCarloMoments(_TypeBounds):
                 model.set_moment(i, old)
         return accepted
 
-    def update(self, forcefield, state: MDState, evaluation: Evaluation) -> None:
-        """One MC update of the MD step; the exact energy change is booked as heat (moment bath)."""
-        if getattr(forcefield, "distributed", False):
-            from mmtp_hpc.dynamics.domain import distributed_mc_update
+    name = "mc"
 
-            distributed_mc_update(self, forcefield, state, evaluation)
-            return
-        model = self._model = MTPSiteModel(forcefield, state.magmoms, self._model)
-        self.sweep(model, state.magmoms, evaluation.site_energies, state.ids, state.step)
-        energy = float(evaluation.site_energies.sum())
+    def end_of_step(self, forcefield, state: MDState, evaluation: Evaluation, due: bool) -> bool:
+        if not due:
+            return False
+        return self.update(forcefield, state, evaluation)
+
+    def update(self, forcefield, state: MDState, evaluation: Evaluation) -> bool:
+        """One MC update of the MD step on the force field's layout; the exact energy change is
+        booked as heat (moment bath). Returns True when atoms changed ranks first (MPI)."""
+        layout = forcefield.monte_carlo_layout(state, evaluation, self._model)
+        if layout.migrated:
+            self.set_types(state.types)
+        self._model = layout.model
+        order_keys, draws = self.random_numbers(state.ids, state.step)
+        accepted = 0
+        for s in range(self.sweeps):
+            for phase, atoms in enumerate(layout.sectors):
+                energies = layout.site_energies(state.magmoms, first=s == 0 and phase == 0)
+                accepted += self.moves(layout.model, state.magmoms, energies, atoms, order_keys, draws, s)
+        self.tried += self.sweeps * state.n_atoms
+        self.accepted += accepted
+        energy = layout.finish(state, evaluation)
         state.heat -= energy - evaluation.energy
         evaluation.energy = energy
+        return layout.migrated
+
+    def summary_line(self, state: MDState) -> str | None:
+        sums = state.global_sum(np.array([float(self.accepted), float(self.tried)]))
+        accepted, tried = (int(x) for x in sums)
+        if not tried:
+            return None
+        return f"  moment MC: {accepted}/{tried} moves accepted ({100.0 * accepted / tried:.1f} %)"
+
+
+class SerialSweepLayout:
+    """The MC layout of a serial force field: one sector (all atoms), the site energies of the
+    step's evaluation updated in place move by move, periodic images through the list."""
+
+    migrated = False
+
+    def __init__(self, forcefield, state: MDState, evaluation: Evaluation, previous=None):
+        self.model = MTPSiteModel(forcefield, state.magmoms, previous)
+        self.sectors = [np.arange(state.n_atoms, dtype=np.int64)]
+        self.evaluation = evaluation
+
+    def site_energies(self, magmoms: np.ndarray, first: bool) -> np.ndarray:
+        return self.evaluation.site_energies
+
+    def finish(self, state: MDState, evaluation: Evaluation) -> float:
+        return float(evaluation.site_energies.sum())

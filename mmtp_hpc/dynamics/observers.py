@@ -106,12 +106,10 @@ class ExtrapolationObserver(Observer):
         with warnings.catch_warnings():
             # the driver reports moments outside the potential's interval once, at the start
             warnings.simplefilter("ignore", MagneticRangeWarning)
-            if sim.distributed:
-                result = self._grade_distributed(sim)
-            else:
+            # the force field computes the rows on its own layout (periodic images or halo)
+            result = sim.forcefield.grade(self.active_set, state, sim.evaluation, self.mode)
+            if not sim.distributed:
                 cfg = state.configuration(sim.evaluation)
-                result = self.active_set.grade(sim.forcefield.engine, cfg, self.mode, nl=sim.forcefield.nl,
-                                               symmetric=sim.forcefield.symmetric)
         self.evaluated += 1
         grade = result.grade
         sim.last_grade = grade
@@ -129,32 +127,6 @@ class ExtrapolationObserver(Observer):
             saved = f"; configuration saved to {self.save_to}" if self.save_to is not None else ""
             sim.request_stop(f"extrapolation grade {grade:.4g} > break = {self.break_:g} at step "
                              f"{state.step}{where}{saved}")
-
-    def _grade_distributed(self, sim: Simulation):
-        """Grades with the atoms spread over ranks: per-neighbourhood rows of the owned atoms
-        (ghost moments from the halo); the configuration grade and the worst atom over all
-        ranks; in configuration mode the row Σ_i ∂E_i/∂θ is summed over ranks."""
-        from mmtp_hpc.active.grades import GradeResult
-        from mmtp_hpc.errors import InputError
-
-        ff, state, aset = sim.forcefield, sim.state, self.active_set
-        g = ff.engine.param_gradients_on_list(ff.nl, ff.types_all, ff.ghost_moments(state.magmoms),
-                                              symmetric=ff.symmetric)
-        comm = state.comm
-        if self.mode == "nbh":
-            nbh = aset.row_grades(g["site_param_grad"]) if state.n_atoms else np.zeros(0)
-            k = int(np.argmax(nbh)) if len(nbh) else -1
-            mine = (float(nbh[k]), int(state.ids[k])) if k >= 0 else (-1.0, -1)
-            best = max(comm.allgather(mine))
-            return GradeResult(max(best[0], 0.0), nbh, best[1])
-        if aset.force_weight != 0.0 or aset.stress_weight != 0.0:
-            raise InputError("configuration grades with force/stress rows are not available with domain "
-                             "decomposition (they need O(N) parameter Jacobians); use an active set of "
-                             "energy or neighbourhood rows", field="extrapolation.mode")
-        row = state.global_sum(g["energy_param_grad"])
-        n = state.n_global
-        row = aset.energy_weight * row / (float(n) ** (aset.weight_scaling / 2.0) if n else 1.0)
-        return GradeResult(float(aset.row_grades(row)[0]))
 
     def _save(self, sim: Simulation, cfg, result) -> None:
         from mmtp_hpc.io.formats import write_configurations

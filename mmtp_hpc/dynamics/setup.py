@@ -323,7 +323,7 @@ def build_simulation(settings: RunSettings, restart: str | Path | None = None,
     # observers, in their fixed order
     extrapolation = None
     if ex.every > 0:
-        from mmtp_hpc.active.grades import ActiveSet
+        from mmtp_hpc.potentials.mtp.grades import ActiveSet
 
         active = ActiveSet.from_potential(pot)
         save_to = settings.path(ex.save_to)

@@ -4,9 +4,9 @@
 
 cimport cython
 from cython.parallel cimport prange, parallel
-from libc.math cimport sqrt
+from libc.math cimport sqrt, exp, NAN
 from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memset
+from libc.string cimport memset, memcpy
 from libc.stdint cimport int64_t
 
 import numpy as np
@@ -77,6 +77,12 @@ cdef struct Work:
     double* tmj
     double* mdot
     double* h
+    # (M·M,) per-neighbour scratch of the radial-coefficient gradients (tangent_atom)
+    double* xbc
+    double* ybc
+    double* ubc
+    double* vbc
+    double* sbc
 
 
 cdef Work* alloc_work(Tables* t, int nmax) noexcept nogil:
@@ -117,6 +123,11 @@ cdef Work* alloc_work(Tables* t, int nmax) noexcept nogil:
     w.tmj = <double*> malloc(n * sizeof(double))
     w.mdot = <double*> malloc(t.n_moments * sizeof(double))
     w.h = <double*> malloc(t.n_moments * sizeof(double))
+    w.xbc = <double*> malloc(t.M * t.M * sizeof(double))
+    w.ybc = <double*> malloc(t.M * t.M * sizeof(double))
+    w.ubc = <double*> malloc(t.M * t.M * sizeof(double))
+    w.vbc = <double*> malloc(t.M * t.M * sizeof(double))
+    w.sbc = <double*> malloc(t.M * t.M * sizeof(double))
     return w
 
 
@@ -127,6 +138,7 @@ cdef void free_work(Work* w) noexcept nogil:
     free(w.px); free(w.py); free(w.pz)
     free(w.pm); free(w.gm); free(w.gxm); free(w.monos); free(w.tmono); free(w.qp); free(w.dqp); free(w.qdp)
     free(w.tr); free(w.tv); free(w.tmj); free(w.mdot); free(w.h)
+    free(w.xbc); free(w.ybc); free(w.ubc); free(w.vbc); free(w.sbc)
     free(w)
 
 
@@ -918,6 +930,210 @@ def site_energies_of(dict tab, const double[:, ::1] pos, const int[::1] types, c
         free_cols(c)
 
 
+# ---------------------------------------------------------------------------------------------
+# Incremental Metropolis moves on the moments (Monte Carlo, spec §6).
+#
+# E = Σ_k E_k(pm_k) with the basic moments pm_k[s, μ, q] = Σ_n f_μ(r_kn, m_k, m_n) mono_q(u_kn) of
+# every coefficient set s. A trial change m_a → m_a' changes
+#   - every term of centre a (f_μ depends on m_a through the centre's contraction): E_a is
+#     recomputed from its neighbours;
+#   - for every other centre k, only its terms with the entries that are (images of) a:
+#     pm_k' = pm_k + Σ_{n ∈ images of a} [f_μ(r_kn, m_k, m_a') − f_μ(r_kn, m_k, m_a)] mono_q(u_kn),
+#     and E_k' = products(pm_k') from the cached pm_k.
+# Accepted trials commit pm_k', E_k' and the moments; rejected ones restore the moments. The
+# cache (n_centres, nsets·K·n_mono) is filled by one pass over the centres (``init``).
+
+cdef void pair_radial(Tables* t, Cols* c, int zi, int zj, double r, double mj, bint odd,
+                      double* Q, double* psi, double* qp, double* out) noexcept nogil:
+    """f_μ of every set (out[s·K + μ]) for one neighbour at distance r of species zj with moment
+    mj, for the centre (species zi) whose coefficients were contracted last (contract_centre)."""
+    cdef int k, cc, s, mu, R = t.R, M = t.M, K = t.K, C = t.C, RM = t.R * t.M
+    cdef double e = t.rcut - r, width, eta, acc
+    cdef double x = (2.0 * r - t.rmin - t.rcut) / (t.rcut - t.rmin)
+    cdef const double* a
+    Q[0] = 1.0
+    if R > 1:
+        Q[1] = x
+    for k in range(2, R):
+        Q[k] = 2.0 * x * Q[k - 1] - Q[k - 2]
+    for k in range(R):
+        Q[k] = t.scaling * Q[k] * (e * e)
+    if M == 1:
+        for mu in range(K):
+            a = t.coeffs + ((zi * C + zj) * K + mu) * R
+            acc = 0.0
+            for k in range(R):
+                acc = acc + a[k] * Q[k]
+            out[mu] = acc
+        return
+    width = t.mag_max[zj] - t.mag_min[zj]
+    if odd:
+        eta = 2.0 * mj / width
+    else:
+        eta = (2.0 * mj - t.mag_min[zj] - t.mag_max[zj]) / width
+    psi[0] = 1.0
+    psi[1] = eta
+    for cc in range(2, M):
+        psi[cc] = 2.0 * eta * psi[cc - 1] - psi[cc - 2]
+    for k in range(R):
+        for cc in range(M):
+            qp[k * M + cc] = Q[k] * psi[cc]
+    for s in range(c.nsets):
+        for mu in range(K):
+            a = c.D + ((s * C + zj) * K + mu) * RM
+            acc = 0.0
+            for k in range(RM):
+                acc = acc + a[k] * qp[k]
+            out[s * K + mu] = acc
+
+
+cdef double cached_site_energy(Tables* t, Cols* c, const double* pm, int zi) noexcept nogil:
+    if c.nsets == 1:
+        return products_into(t, c.mom, pm, zi)
+    return products_pair(t, c.mom, pm, pm + t.K * t.n_mono, zi)
+
+
+def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, double[::1] mag,
+                     const int64_t[::1] offsets, const int64_t[::1] nbrs, Py_ssize_t n_centres,
+                     const int64_t[::1] entry_owner, const int64_t[::1] image_entries,
+                     const int64_t[::1] image_offsets, const int64_t[::1] aff_centres,
+                     const int64_t[::1] aff_offsets, const int64_t[::1] moves,
+                     const double[:, ::1] draws, int col, const double[::1] lo, const double[::1] hi,
+                     double flip_fraction, double max_change, double beta, double[::1] magmoms,
+                     double[::1] site_en, double[:, ::1] cache, bint init, bint symmetric,
+                     bint incremental, double[::1] trial_delta):
+    """Metropolis moves of the atoms ``moves`` (in that order) on the moments; returns the
+    number accepted.
+
+    Atom a (index into ``magmoms``, also its centre index) has the entries
+    ``image_entries[image_offsets[a]:image_offsets[a + 1]]`` of ``mag`` (n_total,) and changes
+    the site energies of the centres ``aff_centres[aff_offsets[a]:aff_offsets[a + 1]]``
+    (a included); ``entry_owner[j]`` is the atom of entry j (−1: none that moves). Per trial,
+    draws[a, col:col + 3] = (kind, size, acceptance) uniforms: a flip m → −m when
+    kind < ``flip_fraction``, else m + ``max_change``·(2·size − 1); outside [lo[a], hi[a]] the
+    trial is skipped; accepted when ΔE ≤ 0 or acceptance < exp(−β ΔE).
+
+    ``site_en`` (n_centres,) and ``cache`` (n_centres, nsets·K·n_mono) hold E_k and the basic
+    moments; ``init`` recomputes both first (one energy pass over the centres). With
+    ``incremental`` a trial updates only the pair terms it changes (see above); otherwise every
+    affected centre is recomputed from its neighbours (the reference the tests compare with).
+    ``trial_delta`` (len(moves),) receives each trial's ΔE (NaN when skipped), if not empty.
+    ``symmetric``: ½[E(M) + E(−M)] in one pass (symmetric intervals; see site_terms_symmetric).
+    """
+    cdef Tables t = make_tables(tab)
+    cdef int nsets = 2 if symmetric else 1
+    cdef int K = t.K, nm = t.n_mono, width = nsets * t.K * t.n_mono, mu, s, slot, n_aff
+    cdef Py_ssize_t n_moves = moves.shape[0], m_, q, k, p
+    cdef int64_t a, j, e, nmax = 0, max_aff = 1
+    cdef double old, new, delta, ek, dx, dy, dz, r2, r, rc2 = t.rcut * t.rcut, diff
+    cdef double u[3]
+    cdef bint record = trial_delta.shape[0] > 0, accept
+    cdef int accepted = 0
+    cdef Cols* c
+    cdef double* trial
+    cdef double* e_new
+    cdef double* Q
+    cdef double* psi
+    cdef double* qp
+    cdef double* fnew
+    cdef double* fold
+    cdef double* mono
+    cdef double* dst
+    if symmetric and t.M < 2:
+        raise ValueError("symmetric Monte Carlo needs a magnetic potential (M > 1)")
+    if cache.shape[0] < n_centres or cache.shape[1] != width:
+        raise ValueError(f"cache must be ({n_centres}, {width}), got ({cache.shape[0]}, {cache.shape[1]})")
+    for k in range(n_centres):
+        if offsets[k + 1] - offsets[k] > nmax:
+            nmax = offsets[k + 1] - offsets[k]
+    for k in range(aff_offsets.shape[0] - 1):
+        if aff_offsets[k + 1] - aff_offsets[k] > max_aff:
+            max_aff = aff_offsets[k + 1] - aff_offsets[k]
+    c = alloc_cols(&t, <int> nmax, nsets)
+    trial = <double*> malloc(max_aff * width * sizeof(double))
+    e_new = <double*> malloc(max_aff * sizeof(double))
+    Q = <double*> malloc(t.R * sizeof(double))
+    psi = <double*> malloc(t.M * sizeof(double))
+    qp = <double*> malloc(t.R * t.M * sizeof(double))
+    fnew = <double*> malloc(nsets * t.K * sizeof(double))
+    fold = <double*> malloc(nsets * t.K * sizeof(double))
+    mono = <double*> malloc(t.n_mono * sizeof(double))
+    try:
+        with nogil:
+            if init:
+                for k in range(n_centres):
+                    gather_cols(&t, c, k, pos, types, mag, offsets, nbrs, False, symmetric)
+                    site_en[k] = forward_cols(&t, c, types[k])
+                    memcpy(&cache[k, 0], c.pm, width * sizeof(double))
+            for m_ in range(n_moves):
+                a = moves[m_]
+                old = magmoms[a]
+                if draws[a, col] < flip_fraction:
+                    new = -old
+                else:
+                    new = old + max_change * (2.0 * draws[a, col + 1] - 1.0)
+                if not (lo[a] <= new and new <= hi[a]):
+                    if record:
+                        trial_delta[m_] = NAN
+                    continue
+                for q in range(image_offsets[a], image_offsets[a + 1]):
+                    mag[image_entries[q]] = new
+                delta = 0.0
+                n_aff = <int> (aff_offsets[a + 1] - aff_offsets[a])
+                for slot in range(n_aff):
+                    k = aff_centres[aff_offsets[a] + slot]
+                    dst = trial + slot * width
+                    if k == a or not incremental:
+                        gather_cols(&t, c, k, pos, types, mag, offsets, nbrs, False, symmetric)
+                        ek = forward_cols(&t, c, types[k])
+                        memcpy(dst, c.pm, width * sizeof(double))
+                    else:
+                        memcpy(dst, &cache[k, 0], width * sizeof(double))
+                        if t.M > 1:
+                            contract_centre(&t, c, types[k], mag[k], symmetric)
+                        for p in range(offsets[k], offsets[k + 1]):
+                            j = nbrs[p]
+                            if entry_owner[j] != a:
+                                continue
+                            dx = pos[j, 0] - pos[k, 0]
+                            dy = pos[j, 1] - pos[k, 1]
+                            dz = pos[j, 2] - pos[k, 2]
+                            r2 = dx * dx + dy * dy + dz * dz
+                            if r2 >= rc2:
+                                continue
+                            r = sqrt(r2)
+                            u[0] = dx / r
+                            u[1] = dy / r
+                            u[2] = dz / r
+                            pair_radial(&t, c, types[k], types[j], r, old, symmetric, Q, psi, qp, fold)
+                            pair_radial(&t, c, types[k], types[j], r, new, symmetric, Q, psi, qp, fnew)
+                            monomials_into(&t, u, mono)
+                            for s in range(nsets):
+                                for mu in range(K):
+                                    diff = fnew[s * K + mu] - fold[s * K + mu]
+                                    mmtp_axpy(dst + (s * K + mu) * nm, diff, mono, t.mu_len[mu])
+                        ek = cached_site_energy(&t, c, dst, types[k])
+                    e_new[slot] = ek
+                    delta = delta + (ek - site_en[k])
+                if record:
+                    trial_delta[m_] = delta
+                accept = delta <= 0.0 or draws[a, col + 2] < exp(-beta * delta)
+                if accept:
+                    magmoms[a] = new
+                    for slot in range(n_aff):
+                        k = aff_centres[aff_offsets[a] + slot]
+                        site_en[k] = e_new[slot]
+                        memcpy(&cache[k, 0], trial + slot * width, width * sizeof(double))
+                    accepted += 1
+                else:
+                    for q in range(image_offsets[a], image_offsets[a + 1]):
+                        mag[image_entries[q]] = old
+    finally:
+        free_cols(c)
+        free(trial); free(e_new); free(Q); free(psi); free(qp); free(fnew); free(fold); free(mono)
+    return accepted
+
+
 cdef void tangent_atom(Tables* t, Work* w, int nn, int zi, double t_mi, double* t_out,
                        double* grad_radial, double* grad_moment, double* grad_site,
                        bint want_tangent, double site_scale=1.0) noexcept nogil:
@@ -987,11 +1203,11 @@ cdef void tangent_atom(Tables* t, Work* w, int nn, int zi, double t_mi, double* 
     # ∂E_i/∂C[zj,μ,k,b,c] ∋ G_μ Q_k X_bc and ∂Ė_i/∂C ∋ Q_k (A_μ X_bc + G_μ Y_bc) + Q'_k G_μ δr X_bc
     # with X_bc = ψ_b(m_i) ψ_c(m_j), Y_bc = ψ'_b δm_i ψ_c + ψ_b ψ'_c δm_j (contiguous over k, b, c)
     cdef int MM = M * M, bc
-    cdef double[16] X
-    cdef double[16] Y
-    cdef double[16] U
-    cdef double[16] V
-    cdef double[16] S
+    cdef double* X = w.xbc      # (M·M,) scratch sized from the potential
+    cdef double* Y = w.ybc
+    cdef double* U = w.ubc
+    cdef double* V = w.vbc
+    cdef double* S = w.sbc
     cdef double* gr
     cdef double* gsite
     cdef bint same = grad_site != NULL and grad_site == grad_radial

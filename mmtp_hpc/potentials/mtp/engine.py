@@ -215,6 +215,42 @@ class MTPEngine:
             out = 0.5 * (out + neg)
         return out
 
+    def metropolis_cache(self, n_centres: int, symmetric: bool = False) -> np.ndarray | None:
+        """The per-centre cache of :meth:`metropolis` (basic moments of every coefficient set),
+        or None where the kernels cannot sweep (symmetrised with asymmetric intervals: two passes)."""
+        symmetric = bool(symmetric and self.pot.magnetic)
+        if symmetric and not self.one_pass_symmetric():
+            return None
+        tab = self._structure
+        width = (2 if symmetric else 1) * self.pot.radial_funcs_count * len(tab["mono_parent"])
+        return np.zeros((n_centres, width))
+
+    def metropolis(self, nl: NeighborList, types_all: np.ndarray, magmoms_all: np.ndarray, maps: dict,
+                   moves: np.ndarray, draws: np.ndarray, col: int, lo: np.ndarray, hi: np.ndarray,
+                   flip_fraction: float, max_change: float, beta: float, magmoms: np.ndarray,
+                   site_energies: np.ndarray, cache: np.ndarray, init: bool, symmetric: bool = False,
+                   incremental: bool = True, trial_delta: np.ndarray | None = None) -> int:
+        """Metropolis moment moves of the atoms ``moves`` in the kernels (``_kernels.metropolis_moves``:
+        no Python per trial; a trial updates only the pair terms and site energies it changes).
+
+        ``nl``'s centres are the sites whose energies ``site_energies`` (n_local,) and ``cache``
+        (:meth:`metropolis_cache`) hold; ``magmoms_all`` (n_total,) are the per-entry moments,
+        changed in place with ``magmoms`` (per atom). ``maps``: ``entry_owner`` (n_total,),
+        ``image_entries``/``image_offsets`` (entries of each atom) and ``affected_centres``/
+        ``affected_offsets`` (centres whose energy depends on each atom, the atom included).
+        Returns the number of accepted moves."""
+        symmetric = bool(symmetric and self.pot.magnetic)
+        i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
+        f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+        delta = np.zeros(0) if trial_delta is None else trial_delta
+        return int(_kernels.metropolis_moves(
+            self.tables(), f64(nl.positions), np.ascontiguousarray(types_all, dtype=np.int32), magmoms_all,
+            i64(nl.offsets), i64(nl.neighbors), nl.n_local, i64(maps["entry_owner"]),
+            i64(maps["image_entries"]), i64(maps["image_offsets"]), i64(maps["affected_centres"]),
+            i64(maps["affected_offsets"]), i64(moves), f64(draws), int(col), f64(lo), f64(hi),
+            float(flip_fraction), float(max_change), float(beta), magmoms, site_energies, cache,
+            bool(init), symmetric, bool(incremental), delta))
+
     # ------------------------------------------------------------------ configurations
     def evaluate(self, cfg: Configuration, magmoms: np.ndarray | None = None, *,
                  derivatives: bool = True, basis: bool = False, symmetric: bool | None = None,

@@ -87,7 +87,7 @@ Dispatch
 --------
 :func:`load_potential` / :func:`save_potential` choose the format from the file
 extension (``.mtp``, ``.mtpr``, ``.almtp`` here; ``.h5``/``.hdf5`` through
-:mod:`mmtp_hpc.io.potential_h5`); saving is atomic (:func:`mmtp_hpc.io.atomic.atomic_path`).
+:mod:`mmtp_hpc.potentials.mtp.hdf5_io`); saving is atomic (:func:`mmtp_hpc.io.atomic.atomic_path`).
 """
 
 from __future__ import annotations
@@ -936,7 +936,7 @@ def load_potential(path: str | os.PathLike) -> MTPPotential:
     if ext in MTP_EXTENSIONS:
         return read_mtp(path)
     if ext in H5_EXTENSIONS:
-        from mmtp_hpc.io.potential_h5 import read_potential_h5
+        from mmtp_hpc.potentials.mtp.hdf5_io import read_potential_h5
         return read_potential_h5(path)
     raise InputError(f"unknown potential file extension {ext or '(none)'!r}; use one of "
                      f"{', '.join(MTP_EXTENSIONS + H5_EXTENSIONS)}", path=os.fspath(path))
@@ -952,7 +952,7 @@ def save_potential(pot: MTPPotential, path: str | os.PathLike) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     elif ext in H5_EXTENSIONS:
-        from mmtp_hpc.io.potential_h5 import write_potential_h5
+        from mmtp_hpc.potentials.mtp.hdf5_io import write_potential_h5
         with atomic_path(path) as tmp:
             write_potential_h5(pot, tmp)
     else:

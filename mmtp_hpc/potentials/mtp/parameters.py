@@ -182,6 +182,11 @@ class MTPPotential:
             raise InputError(f"species_count must be >= 1, got {C}")
         if not (0 <= self.min_dist < self.max_dist):
             raise InputError(f"need 0 <= min_dist < max_dist, got {self.min_dist}, {self.max_dist}")
+        # the kernels size all scratch from C, K, R, M (any size); they need each to be >= 1
+        if self.radial_basis_size < 1:
+            raise InputError(f"radial basis_size must be >= 1, got {self.radial_basis_size}")
+        if self.radial_funcs_count < 1:
+            raise InputError(f"radial_funcs_count must be >= 1, got {self.radial_funcs_count}")
         basic, times, mapping = self.alpha_index_basic, self.alpha_index_times, self.alpha_moment_mapping
         if len(basic) and (basic[:, 0].max() >= self.radial_funcs_count or basic.min() < 0):
             raise InputError("alpha_index_basic refers to a radial function >= radial_funcs_count")
