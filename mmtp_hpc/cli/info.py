@@ -53,11 +53,35 @@ def data_summary(path: Path, en_der_sign: int) -> dict:
             "labels": {k: int(v) for k, v in sorted(labels.items())}}
 
 
+def trajectory_summary(path: Path) -> dict:
+    """Frames, atoms, layout and stored quantities of an MD trajectory (no per-atom data read)."""
+    import numpy as np
+
+    from mmtp_hpc.io.trajectory_frames import read_frames, trajectory_layout
+
+    t = read_frames(path, slice(None), names=())
+    counts = np.bincount(t.types, minlength=len(t.species)) if t.n_atoms else np.zeros(0, int)
+    return {"file": str(path), "kind": "trajectory",
+            "layout": "H5MD 1.1" if trajectory_layout(path) == "h5md" else "first layout (/frames)",
+            "frames": t.n_frames, "atoms": t.n_atoms,
+            "steps": f"{int(t.step[0])} … {int(t.step[-1])}" if t.n_frames else "",
+            "time_fs": f"{float(t.time[0]):g} … {float(t.time[-1]):g}" if t.n_frames else "",
+            "species": {(t.species[k] if k < len(t.species) else str(k)): int(c) for k, c in enumerate(counts)},
+            "stored": list(t.available)}
+
+
 def run(args: argparse.Namespace) -> int:
+    from mmtp_hpc.io.trajectory_frames import is_trajectory
+
     path = Path(args.file)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    info = potential_summary(path) if is_potential(path) else data_summary(path, args.en_der_sign)
+    if is_potential(path):
+        info = potential_summary(path)
+    elif path.suffix in (".h5", ".hdf5") and is_trajectory(path):
+        info = trajectory_summary(path)
+    else:
+        info = data_summary(path, args.en_der_sign)
     if args.json:
         print(json.dumps(info))
         return 0
