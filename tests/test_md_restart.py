@@ -107,16 +107,26 @@ def test_trajectory_and_checkpoint_files(fe_potential, tmp_path):
     sim = Simulation.from_settings(settings_for(fe_potential, tmp_path, 30, md, moments), stream=None)
     sim.run()
     with h5py.File(tmp_path / "traj.h5", "r") as f:
+        H = schema.H5MD
         assert f.attrs[schema.KIND_ATTR] == schema.KIND_TRAJECTORY
-        assert int(f.attrs[schema.SCHEMA_VERSION_ATTR]) == schema.SCHEMA_VERSION
-        frames = f[schema.Trajectory.FRAMES]
-        assert frames["positions"].maxshape == (None, 54, 3)
-        assert frames["positions"].attrs["units"] == "Å"
-        assert frames["velocities"].attrs["units"] == "Å/fs"
-        assert frames["time"].attrs["units"] == "fs"
-        assert frames["pressure"].attrs["units"] == "GPa"
-        assert frames["magmoms"].attrs["units"] == "μB"
-        assert frames["positions"].compression == "gzip"
+        assert int(f.attrs[schema.SCHEMA_VERSION_ATTR]) == schema.TRAJECTORY_SCHEMA_VERSION
+        assert list(f[H.ROOT].attrs[H.VERSION_ATTR]) == [1, 1]
+        assert f[H.ROOT][H.CREATOR].attrs[H.NAME_ATTR] == "mmtp_hpc" and H.NAME_ATTR in f[H.ROOT][H.AUTHOR].attrs
+        p = f[H.particle_path()]
+        assert p[H.BOX].attrs[H.DIMENSION_ATTR] == 3
+        assert [b.decode() for b in p[H.BOX].attrs[H.BOUNDARY_ATTR]] == ["periodic"] * 3
+        position = p["position/value"]
+        assert position.maxshape == (None, 54, 3)
+        assert position.attrs["unit"] == "Angstrom"
+        assert p["velocity/value"].attrs["unit"] == "Angstrom fs-1"
+        assert p["position/time"].attrs["unit"] == "fs"
+        assert f["observables/pressure/value"].attrs["unit"] == "GPa"
+        assert p["magnetic_moment/value"].attrs["unit"] == "muB"
+        assert position.compression == "gzip"
+        assert list(p["position/step"]) == list(range(0, 31, 10))
+        # one step/time pair, hard-linked into every element
+        assert p["velocity/step"] == p["position/step"] and f["observables/temperature/time"] == p["position/time"]
+        assert p[H.SPECIES].shape == (54,) and p[H.ID].shape == (54,) and p[H.MASS].attrs["unit"] == "amu"
     traj = read_trajectory(tmp_path / "traj.h5")
     assert traj["settings"]["md"]["thermostat"] == "langevin"
     assert traj["settings"]["moments"]["mode"] == "mc"

@@ -176,9 +176,9 @@ def test_readme_h5py_example_runs(run_dir, capsys):
     code = code.replace('path = "trajectory.h5"', f'path = r"{run_dir / "trajectory.h5"}"')
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
-    assert "Å/fs" in out and "Fe mean moment" in out
+    assert "Angstrom fs-1" in out and "Fe mean moment" in out
     with h5py.File(run_dir / "trajectory.h5") as f:
-        assert f["frames/positions"].shape == (301, N_ATOMS, 3)
+        assert f["particles/all/position/value"].shape == (301, N_ATOMS, 3)
 
 
 _SBATCH_SHIM = r"""#!/bin/bash

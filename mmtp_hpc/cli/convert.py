@@ -2,7 +2,9 @@
 
 An MD trajectory (``.h5`` of kind ``trajectory``) as input is exported frame by frame
 (:func:`mmtp_hpc.io.formats.export_trajectory`): to extended XYZ or an ASE ``.traj`` with
-velocities and moments (for OVITO, ASE), or to ``.cfg`` / a training set.
+velocities and moments (for OVITO, ASE), or to ``.cfg`` / a training set. A trajectory of
+the first layout (``/frames``) written to ``.h5`` is rewritten in the H5MD layout
+(:func:`mmtp_hpc.io.trajectory.convert_legacy`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "training-set format and anything ASE reads. The format is taken from the "
                     "file name unless --in-format/--out-format is given. An MD trajectory "
                     "(HDF5 from `mmtp md`) is exported frame by frame, with velocities and "
-                    "moments in extended XYZ / ASE .traj output (OVITO reads the .xyz).")
+                    "moments in extended XYZ / ASE .traj output (OVITO reads the .xyz). A "
+                    "trajectory of the first HDF5 layout (/frames) converted to .h5 is "
+                    "rewritten in the H5MD 1.1 layout.")
     p.add_argument("input", help="input file")
     p.add_argument("output", help="output file (written atomically)")
     p.add_argument("--en-der-sign", type=int, choices=[1, -1], default=1, metavar="{+1,-1}",
@@ -51,13 +55,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmtp_hpc.io.trajectory_frames import is_trajectory, parse_frames
+    from mmtp_hpc.io.trajectory import convert_legacy
+    from mmtp_hpc.io.trajectory_frames import is_trajectory, parse_frames, trajectory_layout
 
     frames = parse_frames(args.frames)
     if detect_format(args.input, args.in_format) == "h5" and is_trajectory(args.input):
         if args.append:
             raise InputError("--append is not supported when exporting a trajectory",
                              field="append")
+        if (trajectory_layout(args.input) == "legacy"
+                and detect_format(args.output, args.out_format, reading=False) == "h5"):
+            if args.frames or args.wrap:
+                raise InputError("--frames and --wrap do not apply to converting a trajectory to "
+                                 "the H5MD layout (every frame is copied exactly)", field="frames")
+            count = convert_legacy(args.input, args.output)
+            print(f"converted the MD trajectory {args.input} ({count} frames, first layout) to "
+                  f"{args.output} (H5MD 1.1)")
+            return 0
         count = export_trajectory(args.input, args.output, fmt=args.out_format, frames=frames,
                                   wrap=args.wrap)
         print(f"exported {count} frames of the MD trajectory {args.input} to {args.output}")

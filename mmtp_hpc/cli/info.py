@@ -44,7 +44,11 @@ def trajectory_summary(path: Path) -> dict:
     counts = {(t.species[k] if k < len(t.species) else f"type {k}"): int(c)
               for k, c in enumerate(np.bincount(t.types)) if c}
     md = t.settings.get("md", {}) if isinstance(t.settings, dict) else {}
-    info = {"file": str(path), "kind": "MD trajectory", "frames": f, "atoms": n, "species": counts,
+    from mmtp_hpc.io.trajectory_frames import trajectory_layout
+
+    info = {"file": str(path), "kind": "MD trajectory",
+            "layout": "H5MD 1.1" if trajectory_layout(path) == "h5md" else "first layout (/frames)",
+            "frames": f, "atoms": n, "species": counts,
             "ensemble": md.get("ensemble"), "potential": _potential_file(t.settings)}
     if f:
         info["steps"] = f"{int(t.step[0])} → {int(t.step[-1])}"
@@ -99,8 +103,8 @@ def is_potential(path: Path) -> bool:
 
 
 def potential_summary(path: Path) -> dict:
-    from mmtp_hpc.potentials.mtp.mlip_io import load_potential
     from mmtp_hpc.io.potential_card import read_card
+    from mmtp_hpc.potentials.mtp.mlip_io import load_potential
 
     pot = load_potential(path)
     out = {"file": str(path), "kind": "potential", **pot.summary()}
@@ -128,14 +132,16 @@ def data_summary(path: Path, en_der_sign: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmtp_hpc.io.trajectory_frames import is_trajectory
+
     path = Path(args.file)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     kind = h5_kind(path)
-    if kind == "trajectory":
-        info = trajectory_summary(path)
-    elif kind == "checkpoint":
+    if kind == "checkpoint":
         info = checkpoint_summary(path)
+    elif kind == "trajectory" or (path.suffix in (".h5", ".hdf5") and is_trajectory(path)):
+        info = trajectory_summary(path)
     else:
         info = potential_summary(path) if is_potential(path) else data_summary(path, args.en_der_sign)
     if args.json:

@@ -152,29 +152,32 @@ class Potential:
 
 
 # ----------------------------------------------------------------- helpers
-def write_header(root: Any, kind: str, settings: dict | None = None) -> None:
+def write_header(root: Any, kind: str, settings: dict | None = None, version: int = SCHEMA_VERSION) -> None:
     """Stamp the root group of an open h5py file with the schema header."""
     root.attrs[SCHEMA_TAG_ATTR] = SCHEMA_TAG
-    root.attrs[SCHEMA_VERSION_ATTR] = SCHEMA_VERSION
+    root.attrs[SCHEMA_VERSION_ATTR] = int(version)
     root.attrs[KIND_ATTR] = kind
     root.attrs[CREATED_BY_ATTR] = f"mmtp_hpc {__version__}"
     if settings is not None:
         root.attrs[SETTINGS_ATTR] = json.dumps(settings, default=_json_default)
 
 
-def check_header(root: Any, kind: str, path: str) -> None:
-    """Raise InputError unless ``root`` is an mmtp_hpc file of ``kind`` and this schema version."""
+def check_header(root: Any, kind: str, path: str, versions: tuple[int, ...] = (SCHEMA_VERSION,)) -> int:
+    """Raise InputError unless ``root`` is an mmtp_hpc file of ``kind`` and one of the schema
+    ``versions``; return the file's version."""
     tag = _attr_str(root.attrs.get(SCHEMA_TAG_ATTR))
     if tag != SCHEMA_TAG:
         raise InputError(f"not an mmtp_hpc HDF5 file (root attribute {SCHEMA_TAG_ATTR!r} "
                          f"is {tag!r}, expected {SCHEMA_TAG!r})", path=path)
     version = root.attrs.get(SCHEMA_VERSION_ATTR)
-    if version is None or int(version) != SCHEMA_VERSION:
+    if version is None or int(version) not in versions:
         raise InputError(f"schema version {version} is not supported by this mmtp_hpc "
-                         f"(it reads version {SCHEMA_VERSION})", path=path, field=SCHEMA_VERSION_ATTR)
+                         f"(it reads version {', '.join(map(str, versions))})", path=path,
+                         field=SCHEMA_VERSION_ATTR)
     found = _attr_str(root.attrs.get(KIND_ATTR))
     if found != kind:
         raise InputError(f"file holds a {found!r}, expected a {kind!r}", path=path, field=KIND_ATTR)
+    return int(version)
 
 
 def set_units(dataset: Any, name: str) -> None:
@@ -300,3 +303,113 @@ class Checkpoint:
     THERMOSTAT = "thermostat"
     BAROSTAT = "barostat"
     OBSERVERS = "observers"
+
+
+# =================================================================== MD trajectory, H5MD 1.1 layout
+# Trajectories are written in the H5MD 1.1 layout (https://www.nongnu.org/h5md/h5md.html),
+# with our root header (kind "trajectory", schema_version TRAJECTORY_SCHEMA_VERSION) on top;
+# files of the first layout (Trajectory above, schema_version 1) are still read and
+# ``mmtp convert`` turns them into this one.
+
+TRAJECTORY_SCHEMA_VERSION = 2
+"""schema_version of H5MD trajectories; version 1 is the first (``/frames``) layout."""
+LEGACY_TRAJECTORY_SCHEMA_VERSION = 1
+
+
+class H5MD:
+    """Names in an H5MD 1.1 trajectory (kind ``trajectory``, schema_version 2)::
+
+        /                       attrs: our header, settings (JSON), species_names (JSON), n_atoms
+        /h5md                   attrs: version = [1, 1]
+            author              attrs: name
+            creator             attrs: name = "mmtp_hpc", version
+        /particles/all/         the one particle group (N atoms, F frames)
+            box                 attrs: dimension = 3, boundary = ["periodic" | "none"] × 3
+                edges/          time-dependent element {value (F,3,3) Å, step, time}: rows =
+                                cell vectors (H5MD's triclinic form). Always time-dependent,
+                                also at fixed cell: MDAnalysis (2.11) reads no other form
+            species (N,) int64  potential type (0-based); attr species_names (JSON)
+            id (N,) int64       atom id          mass (N,) amu
+            position/           {value (F,N,3) Å (unwrapped), step (F,), time (F,) fs}
+            velocity/           {value (F,N,3) Å/fs, ...}
+            force/              {value (F,N,3) eV/Å, ...}
+            magnetic_moment/    {value (F,N) μB, ...}
+            site_energy/        {value (F,N) eV, ...}
+            magnetic_gradient/  {value (F,N) eV/μB (+∂E/∂m), ...}
+            nbh_grade/          {value (F,N) 1, ...}
+        /observables/<name>/    {value (F,), step, time}: potential_energy, kinetic_energy,
+                                conserved_energy (eV), temperature (K), pressure (GPa), volume
+                                (Å³), moment_mean, moment_abs_mean, magnetization (μB), grade (1)
+
+    Every ``step`` (int64) and ``time`` (float64, fs) of the file is one pair of datasets
+    (``particles/all/position/step|time`` when positions are stored, else the first
+    element's), hard-linked into every other element: all elements are sampled together.
+    Units are H5MD ``unit`` attributes on ``value`` (and on ``time``, fixed datasets),
+    spelled the H5MD way (ASCII, powers as ``-1``): :data:`H5MD_UNITS`.
+    """
+
+    VERSION = (1, 1)
+    ROOT = "h5md"
+    VERSION_ATTR = "version"
+    AUTHOR = "author"
+    CREATOR = "creator"
+    NAME_ATTR = "name"
+    CREATOR_NAME = "mmtp_hpc"
+    CREATOR_VERSION_ATTR = "version"
+
+    PARTICLES = "particles"
+    GROUP = "all"
+    OBSERVABLES = "observables"
+
+    BOX = "box"
+    DIMENSION_ATTR = "dimension"
+    BOUNDARY_ATTR = "boundary"
+    PERIODIC = "periodic"
+    NONPERIODIC = "none"
+    EDGES = "edges"
+
+    SPECIES = "species"
+    SPECIES_NAMES_ATTR = "species_names"
+    ID = "id"
+    MASS = "mass"
+
+    VALUE = "value"
+    STEP = "step"
+    TIME = "time"
+    UNIT_ATTR = "unit"
+
+    SPECIES_ATTR = "species_names"      # root attributes, as in the first layout
+    N_ATOMS_ATTR = "n_atoms"
+
+    # our per-atom quantity name (Trajectory.PER_ATOM, [output] store) -> H5MD element name
+    ELEMENTS: dict[str, str] = {
+        "positions": "position", "velocities": "velocity", "forces": "force",
+        "magmoms": "magnetic_moment", "site_energies": "site_energy",
+        "magnetic_gradient": "magnetic_gradient", "nbh_grades": "nbh_grade",
+    }
+    OBSERVABLE_NAMES = Trajectory.SCALARS
+
+    @classmethod
+    def particle_path(cls, *parts: str) -> str:
+        return "/".join((cls.PARTICLES, cls.GROUP, *parts))
+
+    @classmethod
+    def element_path(cls, name: str) -> str:
+        """Group of the time-dependent element of our quantity ``name`` (a per-atom quantity,
+        an observable, or ``cell`` for the box edges)."""
+        if name in cls.ELEMENTS:
+            return cls.particle_path(cls.ELEMENTS[name])
+        if name == Trajectory.CELL:
+            return cls.particle_path(cls.BOX, cls.EDGES)
+        return f"{cls.OBSERVABLES}/{name}"
+
+
+H5MD_UNITS: dict[str, str] = {
+    "positions": "Angstrom", "cell": "Angstrom", "velocities": "Angstrom fs-1",
+    "forces": "eV Angstrom-1", "magmoms": "muB", "site_energies": "eV",
+    "magnetic_gradient": "eV muB-1", "nbh_grades": "1", "masses": "amu", "time": "fs",
+    "potential_energy": "eV", "kinetic_energy": "eV", "conserved_energy": "eV",
+    "temperature": "K", "pressure": "GPa", "volume": "Angstrom3", "moment_mean": "muB",
+    "moment_abs_mean": "muB", "magnetization": "muB", "grade": "1",
+}
+"""H5MD ``unit`` strings of the trajectory quantities (the same units as :data:`UNITS`)."""

@@ -2,8 +2,11 @@
 
 :func:`mmtp_hpc.io.trajectory.read_trajectory` loads a whole file; this reader takes a
 frame slice and the names wanted, so post-processing a long run reads only what it needs
-(HDF5 reads just the chunks of the selected rows). Names, units and layout are those of
-:class:`mmtp_hpc.io.schema.Trajectory`; the header and schema version are checked.
+(HDF5 reads just the chunks of the selected rows). Files in the H5MD layout
+(:class:`mmtp_hpc.io.schema.H5MD`, schema version 2) and in the first layout
+(:class:`mmtp_hpc.io.schema.Trajectory`, version 1) read the same: quantities keep our
+names (positions, magmoms, cell, temperature, …) whatever the layout; the header and
+schema version are checked.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 
 from mmtp_hpc.errors import InputError
 from mmtp_hpc.io import schema
+from mmtp_hpc.io.schema import H5MD as H
 from mmtp_hpc.io.schema import Trajectory as T
 
 
@@ -99,16 +103,59 @@ def parse_frames(text: str | None) -> slice:
     return slice(*vals)
 
 
+class _Layout:
+    """Where each quantity of a trajectory lives, for either layout: ``datasets`` maps our
+    names (step, time, cell, the scalars, the per-atom quantities) to h5py datasets whose
+    first axis is the frame; the static per-atom arrays are read on demand."""
+
+    def __init__(self, f: h5py.File, path: str):
+        version = schema.check_header(f, schema.KIND_TRAJECTORY, path,
+                                      (schema.TRAJECTORY_SCHEMA_VERSION, schema.LEGACY_TRAJECTORY_SCHEMA_VERSION))
+        self.h5md = version == schema.TRAJECTORY_SCHEMA_VERSION
+        self.f = f
+        self.datasets: dict[str, h5py.Dataset] = {}
+        if not self.h5md:
+            g = f[T.FRAMES]
+            self.datasets = {name: g[name] for name in g}
+            return
+        particles = f[H.particle_path()]
+        first = None
+        for name in (*T.PER_ATOM, T.CELL, *T.SCALARS):
+            where = H.element_path(name)
+            if where in f and isinstance(f[where], h5py.Group):
+                self.datasets[name] = f[where][H.VALUE]
+                first = first or f[where]
+        if first is None:
+            raise InputError("the H5MD trajectory has no time-dependent element", path=path)
+        self.datasets = {T.STEP: first[H.STEP], T.TIME: first[H.TIME], **self.datasets}
+        self._particles = particles
+
+    def static(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """types, ids, masses (amu), pbc."""
+        f = self.f
+        if not self.h5md:
+            return f[T.TYPES][...], f[T.IDS][...], f[T.MASSES][...], f[T.PBC][...]
+        p = self._particles
+        boundary = [_text(b) for b in p[H.BOX].attrs[H.BOUNDARY_ATTR]]
+        return (p[H.SPECIES][...], p[H.ID][...], p[H.MASS][...],
+                np.array([b == H.PERIODIC for b in boundary], dtype=bool))
+
+    def species(self) -> list[str]:
+        species = json.loads(_text(self.f.attrs.get(T.SPECIES_ATTR, "[]")))
+        return list(species) if species else []
+
+
 def read_frames(path: str | os.PathLike, frames: slice = slice(None),
                 names: Iterable[str] | None = None) -> TrajectoryFrames:
     """Frames ``frames`` of the trajectory at ``path`` with the datasets ``names``
-    (default: all); step, time and cell are always read."""
+    (default: all); step, time and cell are always read. Both layouts are read: H5MD
+    (:class:`mmtp_hpc.io.schema.H5MD`) and the first one (:class:`mmtp_hpc.io.schema.Trajectory`)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
     with h5py.File(path, "r") as f:
-        schema.check_header(f, schema.KIND_TRAJECTORY, str(path))
-        g = f[T.FRAMES]
+        layout = _Layout(f, str(path))
+        g = layout.datasets
         total = g[T.STEP].shape[0]
         rows = np.arange(total)[frames]
         available = tuple(name for name in g if name not in (T.STEP, T.TIME, T.CELL))
@@ -118,23 +165,29 @@ def read_frames(path: str | os.PathLike, frames: slice = slice(None),
             ds = g[name]
             if len(rows) == 0:
                 return np.zeros((0, *ds.shape[1:]), dtype=ds.dtype)
-            if len(rows) == total:
+            if len(rows) == total and ds.shape[0] == total:
                 return ds[...]
             step = frames.step or 1
             if step > 0 and len(rows) > 1 and np.all(np.diff(rows) == step):
                 return ds[rows[0]:rows[-1] + 1:step]
+            if len(rows) == 1:
+                return ds[int(rows[0]):int(rows[0]) + 1]
             return ds[...][rows]
 
         data = {name: rows_of(name) for name in wanted}
-        units = {name: _text(g[name].attrs.get(schema.UNITS_ATTR, "")) for name in g}
-        raw = f.attrs.get(T.SPECIES_ATTR, "[]")
-        species = json.loads(_text(raw))
+        units = {name: schema.UNITS.get(name, "") for name in g}
+        types, ids, masses, pbc = layout.static()
         return TrajectoryFrames(
-            path=str(path), species=list(species) if species else [],
-            types=f[T.TYPES][...], ids=f[T.IDS][...], masses=f[T.MASSES][...],
-            pbc=f[T.PBC][...], settings=schema.read_settings(f),
+            path=str(path), species=layout.species(), types=types, ids=ids, masses=masses,
+            pbc=pbc, settings=schema.read_settings(f),
             step=rows_of(T.STEP), time=rows_of(T.TIME), cell=rows_of(T.CELL),
             data=data, units=units, available=available)
+
+
+def trajectory_layout(path: str | os.PathLike) -> str:
+    """``"h5md"`` or ``"legacy"`` (the first layout, ``/frames``), after checking the header."""
+    with h5py.File(path, "r") as f:
+        return "h5md" if _Layout(f, str(path)).h5md else "legacy"
 
 
 def _text(value: Any) -> str:
