@@ -85,7 +85,7 @@ def test_first_layout_is_read_converted_and_continued(fe_potential, tmp_path, ca
         assert np.array_equal(legacy[key], ref[key]), key
     assert main(["info", str(old), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["kind"] == "trajectory" and info["frames"] == 9 and info["atoms"] == 54
+    assert info["kind"] == "MD trajectory" and info["frames"] == 9 and info["atoms"] == 54
     assert info["layout"].startswith("first")
     assert main(["post", "thermo", str(old)]) == 0
     new = tmp_path / "new.h5"

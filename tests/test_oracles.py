@@ -539,7 +539,7 @@ def test_oracle_from_settings_builds_every_kind(tmp_path):
     ({"kind": "ase", "calculator": "EMT"}, "oracle.calculator", "package.module:ClassOrFactory"),
     ({"kind": "ase", "calculator": "ase.nonexistent:X"}, "oracle.calculator", "cannot import"),
     ({"kind": "ase", "calculator": "mmtp_hpc.ase:MMTPCalculator", "parameters": {"potential": "no.almtp"},
-      "path_parameters": ["potential"]}, "oracle.parameters", "No such file"),
+      "path_parameters": ["potential"]}, "oracle.parameters", "potential file not found"),
     ({"kind": "ase", "calculator": "ase.calculators.emt:EMT", "path_parameters": ["potential"]},
      "oracle.path_parameters", "not in parameters"),
     ({"kind": "command", "command": "vasp_ncl > log"}, "oracle.command", "list of strings"),

@@ -73,7 +73,10 @@ class Validation:
     band_energy: np.ndarray | None = None      # ensemble std of E/N (eV/atom) on curve_a
     band_pressure: np.ndarray | None = None
     band_moment: np.ndarray | None = None
-    members_energy_m: np.ndarray | None = None   # (members, m) E(m)
+    members_energy_m: np.ndarray | None = None   # (members, m) E(m) on curve_m
+    curve_m: np.ndarray | None = None            # dense E(m), dE/dm of the potential
+    curve_energy_m: np.ndarray | None = None
+    curve_gradient_m: np.ndarray | None = None
     trained_a: tuple[float, float] | None = None
     failures: list[str] = field(default_factory=list)
     tolerances: dict[str, float] = field(default_factory=dict)
@@ -372,7 +375,6 @@ def validate(potential, oracle, species: Sequence[str], lattice: str, a_values: 
         out.m_values = np.array([moment_values[k] for k in done])
         out.dft_energy_m, out.pot_energy_m = np.zeros(len(done)), np.zeros(len(done))
         out.dft_gradient_m, out.pot_gradient_m = np.zeros(len(done)), np.zeros(len(done))
-        mem_e = []
         for j, k in enumerate(done):
             lab = mb.labelled[k]
             sel = lab.types == 0
@@ -381,10 +383,22 @@ def validate(potential, oracle, species: Sequence[str], lattice: str, a_values: 
             out.pot_energy_m[j] = ev["energy"] / len(lab)
             out.dft_gradient_m[j] = float(np.mean(lab.magnetic_gradient[sel]))
             out.pot_gradient_m[j] = float(np.mean(ev["magnetic_gradient"][sel]))
-            mem_e.append([mbr.evaluate(lab, lab.magmoms, symmetric=symmetric)["energy"] / len(lab)
-                          for mbr in members])
-        if members and done:
-            out.members_energy_m = np.array(mem_e).T
+        if done:                 # dense curves through the same cell (other species as in DFT)
+            base_lab = mb.labelled[done[0]]
+            sel0 = base_lab.types == 0
+            out.curve_m = np.linspace(min(moment_values), max(moment_values), 41)
+            es, gs, mem = [], [], []
+            for m in out.curve_m:
+                mm = np.array(base_lab.magmoms, dtype=float)
+                mm[sel0] = m
+                ev = potential.evaluate(base_lab, mm, symmetric=symmetric)
+                es.append(ev["energy"] / len(base_lab))
+                gs.append(float(np.mean(ev["magnetic_gradient"][sel0])))
+                mem.append([mbr.evaluate(base_lab, mm, symmetric=symmetric)["energy"] / len(base_lab)
+                            for mbr in members])
+            out.curve_energy_m, out.curve_gradient_m = np.array(es), np.array(gs)
+            if members:
+                out.members_energy_m = np.array(mem).T
 
     # antiparallel pair
     if antiparallel_m is not None:
@@ -455,16 +469,18 @@ def plot_validation(v: Validation, path: str | Path, title: str = "") -> list[Pa
     paths = [path]
     if v.m_values is not None and len(v.m_values):
         fig, axes = plt.subplots(2, 1, figsize=(6.4, 6.2), sharex=True)
-        axes[0].plot(v.m_values, 1e3 * (v.pot_energy_m - v.dft_energy_m.min()), "-", color="C0",
-                     label="mMTP")
+        e0 = v.dft_energy_m.min()
+        axes[0].plot(v.curve_m, 1e3 * (v.curve_energy_m - e0), "-", color="C0", label="mMTP")
         if v.members_energy_m is not None:
-            mem = 1e3 * (v.members_energy_m - v.dft_energy_m.min())
-            axes[0].fill_between(v.m_values, mem.mean(0) - mem.std(0), mem.mean(0) + mem.std(0),
-                                 color="C0", alpha=0.25, label="ensemble ±1σ")
+            mem = 1e3 * (v.members_energy_m - e0)
+            sd = mem.std(0)
+            axes[0].fill_between(v.curve_m, 1e3 * (v.curve_energy_m - e0) - sd,
+                                 1e3 * (v.curve_energy_m - e0) + sd, color="C0", alpha=0.25,
+                                 label="ensemble ±1σ")
         axes[0].plot(v.m_values, 1e3 * (v.dft_energy_m - v.dft_energy_m.min()), "o", color="C3",
                      label=f"{v.reference}, constrained")
         axes[0].set_ylabel("E − min E_DFT (meV/atom)")
-        axes[1].plot(v.m_values, v.pot_gradient_m, "-", color="C0", label="mMTP")
+        axes[1].plot(v.curve_m, v.curve_gradient_m, "-", color="C0", label="mMTP")
         axes[1].plot(v.m_values, v.dft_gradient_m, "o", color="C3", label=f"{v.reference}, constrained")
         axes[1].axhline(0.0, color="gray", lw=0.6)
         axes[1].set_ylabel(f"∂E/∂m of {first} (eV/μB)")

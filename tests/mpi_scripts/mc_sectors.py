@@ -3,7 +3,7 @@ trial), same random numbers: ``python -m mpi4py mc_sectors.py POT OUT.json``.
 
 A jittered 512-atom bcc Fe cell with mixed moments; two MC sweeps at 3000 K on the
 force field's sector layout, once with each implementation. Rank 0 writes whether the
-final moments (gathered in id order) are identical, the accepted counts and energies.
+final moments (gathered in id order) agree to 1e-12 μB (the same decisions), the accepted counts and energies.
 """
 
 import json
@@ -48,7 +48,8 @@ for native in (True, False):
 if comm.Get_rank() == 0:
     (t1, a1, e1), (t2, a2, e2) = runs[True], runs[False]
     result = {"ranks": comm.Get_size(), "grid": ff.decomp.grid.tolist(), "accepted": [a1, a2],
-              "same_moments": bool(np.array_equal(t1["m"], t2["m"])),
+              # the same decisions; the proposals m + δ may round differently in the AVX2 build (FMA)
+              "same_moments": bool(np.allclose(t1["m"], t2["m"], rtol=0.0, atol=1e-12)),
               "max_site_diff": float(np.abs(t1["e"] - t2["e"]).max()), "energy": [e1, e2]}
     with open(out_path, "w") as f:
         json.dump(result, f)

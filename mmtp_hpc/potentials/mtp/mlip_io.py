@@ -930,16 +930,16 @@ def _extension(path: str | os.PathLike) -> str:
 def load_potential(path: str | os.PathLike) -> MTPPotential:
     """Read a potential, choosing the format from the extension (.mtp/.mtpr/.almtp/.h5/.hdf5)."""
     ext = _extension(path)
+    if ext not in MTP_EXTENSIONS + H5_EXTENSIONS:
+        raise InputError(f"unknown potential file extension {ext or '(none)'!r}; use one of "
+                         f"{', '.join(MTP_EXTENSIONS + H5_EXTENSIONS)}", path=os.fspath(path))
     if not os.path.isfile(path):
         what = "is a directory, not a potential file" if os.path.isdir(path) else "potential file not found"
         raise InputError(what, path=os.fspath(path))
     if ext in MTP_EXTENSIONS:
         return read_mtp(path)
-    if ext in H5_EXTENSIONS:
-        from mmtp_hpc.potentials.mtp.hdf5_io import read_potential_h5
-        return read_potential_h5(path)
-    raise InputError(f"unknown potential file extension {ext or '(none)'!r}; use one of "
-                     f"{', '.join(MTP_EXTENSIONS + H5_EXTENSIONS)}", path=os.fspath(path))
+    from mmtp_hpc.potentials.mtp.hdf5_io import read_potential_h5
+    return read_potential_h5(path)
 
 
 def save_potential(pot: MTPPotential, path: str | os.PathLike) -> None:
