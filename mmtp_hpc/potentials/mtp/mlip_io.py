@@ -538,26 +538,23 @@ def _floats(items: list[str], key: str, path: str, line: int) -> np.ndarray:
     return arr
 
 
-def _is_float(x: str) -> bool:
+def _parses(kind: type, x: str) -> bool:
     try:
-        float(x)
+        kind(x)
         return True
     except ValueError:
         return False
+
+
+def _is_float(x: str) -> bool:
+    return _parses(float, x)
 
 
 def _ints(items: list[str], key: str, path: str, line: int) -> np.ndarray:
     try:
         return np.array([int(x) for x in items], dtype=np.int64)
     except ValueError:
-        def bad(x: str) -> bool:
-            try:
-                int(x)
-                return False
-            except ValueError:
-                return True
-
-        item = next((x for x in items if bad(x)), "?")
+        item = next((x for x in items if not _parses(int, x)), "?")
         raise InputError(f"expected an integer, got {item!r}", path=path, line=line,
                          field=key) from None
 
