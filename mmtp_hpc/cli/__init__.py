@@ -59,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         comm = get_comm()
         where = f" (rank {comm.Get_rank()} of {comm.Get_size()})" if comm.Get_size() > 1 else ""
         message = _describe_missing(exc, args) if isinstance(exc, FileNotFoundError) else str(exc)
+        if getattr(exc, "collective", False) and comm.Get_size() > 1:
+            # raised by every rank at the same point (e.g. a grid that does not fit the cell):
+            # one message, and every rank ends normally with status 1
+            if comm.Get_rank() == 0:
+                print(f"mmtp {args.command}: error: {message}", file=sys.stderr, flush=True)
+            return 1
         print(f"mmtp {args.command}: error{where}: {message}", file=sys.stderr, flush=True)
         abort_all(comm, 1)   # under MPI: end every rank now, none may wait forever in a collective
         return 1

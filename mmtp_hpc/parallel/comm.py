@@ -134,8 +134,14 @@ def ordered_sum(comm, rows: dict[int, np.ndarray], n_rows: int, width: int,
 def abort_all(comm: Any, code: int = 1) -> None:
     """End all ranks of ``comm`` (MPI_Abort) when there is more than one; else return."""
     if comm.Get_size() > 1:
+        import time
+
         sys.stdout.flush()
         sys.stderr.flush()
+        # MPI_Abort makes the process manager kill every rank at once, and output still in its
+        # forwarding pipes can be lost (seen on an oversubscribed CI machine: an empty stderr).
+        # A moment's wait lets the message of this rank reach the terminal first.
+        time.sleep(1.0)
         comm.Abort(code)
 
 

@@ -30,7 +30,12 @@ _MARGIN = 1e-9   # fractional margin on halo windows, as in system.neighbors
 
 
 class GridError(InputError):
-    """The rank grid does not fit the cell (a subdomain thinner than the halo)."""
+    """The rank grid does not fit the cell (a subdomain thinner than the halo).
+
+    Found from the cell and the grid alone, so every rank raises it at the same point: the
+    command line reports it once (rank 0) and all ranks end normally, without MPI_Abort."""
+
+    collective = True
 
 
 def plane_spacings(cell: np.ndarray) -> np.ndarray:
