@@ -140,7 +140,7 @@ def test_mpi_evaluation_triclinic_and_thin_cells(tmp_path, ranks):
 # --------------------------------------------------------------------------- MD under MPI
 def _md_input(path: Path, *, steps: int, repeat, md: dict, moments: dict, extra: str = "",
               trajectory: str = "traj.h5", checkpoint: str = "", checkpoint_every: int = 1000,
-              every: int = 20) -> Path:
+              every: int = 20, speed_log: str = "md_speed.json") -> Path:
     def toml(d: dict) -> str:
         return "\n".join(f"{k} = {json.dumps(v)}" for k, v in d.items())
     path.write_text(f"""
@@ -168,6 +168,7 @@ every = {every}
 store = ["positions", "velocities", "magmoms", "site_energies"]
 checkpoint = "{checkpoint}"
 checkpoint_every = {checkpoint_every}
+speed_log = "{speed_log}"
 log_every = 50
 {extra}
 """)
@@ -296,7 +297,8 @@ def test_mpi_parallel_monte_carlo_sectors(tmp_path):
     for ranks in (1, 2):
         d = tmp_path / f"mc{ranks}"
         d.mkdir()
-        inp = _md_input(d / "in.toml", steps=20, repeat=[15, 4, 4], md=md, moments=mc, every=10)
+        inp = _md_input(d / "in.toml", steps=20, repeat=[15, 4, 4], md=md, moments=mc, every=10,
+                        speed_log="../speed.json")
         proc = _md(ranks, d, str(inp))
         line = [x for x in proc.stdout.splitlines() if "moment MC:" in x][0]
         accepted, tried = (int(v) for v in line.split("moment MC: ")[1].split()[0].split("/"))
@@ -309,6 +311,14 @@ def test_mpi_parallel_monte_carlo_sectors(tmp_path):
     assert "Monte Carlo moments" in mpi_line and "integration and other" in mpi_line
     shares = [float(p) for p in re.findall(r"\((-?\d+) %\)", mpi_line)]
     assert abs(sum(shares) - 100) <= len(shares)          # each share rounded to 1 %
+    # the same input on 1 then 2 ranks: the second summary states speed-up and efficiency
+    # from the recorded speeds (steps/s of each summary)
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    (record,) = speed.values()
+    assert set(record["runs"]) == {"1", "2"}
+    line = next(x for x in out2.splitlines() if "speed-up over the 1-rank run" in x)
+    ratio = record["runs"]["2"]["steps_per_s"] / record["runs"]["1"]["steps_per_s"]
+    assert f"{ratio:.2f}×" in line and f"efficiency {100 * ratio / 2:.0f} %" in line
     tried_per_run = 10 * 480
     assert abs(rate1 - rate2) < 5 * np.sqrt(rate1 * (1 - rate1) / tried_per_run)
     assert abs(t1["moment_mean"][-1] - t2["moment_mean"][-1]) < 0.05

@@ -369,6 +369,67 @@ class Simulation:
         return read_checkpoint(path)
 
     # ------------------------------------------------------------------ summary
+    def _speed_key(self) -> str:
+        """What makes two runs comparable: the settings except steps, output and grid, and the
+        potential's contents."""
+        import json
+
+        d = self.settings_dict()
+        d.pop("output", None)
+        d.pop("parallel", None)
+        d.get("md", {}).pop("steps", None)
+        text = json.dumps(d, sort_keys=True, default=str)
+        pot = ""
+        if self.potential_path and Path(self.potential_path).is_file():
+            pot = hashlib.sha256(Path(self.potential_path).read_bytes()).hexdigest()
+        return hashlib.sha256((text + pot).encode()).hexdigest()[:16]
+
+    def _speed_lines(self) -> list[str]:
+        """Record this run's speed (rank 0, atomically) and compare with the other rank counts
+        recorded for the same input: speed-up = steps/s ÷ the 1-rank steps/s, efficiency =
+        speed-up ÷ ranks. Nothing when [output] speed_log is empty or no step was run."""
+        import json
+
+        settings = self.settings
+        name = getattr(getattr(settings, "output", None), "speed_log", None)
+        if not name or not self.is_root or self._steps_done < 1 or self._wall <= 0 or self.aborted:
+            return []
+        path = settings.path(name)
+        ranks = self.state.comm.Get_size() if self.state.comm is not None else 1
+        rate = self._steps_done / self._wall
+        records: dict = {}
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(records, dict):
+                records = {}
+        except (OSError, ValueError):
+            records = {}
+        key = self._speed_key()
+        runs = records.get(key, {}).get("runs", {}) if isinstance(records.get(key), dict) else {}
+        runs[str(ranks)] = {"steps_per_s": rate, "steps": self._steps_done, "wall_s": self._wall,
+                            "atoms": self.state.n_global}
+        records[key] = {"input": str(getattr(settings, "source", "") or ""), "runs": runs}
+        from mmtp_hpc.io.atomic import atomic_path
+
+        try:
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(records, indent=1), encoding="utf-8")
+        except OSError as exc:
+            return [f"  speed: {rate:.2f} steps/s on {ranks} rank(s) (not recorded: {exc})"]
+        serial = runs.get("1", {}).get("steps_per_s")
+        if ranks > 1 and serial:
+            speedup = rate / serial
+            return [f"  speed-up over the 1-rank run of this input ({path.name}): {speedup:.2f}× on "
+                    f"{ranks} ranks, parallel efficiency {100 * speedup / ranks:.0f} %"]
+        if ranks > 1:
+            return [f"  speed-up: run this input once on 1 rank; the summary then compares ({path.name})"]
+        others = sorted((int(r), v["steps_per_s"]) for r, v in runs.items() if r != "1")
+        if others:
+            return ["  speed-up of the recorded parallel runs of this input: "
+                    + ", ".join(f"{r} ranks {v / rate:.2f}× (efficiency {100 * v / rate / r:.0f} %)"
+                                for r, v in others)]
+        return []
+
     def summary_dict(self) -> dict:
         """Speed and time split of the run so far (collective under MPI: call on every rank).
 
@@ -421,6 +482,7 @@ class Simulation:
         line = self.moments.summary_line(s)
         if line is not None:
             lines.append(line)
+        lines.extend(self._speed_lines())
         if self._extrapolation is not None:
             ex = self._extrapolation
             lines.append(f"  extrapolation: {ex.evaluated} grades, max {ex.max_grade:.4g}, "

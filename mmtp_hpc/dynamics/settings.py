@@ -330,6 +330,9 @@ class OutputSettings:
                                  integer(1))
     log: str | None = _key(None, "log file (the log also goes to standard output)", text())
     log_every: int = _key(100, "log interval (steps)", integer(1))
+    speed_log: str | None = _key("md_speed.json", "speed of each finished run of this input by rank count "
+                                 "(JSON); the summary states the speed-up and parallel efficiency "
+                                 "over the 1-rank run (\"\" for none)", text())
 
 
 def _grid(value: Any) -> list[int] | None:
