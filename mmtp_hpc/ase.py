@@ -9,7 +9,7 @@ phonopy through ASE use an mMTP::
     from mmtp_hpc.ase import MMTPCalculator
 
     atoms = bulk("Fe", "bcc", a=2.86, cubic=True) * (2, 2, 2)
-    atoms.calc = MMTPCalculator("inputs/potentials/fe_bcc_l16.almtp", magmoms="relax")
+    atoms.calc = MMTPCalculator("inputs/potentials/fe_bcc_analytic_l16.almtp", magmoms="relax")
     BFGS(atoms).run(fmax=1e-3)
     atoms.get_magnetic_moments(), atoms.calc.get_property("magnetic_gradient")
 

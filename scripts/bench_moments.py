@@ -4,7 +4,7 @@
     mpiexec -n 2 python -m mpi4py scripts/bench_moments.py
 
 Defaults: 1024-atom bcc Fe (8×8×8 cells, a = 2.83 Å, 2.2 μB), the trained level-16 magnetic
-potential ``inputs/potentials/fe_bcc_l16.almtp``, NVT Langevin at 300 K, 1 fs, moments
+potential ``inputs/potentials/fe_bcc_analytic_l16.almtp``, NVT Langevin at 300 K, 1 fs, moments
 updated every step: ``fixed`` (the plain MD step), ``mc`` (one Metropolis sweep per step) and
 ``relax`` (moments relaxed at every step to ``relax_tol``). The simulations are built first
 and then timed in interleaved blocks of ``--steps`` steps (so that a busy machine slows every
@@ -57,7 +57,7 @@ def build(args, mode: str, comm) -> Simulation:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--potential", default=str(REPO / "inputs/potentials/fe_bcc_l16.almtp"))
+    p.add_argument("--potential", default=str(REPO / "inputs/potentials/fe_bcc_analytic_l16.almtp"))
     p.add_argument("--repeat", type=int, default=8, help="bcc cells per direction (8: 1024 atoms)")
     p.add_argument("--a", type=float, default=2.83)
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))

@@ -143,7 +143,7 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--potential", default=str(REPO / "inputs/potentials/fe_bcc_l16.almtp"))
+    p.add_argument("--potential", default=str(REPO / "inputs/potentials/fe_bcc_analytic_l16.almtp"))
     p.add_argument("--sizes", type=int, nargs="+", default=DEFAULT_SIZES,
                    help="atom counts (each rounded to the nearest near-cubic bcc cell)")
     p.add_argument("--repeat", type=int, default=7, help="timed calls per size (after one warm-up)")

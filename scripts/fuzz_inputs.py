@@ -30,7 +30,7 @@ SHARED = REPO.parent / "shared" / "data"
 
 SOURCES = {
     "cfg": [SHARED / "mlip3" / "magnetic" / "fe_magmom.cfg", SHARED / "mlip3" / "examples" / "train.cfg"],
-    "almtp": [SHARED / "mlip3" / "examples" / "04_pot.almtp", REPO / "inputs" / "potentials" / "feal_b2_l16.almtp"],
+    "almtp": [SHARED / "mlip3" / "examples" / "04_pot.almtp", REPO / "inputs" / "potentials" / "feal_b2_analytic_l16.almtp"],
     "mtpr": [REPO / "inputs" / "potentials" / "al_fe_mag.mtpr"],
     "toml": [REPO / "inputs" / "md_fe_nvt" / "input.toml"],
 }

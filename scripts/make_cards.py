@@ -13,8 +13,8 @@ from mmtp_hpc.io.trainingset import read_trainingset_h5
 POT = Path(__file__).resolve().parents[1] / "inputs" / "potentials"
 
 ANALYTIC = {
-    "fe_bcc_l16": ["Fe"],
-    "feal_b2_l16": ["Fe", "Al"],
+    "fe_bcc_analytic_l16": ["Fe"],
+    "feal_b2_analytic_l16": ["Fe", "Al"],
 }
 
 

@@ -34,9 +34,9 @@ OUT = Path(__file__).resolve().parents[1] / "inputs" / "potentials"
 
 SYSTEMS = {
     # name: lattice, a range (Å), species names, sublattice types
-    "fe": {"lattice": "bcc", "a": (2.74, 3.00), "species": ["Fe"], "types": (0, 0), "file": "fe_bcc_l16"},
+    "fe": {"lattice": "bcc", "a": (2.74, 3.00), "species": ["Fe"], "types": (0, 0), "file": "fe_bcc_analytic_l16"},
     "feal": {"lattice": "b2", "a": (2.80, 3.00), "species": ["Fe", "Al"], "types": (0, 1),
-             "file": "feal_b2_l16"},
+             "file": "feal_b2_analytic_l16"},
 }
 
 

@@ -106,7 +106,7 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--frame-every", type=int, default=50)
     p.add_argument("--moments", default="fixed", choices=("fixed", "langevin", "relax"))
-    p.add_argument("--potential", default=str(REPO / "inputs" / "potentials" / "fe_bcc_l16.almtp"))
+    p.add_argument("--potential", default=str(REPO / "inputs" / "potentials" / "fe_bcc_analytic_l16.almtp"))
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--json", default=None, help="write all points to this JSON file")
     args = p.parse_args()

@@ -214,12 +214,12 @@ class MDPotential:
 def fe_potential(tmp_path_factory) -> MDPotential:
     """The magnetic bcc Fe potential of the MD physics tests: the shipped trained one.
 
-    ``inputs/potentials/fe_bcc_l16.almtp`` (level 16, spin-symmetrised, trained on the built-in
+    ``inputs/potentials/fe_bcc_analytic_l16.almtp`` (level 16, spin-symmetrised, trained on the built-in
     analytic model: a ≈ 2.855 Å and m ≈ 2.25 μB at equilibrium). The hand-built model above
     (:func:`write_model_potential`) remains for the example and for unit tests that need a
     potential with a known closed form.
     """
-    return MDPotential(Path(__file__).resolve().parents[1] / "inputs" / "potentials" / "fe_bcc_l16.almtp",
+    return MDPotential(Path(__file__).resolve().parents[1] / "inputs" / "potentials" / "fe_bcc_analytic_l16.almtp",
                        ["Fe"], "bcc", 2.855, 2.25)
 
 

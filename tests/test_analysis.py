@@ -202,10 +202,10 @@ def test_thermo_and_magnetisation_tables():
 
 # ================================================================== lattice scan
 def test_scan_oracle_and_potential_agree_and_pressure_is_minus_dE_dV():
-    a = np.linspace(2.75, 2.95, 9)          # fe_bcc_l16 is trained for a ≲ 2.9 Å (its moment drops above)
+    a = np.linspace(2.75, 2.95, 9)          # fe_bcc_analytic_l16 is trained for a ≲ 2.9 Å (its moment drops above)
     oracle = scan_lattice(AnalyticMagneticModel.default(), "bcc", a, ["Fe", "Al"], label="oracle")
-    mtp = scan_lattice(MTPEngine(load_potential(REPO / "inputs/potentials/fe_bcc_l16.almtp")), "bcc", a,
-                       ["Fe"], label="fe_bcc_l16")
+    mtp = scan_lattice(MTPEngine(load_potential(REPO / "inputs/potentials/fe_bcc_analytic_l16.almtp")), "bcc", a,
+                       ["Fe"], label="fe_bcc_analytic_l16")
     a0, e0 = oracle.equilibrium()
     assert a0 == pytest.approx(2.855, abs=0.005) and e0 == pytest.approx(-4.246, abs=0.002)
     k = int(np.argmin(np.abs(a - 2.85)))

@@ -17,9 +17,9 @@ from mmtp_hpc.io.cfg import read_cfg, write_cfg
 from mmtp_hpc.potentials.analytic import AnalyticMagneticModel
 from mmtp_hpc.system.configuration import Configuration
 
-FE = REPO / "inputs" / "potentials" / "fe_bcc_l16.almtp"
-FEAL = REPO / "inputs" / "potentials" / "feal_b2_l16.almtp"
-A_FE = 2.856          # equilibrium of fe_bcc_l16 (mmtp scan)
+FE = REPO / "inputs" / "potentials" / "fe_bcc_analytic_l16.almtp"
+FEAL = REPO / "inputs" / "potentials" / "feal_b2_analytic_l16.almtp"
+A_FE = 2.856          # equilibrium of fe_bcc_analytic_l16 (mmtp scan)
 
 
 def fe_cell(rattle: float = 0.05, strain: bool = True, seed: int = 1, moments: bool = True) -> Atoms:

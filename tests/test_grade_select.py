@@ -23,8 +23,8 @@ from mmtp_hpc.potentials.mtp.engine import MTPEngine
 from mmtp_hpc.potentials.mtp.mlip_io import load_potential, save_potential
 
 REPO = Path(__file__).resolve().parents[1]
-FE_POT = REPO / "inputs" / "potentials" / "fe_bcc_l16.almtp"
-FE_TRAIN = REPO / "inputs" / "potentials" / "fe_bcc_l16_train.h5"
+FE_POT = REPO / "inputs" / "potentials" / "fe_bcc_analytic_l16.almtp"
+FE_TRAIN = REPO / "inputs" / "potentials" / "fe_bcc_analytic_l16_train.h5"
 THRESHOLD = 1.001
 
 

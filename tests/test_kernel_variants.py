@@ -64,7 +64,7 @@ def test_avx2_equals_portable(monkeypatch, level, species, mag, symmetric):
 
 def test_avx2_equals_portable_shipped_and_gradients(monkeypatch):
     avx2 = avx2_or_skip()
-    pot = load_potential(ROOT / "inputs" / "potentials" / "fe_bcc_l16.almtp")
+    pot = load_potential(ROOT / "inputs" / "potentials" / "fe_bcc_analytic_l16.almtp")
     engine = MTPEngine(pot, num_threads=1)
     cfg = bcc(repeat=3, species=1, seed=7, vacancies=2, moment=2.1)
     for sym in (False, True):
@@ -97,7 +97,7 @@ def test_select_variants():
 def test_cli_reports_bad_variant(tmp_path):
     env = dict(os.environ, MMTP_KERNELS="fastest", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", "mmtp_hpc", "efs",
-                           str(ROOT / "inputs" / "potentials" / "fe_bcc_l16.almtp"),
+                           str(ROOT / "inputs" / "potentials" / "fe_bcc_analytic_l16.almtp"),
                            str(ROOT / "inputs" / "fe_bcc_2000" / "fe_bcc_2000.cfg"),
                            "-o", str(tmp_path / "out.cfg")],
                           capture_output=True, text=True, env=env, timeout=120)

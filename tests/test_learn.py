@@ -475,7 +475,7 @@ def test_input_errors_name_file_line_and_key(tmp_path, edit, line, field, words)
 
 
 def test_species_must_match_a_given_potential(tmp_path):
-    pot = REPO / "inputs" / "potentials" / "fe_bcc_l16.almtp"
+    pot = REPO / "inputs" / "potentials" / "fe_bcc_analytic_l16.almtp"
     text = GOOD.replace('species = ["Fe"]', 'species = ["Fe", "Al"]').replace(
         "level = 8", f'file = "{pot}"').replace("magmoms = 2.2\n[oracle]", "magmoms = [2.2, 0.0]\n[oracle]")
     settings = load_learn_settings(_input(tmp_path, text))

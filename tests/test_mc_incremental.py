@@ -17,7 +17,7 @@ from mmtp_hpc.potentials.mtp.mlip_io import load_potential
 
 from conftest import REPO
 
-FE_POT = REPO / "inputs" / "potentials" / "fe_bcc_l16.almtp"
+FE_POT = REPO / "inputs" / "potentials" / "fe_bcc_analytic_l16.almtp"
 # the shipped potential is also evaluated without symmetrisation here (a bookkeeping test)
 pytestmark = pytest.mark.filterwarnings("ignore:the potential was trained spin-symmetrised")
 

@@ -19,9 +19,9 @@ def test_example_input_is_valid():
 
 def test_example_runs(tmp_path, capsys):
     text = (EXAMPLE / "input.toml").read_text()
-    potential = (EXAMPLE / "../potentials/fe_bcc_l16.almtp").resolve()
-    assert '"../potentials/fe_bcc_l16.almtp"' in text
-    (tmp_path / "input.toml").write_text(text.replace('"../potentials/fe_bcc_l16.almtp"', f'"{potential}"'))
+    potential = (EXAMPLE / "../potentials/fe_bcc_analytic_l16.almtp").resolve()
+    assert '"../potentials/fe_bcc_analytic_l16.almtp"' in text
+    (tmp_path / "input.toml").write_text(text.replace('"../potentials/fe_bcc_analytic_l16.almtp"', f'"{potential}"'))
     assert main(["md", str(tmp_path / "input.toml"), "--steps", "60"]) == 0
     out = capsys.readouterr().out
     assert "250 atoms" in out and "mmtp md summary: 60 steps" in out and "moment MC:" in out

@@ -121,8 +121,8 @@ def test_species_maps_cfg_types_and_a_wrong_order_gets_a_hint(tmp_path, capsys):
     from mmtp_hpc.io.trainingset import read_trainingset_h5
 
     repo = Path(__file__).resolve().parents[1]
-    pot = str(repo / "inputs" / "potentials" / "feal_b2_l16.almtp")
-    configs = read_trainingset_h5(repo / "inputs" / "potentials" / "feal_b2_l16_train.h5")[:3]
+    pot = str(repo / "inputs" / "potentials" / "feal_b2_analytic_l16.almtp")
+    configs = read_trainingset_h5(repo / "inputs" / "potentials" / "feal_b2_analytic_l16_train.h5")[:3]
     swapped = [c.copy() for c in configs]
     for c in swapped:
         c.types = 1 - c.types                    # the file's type 0 is Al

@@ -32,7 +32,7 @@ from mmtp_hpc.potentials.mtp.engine import MTPEngine
 
 SCRIPTS = Path(__file__).parent / "mpi_scripts"
 CLI = SCRIPTS / "cli_main.py"
-FE_POT = REPO / "inputs" / "potentials" / "fe_bcc_l16.almtp"
+FE_POT = REPO / "inputs" / "potentials" / "fe_bcc_analytic_l16.almtp"
 CELL_2000 = REPO / "inputs" / "fe_bcc_2000" / "fe_bcc_2000.cfg"
 
 

@@ -54,7 +54,7 @@ from mmtp_hpc.system.configuration import Configuration
 
 DATA = Path(__file__).resolve().parent / "data" / "oracles"
 SCRIPT = DATA / "penalty_oracle.py"
-FE_POT = REPO / "inputs" / "potentials" / "fe_bcc_l16.almtp"
+FE_POT = REPO / "inputs" / "potentials" / "fe_bcc_analytic_l16.almtp"
 ABINIT_FE = Path("/usr/share/abinit/psp/Fe.xml")
 
 

@@ -18,8 +18,8 @@ from mmtp_hpc.cli import main
 from mmtp_hpc.io.formats import read_configurations_and_species
 from mmtp_hpc.io.trajectory import TrajectoryWriter, read_trajectory
 
-A = 2.855                               # fe_bcc_l16 equilibrium
-POT = REPO / "inputs" / "potentials" / "fe_bcc_l16.almtp"
+A = 2.855                               # fe_bcc_analytic_l16 equilibrium
+POT = REPO / "inputs" / "potentials" / "fe_bcc_analytic_l16.almtp"
 N_ATOMS = 54
 
 
@@ -38,7 +38,7 @@ species = ["Fe"]
 magmoms = 2.25
 
 [potential]
-file = "fe_bcc_l16.almtp"
+file = "fe_bcc_analytic_l16.almtp"
 
 [md]
 steps = 600
@@ -156,11 +156,11 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
 
 def test_scan_cli_with_oracle_writes_figure_and_table(tmp_path, capsys):
     png, csv = tmp_path / "scan.png", tmp_path / "scan.csv"
-    assert main(["scan", str(REPO / "inputs/potentials/fe_bcc_l16.almtp"), "--lattice", "bcc",
+    assert main(["scan", str(REPO / "inputs/potentials/fe_bcc_analytic_l16.almtp"), "--lattice", "bcc",
                  "--a", "2.75", "2.95", "--points", "7", "--oracle", "builtin",
                  "--plot", str(png), "--csv", str(csv)]) == 0
     out = capsys.readouterr().out
-    assert "fe_bcc_l16.almtp: E minimum at a = 2.85" in out
+    assert "fe_bcc_analytic_l16.almtp: E minimum at a = 2.85" in out
     assert "oracle (builtin): E minimum at a = 2.85" in out
     png_ok(png)
     table = read_csv(csv)
@@ -254,7 +254,7 @@ structure = "{name}"
 species = ["Fe"]
 magmoms = 2.25
 [potential]
-file = "fe_bcc_l16.almtp"
+file = "fe_bcc_analytic_l16.almtp"
 [md]
 steps = 2
 [output]

@@ -94,7 +94,7 @@ def test_one_pass_equals_two_pass(level, species, mag, per_species, kind):
     close(e_one["site_energies"], e_two["site_energies"])
 
 
-@pytest.mark.parametrize("name,species", [("fe_bcc_l16.almtp", 1), ("feal_b2_l16.almtp", 2)])
+@pytest.mark.parametrize("name,species", [("fe_bcc_analytic_l16.almtp", 1), ("feal_b2_analytic_l16.almtp", 2)])
 def test_shipped_potentials(name, species):
     pot = load_potential(POTENTIALS / name)
     engine = MTPEngine(pot)
@@ -194,7 +194,7 @@ def test_one_pass_finite_differences():
 
 
 def test_forcefield_one_pass_equals_two_pass():
-    pot = load_potential(POTENTIALS / "fe_bcc_l16.almtp")
+    pot = load_potential(POTENTIALS / "fe_bcc_analytic_l16.almtp")
     cfg = bcc(repeat=3, species=1, seed=5, moment=None)
     n = len(cfg)
     rng = np.random.default_rng(5)

@@ -20,7 +20,7 @@ from mmtp_hpc.system.lattice import bulk
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "data" / "oracles" / "penalty_oracle.py"
-FE_POT = REPO / "inputs" / "potentials" / "fe_bcc_l16.almtp"
+FE_POT = REPO / "inputs" / "potentials" / "fe_bcc_analytic_l16.almtp"
 
 
 def command(tmp_path):
