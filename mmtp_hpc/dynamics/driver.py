@@ -299,37 +299,56 @@ class Simulation:
 
     def checkpoint_data(self) -> CheckpointData | None:
         """Everything a restart needs (rank 0 under MPI; None on the other ranks)."""
-        s, ev = self.state, self.evaluation
         g = self.gather_state()
         if g is None:
             return None
+        return self._checkpoint_record(g)
+
+    def _checkpoint_record(self, g: dict[str, np.ndarray]) -> CheckpointData:
+        """The checkpoint of this step with the per-atom arrays ``g`` (empty: streamed later)."""
+        s, ev = self.state, self.evaluation
         sha = ""
         if self.potential_path and Path(self.potential_path).is_file():
             sha = hashlib.sha256(Path(self.potential_path).read_bytes()).hexdigest()
+        state = {k: g[k] for k in ("positions", "velocities", "masses", "types", "ids", "magmoms") if k in g}
+        evaluation = {k: g[k] for k in ("site_energies", "forces", "magnetic_gradient") if k in g}
         return CheckpointData(
             step=s.step, time=s.time_fs, seed=self.seed, heat=s.heat, species=s.species,
-            state={"positions": g["positions"], "velocities": g["velocities"], "masses": g["masses"],
-                   "types": g["types"], "ids": g["ids"], "magmoms": g["magmoms"], "cell": s.cell, "pbc": s.pbc},
-            energy=ev.energy,
-            evaluation={"site_energies": g["site_energies"], "forces": g["forces"], "virial": ev.virial,
-                        "magnetic_gradient": g["magnetic_gradient"]},
-            build_positions=g["build_positions"], build_cell=self.forcefield.build_cell,
+            state={**state, "cell": s.cell, "pbc": s.pbc},
+            energy=ev.energy, evaluation={**evaluation, "virial": ev.virial},
+            build_positions=g.get("build_positions"), build_cell=self.forcefield.build_cell,
             thermostat=dict(s.thermostat), barostat=dict(s.barostat),
             observers={obs.name: obs.state_dict() for obs, _ in self.observers if obs.state_dict()},
             settings=self.settings_dict(), potential=str(self.potential_path or ""), potential_sha256=sha,
             stop_reason=self.stop_reason)
 
     def write_checkpoint(self, path: str | Path) -> None:
-        """Flush buffered output, then write the checkpoint atomically."""
+        """Flush buffered output, then write the checkpoint atomically. Under MPI the per-atom
+        arrays stream to rank 0 in chunks of a bounded number of atoms
+        (:func:`mmtp_hpc.parallel.halo.gather_column_chunks`), which writes each as it comes."""
         for observer, _ in self.observers:
             flush = getattr(observer, "flush", None)
             if flush is not None:
                 flush()
-        data = self.checkpoint_data()
-        if data is not None:
-            write_checkpoint(path, data)
-        if self.distributed:
-            self.state.comm.Barrier()   # the file is complete before any rank goes on
+        if not self.distributed:
+            write_checkpoint(path, self.checkpoint_data())
+            return
+        from mmtp_hpc.parallel.halo import GATHER_CHUNK_ATOMS, gather_column_chunks
+
+        s, ev = self.state, self.evaluation
+        chunk_atoms = getattr(getattr(self.settings, "output", None), "chunk_atoms", GATHER_CHUNK_ATOMS)
+        columns = {"positions": s.positions, "velocities": s.velocities, "masses": s.masses,
+                   "types": s.types, "ids": s.ids, "magmoms": s.magmoms,
+                   "site_energies": ev.site_energies, "forces": ev.forces,
+                   "magnetic_gradient": ev.magnetic_gradient,
+                   "build_positions": self.forcefield.nl.reference_positions}
+        chunks = gather_column_chunks(s.comm, s.ids, columns, chunk_atoms)
+        if self.is_root:
+            write_checkpoint(path, self._checkpoint_record({}), chunks=chunks, n_atoms=s.n_global)
+        else:
+            for _ in chunks:
+                pass
+        s.comm.Barrier()   # the file is complete before any rank goes on
 
     def restore(self, data: CheckpointData) -> None:
         """Continue from checkpoint ``data``: state, evaluation, neighbour list, counters."""
@@ -440,8 +459,10 @@ class Simulation:
         ranks = s.comm.Get_size() if s.comm is not None else 1
         io = sum(v for k, v in self._observer_time.items() if k in ("trajectory", "checkpoint"))
         split = {k: v - self._time_start.get(k, 0.0) for k, v in getattr(ff, "time", {}).items()}
+        traj = next((obs for obs, _ in self.observers if obs.name == "trajectory"), None)
+        traj_s, traj_frames = float(getattr(traj, "seconds", 0.0)), int(getattr(traj, "frames_here", 0))
         values = s.global_sum(np.array([split.get("force", math.nan), split.get("comm", 0.0),
-                                        split.get("neighbor", math.nan), io])) / ranks
+                                        split.get("neighbor", math.nan), io, traj_s])) / ranks
         steps = self._steps_done
         wall = self._wall
         out = {"ranks": ranks, "atoms": s.n_global, "steps": steps, "wall_s": wall,
@@ -450,6 +471,8 @@ class Simulation:
                "us_per_atom_step": 1e6 * wall / max(steps * s.n_global, 1),
                "force_s": float(values[0]), "communication_s": float(values[1]),
                "neighbor_s": float(values[2]), "io_s": float(values[3]),
+               "trajectory_frames": traj_frames,
+               "io_s_per_frame": float(values[4]) / traj_frames if traj_frames else math.nan,
                "rebuilds": ff.rebuilds, "evaluations": ff.evaluations}
         if self.distributed:
             out["grid"] = ff.decomp.grid.tolist()
@@ -490,9 +513,12 @@ class Simulation:
         for observer, _ in self.observers:
             path = getattr(observer, "path", None)
             if observer.name == "trajectory":
-                lines.append(f"  trajectory: {path} ({observer.frames} frames)")
+                describe = getattr(observer, "describe", None)
+                lines.append(f"  trajectory: {describe() if describe else f'{path} ({observer.frames} frames)'}")
             elif observer.name == "checkpoint":
-                lines.append(f"  checkpoint: {path} (step {s.step})")
+                writes, seconds = getattr(observer, "writes", 0), getattr(observer, "seconds", 0.0)
+                timing = f", {writes} written so far, {seconds / writes:.2f} s each" if writes else ""
+                lines.append(f"  checkpoint: {path} (step {s.step}{timing})")
         if self.stop_reason:
             lines.append(f"  STOPPED EARLY: {self.stop_reason}")
         if self.aborted:

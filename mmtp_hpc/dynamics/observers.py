@@ -256,63 +256,99 @@ def _duration(seconds: float) -> str:
 
 # --------------------------------------------------------------------------- trajectory
 class TrajectoryObserver(Observer):
-    """Frames to an HDF5 trajectory (:mod:`mmtp_hpc.io.trajectory`)."""
+    """Frames to an HDF5 (H5MD) trajectory (:mod:`mmtp_hpc.io.trajectory`).
+
+    Under MPI one file is written by rank 0, the same for any rank count: the per-atom
+    arrays of a frame stream to it in chunks of a bounded number of atoms
+    (:func:`mmtp_hpc.parallel.halo.gather_column_chunks`) and go straight into the file, so
+    no rank holds more than its own atoms plus one chunk. ``seconds`` and ``frames_here``
+    time the frames written by this run (gather + write)."""
 
     order = 30
     name = "trajectory"
 
-    def __init__(self, path: str | Path, store: list[str]):
+    def __init__(self, path: str | Path, store: list[str], chunk_atoms: int | None = None):
+        from mmtp_hpc.parallel.halo import GATHER_CHUNK_ATOMS
+
         self.path = Path(path)
         self.store = list(store)
+        self.chunk_atoms = int(chunk_atoms or GATHER_CHUNK_ATOMS)
         self.writer = None
         self._opened = False
+        self.seconds = 0.0
+        self.frames_here = 0
 
     def open(self, sim: Simulation, restart_step: int | None) -> None:
         from mmtp_hpc.io.trajectory import TrajectoryWriter
 
         s = sim.state
-        types, ids, masses = s.types, s.ids, s.masses
         self._opened = True
-        if sim.distributed:    # one file, written by rank 0, the same for any rank count
-            g = sim.forcefield.gather(s, {"types": s.types, "ids": s.ids, "masses": s.masses})
-            if g is None:
-                return
-            types, ids, masses = (np.rint(g["types"]).astype(np.int64), np.rint(g["ids"]).astype(np.int64),
-                                  g["masses"])
-        self.writer = TrajectoryWriter(self.path, self.store, species=s.species, types=types, ids=ids,
-                                       masses=masses, pbc=s.pbc, settings=sim.settings_dict(),
-                                       restart_step=restart_step)
+        if not sim.distributed:
+            self.writer = TrajectoryWriter(self.path, self.store, species=s.species, types=s.types, ids=s.ids,
+                                           masses=s.masses, pbc=s.pbc, settings=sim.settings_dict(),
+                                           restart_step=restart_step)
+            return
+        from mmtp_hpc.parallel.halo import gather_column_chunks
+
+        if sim.is_root:
+            self.writer = TrajectoryWriter(self.path, self.store, species=s.species, n_atoms=s.n_global,
+                                           pbc=s.pbc, settings=sim.settings_dict(), restart_step=restart_step)
+        chunks = gather_column_chunks(s.comm, s.ids, {"types": s.types, "ids": s.ids, "masses": s.masses},
+                                      self.chunk_atoms)
+        self._write_or_send(chunks, lambda c: self.writer.write_static(c))
+        s.comm.Barrier()      # the file exists before any rank goes on
+
+    def _write_or_send(self, chunks, write) -> None:
+        if self.writer is not None:
+            write(chunks)
+        else:                     # the other ranks send their rows
+            for _ in chunks:
+                pass
 
     def __call__(self, sim: Simulation) -> None:
         if not self._opened:
             self.open(sim, None)
+        t0 = time.perf_counter()
         s, ev = sim.state, sim.evaluation
         frame: dict[str, Any] = {"step": s.step, "time": s.time_fs, "cell": s.cell, **sim.thermo()}
         per_atom = {"positions": s.positions, "velocities": s.velocities, "magmoms": s.magmoms,
                     "forces": ev.forces, "site_energies": ev.site_energies,
                     "magnetic_gradient": ev.magnetic_gradient}
         columns = {name: (sim.nbh_grades() if name == "nbh_grades" else per_atom[name]) for name in self.store}
-        if sim.distributed:   # gathered on rank 0 in id order
+        if sim.distributed:   # streamed to rank 0 in id order
+            from mmtp_hpc.parallel.halo import gather_column_chunks
+
             columns = {k: (np.full(s.n_atoms, np.nan) if v is None else v) for k, v in columns.items()}
-            columns = sim.forcefield.gather(s, columns)
-            if columns is None:
-                return
-        frame.update(columns)
-        self.writer.append(frame)
+            chunks = gather_column_chunks(s.comm, s.ids, columns, self.chunk_atoms)
+            self._write_or_send(chunks, lambda c: self.writer.append_chunks(frame, c))
+        else:
+            frame.update(columns)
+            self.writer.append(frame)
+        self.seconds += time.perf_counter() - t0
+        self.frames_here += 1
 
     def flush(self) -> None:
         if self.writer is not None:
+            t0 = time.perf_counter()
             self.writer.flush()
+            self.seconds += time.perf_counter() - t0
 
     def close(self, sim: Simulation) -> None:
         if self.writer is not None:
+            t0 = time.perf_counter()
             self.writer.close()
+            self.seconds += time.perf_counter() - t0
 
     @property
     def frames(self) -> int:
         if self.writer is None:
             return 0
         return self.writer.frames_written + len(self.writer._buffer)
+
+    def describe(self) -> str:
+        """The summary line's words: file, frames, I/O time per frame (rank 0's)."""
+        per = f", {1e3 * self.seconds / self.frames_here:.2f} ms I/O per frame" if self.frames_here else ""
+        return f"{self.path} ({self.frames} frames{per})"
 
 
 # --------------------------------------------------------------------------- checkpoint
@@ -326,9 +362,14 @@ class CheckpointObserver(Observer):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.last_written = -1
+        self.seconds = 0.0
+        self.writes = 0
 
     def __call__(self, sim: Simulation) -> None:
+        t0 = time.perf_counter()
         sim.write_checkpoint(self.path)
+        self.seconds += time.perf_counter() - t0
+        self.writes += 1
         self.last_written = sim.state.step
 
     def close(self, sim: Simulation) -> None:

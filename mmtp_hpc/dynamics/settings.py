@@ -333,6 +333,9 @@ class OutputSettings:
     speed_log: str | None = _key("md_speed.json", "speed of each finished run of this input by rank count "
                                  "(JSON); the summary states the speed-up and parallel efficiency "
                                  "over the 1-rank run (\"\" for none)", text())
+    chunk_atoms: int = _key(65536, "MPI: atoms per message when frames and checkpoints stream to rank 0 "
+                                   "(bounds the memory of the writing rank; the files do not depend on it)",
+                            integer(1, 2 ** 24))
 
 
 def _grid(value: Any) -> list[int] | None:

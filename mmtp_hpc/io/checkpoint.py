@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,34 +46,66 @@ class CheckpointData:
     stop_reason: str = ""
 
 
-def write_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
+# per-atom arrays of a checkpoint: name -> (group, trailing shape, dtype)
+PER_ATOM: dict[str, tuple[str, tuple[int, ...], Any]] = {
+    "positions": (C.STATE, (3,), np.float64), "velocities": (C.STATE, (3,), np.float64),
+    "masses": (C.STATE, (), np.float64), "types": (C.STATE, (), np.int64), "ids": (C.STATE, (), np.int64),
+    "magmoms": (C.STATE, (), np.float64), "site_energies": (C.EVALUATION, (), np.float64),
+    "forces": (C.EVALUATION, (3,), np.float64), "magnetic_gradient": (C.EVALUATION, (), np.float64),
+    C.BUILD_POSITIONS: (C.NEIGHBORS, (3,), np.float64),
+}
+
+
+def write_checkpoint(path: str | os.PathLike, data: CheckpointData,
+                     chunks: Iterable[tuple[int, dict[str, np.ndarray]]] | None = None,
+                     n_atoms: int | None = None) -> None:
+    """Write ``data`` atomically. With ``chunks`` (pairs (first row, {name: rows}) of the
+    :data:`PER_ATOM` arrays, in id order, covering ``n_atoms`` atoms), the per-atom arrays are
+    not taken from ``data`` but written chunk by chunk as they come (an MPI run's streamed
+    gather); the file holds the same datasets either way."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        schema.write_header(f, schema.KIND_CHECKPOINT, data.settings)
-        f.attrs[C.STEP_ATTR] = int(data.step)
-        f.attrs[C.TIME_ATTR] = float(data.time)
-        f.attrs[C.SEED_ATTR] = int(data.seed)
-        f.attrs[C.HEAT_ATTR] = float(data.heat)
-        f.attrs[C.SPECIES_ATTR] = json.dumps(list(data.species))
-        f.attrs[C.POTENTIAL_ATTR] = data.potential
-        f.attrs[C.POTENTIAL_SHA_ATTR] = data.potential_sha256
-        f.attrs[C.STOP_REASON_ATTR] = data.stop_reason
-        g = f.create_group(C.STATE)
-        for name in C.STATE_ARRAYS:
-            schema.set_units(g.create_dataset(name, data=np.asarray(data.state[name])), name)
-        g = f.create_group(C.EVALUATION)
-        g.attrs[C.ENERGY_ATTR] = float(data.energy)
-        for name in C.EVALUATION_ARRAYS:
-            schema.set_units(g.create_dataset(name, data=np.asarray(data.evaluation[name])), name)
-        g = f.create_group(C.NEIGHBORS)
-        schema.set_units(g.create_dataset(C.BUILD_POSITIONS, data=data.build_positions), C.BUILD_POSITIONS)
-        schema.set_units(g.create_dataset(C.BUILD_CELL, data=data.build_cell), C.BUILD_CELL)
-        for group, values in ((C.THERMOSTAT, data.thermostat), (C.BAROSTAT, data.barostat)):
-            g = f.create_group(group)
-            for name, value in values.items():
-                g.create_dataset(name, data=np.asarray(value))
-        g = f.create_group(C.OBSERVERS)
-        for name, value in data.observers.items():
-            g.attrs[name] = json.dumps(value)
+        _write(f, data, chunks, n_atoms)
+
+
+def _write(f: h5py.File, data: CheckpointData, chunks, n_atoms: int | None) -> None:
+    def put(group: h5py.Group, name: str, value) -> None:
+        if chunks is not None and name in PER_ATOM:
+            _, shape, dtype = PER_ATOM[name]
+            ds = group.create_dataset(name, shape=(int(n_atoms), *shape), dtype=dtype)
+        else:
+            ds = group.create_dataset(name, data=np.asarray(value))
+        schema.set_units(ds, name)
+
+    schema.write_header(f, schema.KIND_CHECKPOINT, data.settings)
+    f.attrs[C.STEP_ATTR] = int(data.step)
+    f.attrs[C.TIME_ATTR] = float(data.time)
+    f.attrs[C.SEED_ATTR] = int(data.seed)
+    f.attrs[C.HEAT_ATTR] = float(data.heat)
+    f.attrs[C.SPECIES_ATTR] = json.dumps(list(data.species))
+    f.attrs[C.POTENTIAL_ATTR] = data.potential
+    f.attrs[C.POTENTIAL_SHA_ATTR] = data.potential_sha256
+    f.attrs[C.STOP_REASON_ATTR] = data.stop_reason
+    g = f.create_group(C.STATE)
+    for name in C.STATE_ARRAYS:
+        put(g, name, data.state.get(name))
+    g = f.create_group(C.EVALUATION)
+    g.attrs[C.ENERGY_ATTR] = float(data.energy)
+    for name in C.EVALUATION_ARRAYS:
+        put(g, name, data.evaluation.get(name))
+    g = f.create_group(C.NEIGHBORS)
+    put(g, C.BUILD_POSITIONS, data.build_positions)
+    put(g, C.BUILD_CELL, data.build_cell)
+    for group, values in ((C.THERMOSTAT, data.thermostat), (C.BAROSTAT, data.barostat)):
+        g = f.create_group(group)
+        for name, value in values.items():
+            g.create_dataset(name, data=np.asarray(value))
+    g = f.create_group(C.OBSERVERS)
+    for name, value in data.observers.items():
+        g.attrs[name] = json.dumps(value)
+    for start, block in chunks or ():
+        for name, rows in block.items():
+            group = PER_ATOM[name][0]
+            f[group][name][start:start + len(rows)] = rows
 
 
 def read_checkpoint(path: str | os.PathLike) -> CheckpointData:

@@ -18,12 +18,15 @@ Every swap is recorded (entries sent, shift, where the received block starts), s
 
 Messages are buffer-based ``Sendrecv`` calls on contiguous float64 arrays (CONVENTIONS 3).
 :func:`migrate` moves atoms (with all their per-atom data) to their new owners at a
-rebuild; :func:`gather_rows` collects per-atom rows on the root in global id order.
+rebuild; :func:`gather_chunks` streams per-atom rows to the root in global id order, in
+chunks of a bounded number of atoms (what trajectories and checkpoints are written from);
+:func:`gather_rows` joins them into one table.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,21 +192,107 @@ def migrate(comm, owners: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return recv
 
 
+def _as_rows(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(n, k) float64 rows, also for n = 0 (a rank without atoms)."""
+    rows = np.ascontiguousarray(rows, dtype=np.float64)
+    width = int(np.prod(rows.shape[1:], dtype=np.int64)) if rows.ndim > 1 else 1
+    return rows.reshape(len(ids), width)
+
+
+GATHER_CHUNK_ATOMS = 65536
+"""Atoms per message of :func:`gather_chunks`: the root holds at most this many rows at a time."""
+
+
+def gather_chunks(comm, ids: np.ndarray, rows: np.ndarray, chunk_atoms: int = GATHER_CHUNK_ATOMS,
+                  root: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """Stream all ranks' rows ``(n_r, k)`` to ``root`` in global id order, in bounded chunks.
+
+    A generator every rank must run to the end (each chunk is a collective): on ``root`` it
+    yields ``(first_row, table)``, ``table`` the next ≤ ``chunk_atoms`` rows in id order and
+    ``first_row`` their position in the id-ordered whole (a Python int, so no count overflows);
+    elsewhere it yields nothing. A chunk is the atoms with ids in ``[lo, lo + chunk_atoms)``,
+    ``lo`` the smallest id not sent yet (ids are distinct, so a chunk never holds more), so
+    neither the root nor any rank ever holds more than its own rows plus one chunk, and every
+    message count is below ``chunk_atoms · (k + 1)`` (checked to fit MPI's int). Serially the
+    rows come in slices of ``chunk_atoms`` in id order.
+    """
+    rows = _as_rows(ids, rows)
+    ids = np.asarray(ids, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    chunk_atoms = int(chunk_atoms)
+    if chunk_atoms < 1:
+        raise ValueError(f"chunk_atoms must be >= 1, got {chunk_atoms}")
+    if comm.Get_size() == 1:
+        for start in range(0, len(ids), chunk_atoms):
+            yield start, rows[order[start:start + chunk_atoms]]
+        return
+    from mpi4py import MPI
+
+    k = rows.shape[1]
+    if chunk_atoms * (k + 1) >= 2 ** 31:
+        raise ValueError(f"chunk of {chunk_atoms} rows of {k + 1} values overflows an MPI count")
+    sorted_ids = ids[order]
+    is_root = comm.Get_rank() == root
+    none = np.iinfo(np.int64).max
+    cursor, first_row = 0, 0
+    lo = np.empty(1, dtype=np.int64)
+    count = np.empty(1, dtype=np.int64)
+    counts = np.empty(comm.Get_size(), dtype=np.int64) if is_root else None
+    while True:
+        comm.Allreduce(np.array([sorted_ids[cursor] if cursor < len(ids) else none], dtype=np.int64), lo,
+                       op=MPI.MIN)
+        if lo[0] == none:
+            return
+        end = int(np.searchsorted(sorted_ids, lo[0] + chunk_atoms, side="left"))
+        block = np.empty((end - cursor, k + 1), dtype=np.float64)
+        block[:, 0] = sorted_ids[cursor:end]
+        block[:, 1:] = rows[order[cursor:end]]
+        count[0] = end - cursor
+        cursor = end
+        comm.Gather(count, counts, root=root)
+        if not is_root:
+            comm.Gatherv(block.ravel(), None, root=root)
+            continue
+        sizes = counts * (k + 1)
+        recv = np.empty(int(sizes.sum()), dtype=np.float64)
+        displ = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        comm.Gatherv(block.ravel(), [recv, (sizes, displ), MPI.DOUBLE], root=root)
+        table = recv.reshape(-1, k + 1)
+        table = table[np.argsort(table[:, 0], kind="stable"), 1:]
+        yield first_row, table
+        first_row += len(table)
+
+
+def gather_column_chunks(comm, ids: np.ndarray, columns: dict[str, np.ndarray],
+                         chunk_atoms: int = GATHER_CHUNK_ATOMS, root: int = 0
+                         ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """:func:`gather_chunks` of named per-atom arrays ``(n_r, …)``: yields ``(first_row, {name:
+    rows})`` on ``root``, each array back in its trailing shape (and dtype for integers)."""
+    n = len(ids)
+    names = list(columns)
+    shapes = {k: np.shape(columns[k])[1:] for k in names}
+    widths = [int(np.prod(shapes[k], dtype=np.int64)) for k in names]
+    rows = (np.concatenate([np.asarray(columns[k], dtype=np.float64).reshape(n, w)
+                            for k, w in zip(names, widths, strict=True)], axis=1)
+            if names else np.zeros((n, 0)))
+    for start, table in gather_chunks(comm, ids, rows, chunk_atoms, root):
+        out, c = {}, 0
+        for name, w in zip(names, widths, strict=True):
+            block = table[:, c:c + w].reshape((len(table), *shapes[name]))
+            if np.issubdtype(np.asarray(columns[name]).dtype, np.integer):
+                block = np.rint(block).astype(np.int64)
+            out[name] = block
+            c += w
+        yield start, out
+
+
 def gather_rows(comm, ids: np.ndarray, rows: np.ndarray, root: int = 0) -> np.ndarray | None:
-    """All ranks' rows (n_r, k) on ``root``, sorted by global id; None elsewhere."""
-    rows = np.ascontiguousarray(rows, dtype=np.float64).reshape(len(ids), -1)
+    """All ranks' rows (n_r, k) on ``root``, sorted by global id; None elsewhere (the chunks of
+    :func:`gather_chunks` joined, so no message count overflows)."""
+    rows = _as_rows(ids, rows)
     if comm.Get_size() == 1:
         return rows[np.argsort(ids, kind="stable")]
-    k = rows.shape[1]
-    block = np.ascontiguousarray(np.concatenate([np.asarray(ids, dtype=np.float64)[:, None], rows], axis=1))
-    counts = np.array(comm.allgather(len(block)), dtype=np.int64) * (k + 1)
-    recv = None
-    if comm.Get_rank() == root:
-        recv = np.empty(int(counts.sum()), dtype=np.float64)
-    from mpi4py import MPI
-    displ = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    comm.Gatherv(block.ravel(), [recv, (counts, displ), MPI.DOUBLE] if recv is not None else None, root=root)
-    if recv is None:
+    parts = [table for _, table in gather_chunks(comm, ids, rows, root=root)]
+    if comm.Get_rank() != root:
         return None
-    table = recv.reshape(-1, k + 1)
-    return table[np.argsort(table[:, 0], kind="stable"), 1:]
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, rows.shape[1]))
