@@ -29,3 +29,25 @@ class InputError(MMTPError, ValueError):
         if field is not None:
             where += f"{field}: "
         super().__init__(where + message)
+
+
+class OutputError(MMTPError, OSError):
+    """An output file could not be written (disk full, read-only or vanished directory, ...).
+
+    The message names the file and the reason; what was written before stays valid."""
+
+    def __init__(self, message: str, path: str | None = None):
+        self.path = path
+        self.reason = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class RunAborted(MMTPError):
+    """An MD run ended abnormally (non-finite energies, an atom flying off, an output error):
+    the message says what happened. ``collective``: every rank raised it at the same point
+    (found by a reduction), so they can still end together, write an emergency checkpoint and
+    a summary; the command line reports it once."""
+
+    def __init__(self, message: str, collective: bool = False):
+        self.collective = collective
+        super().__init__(message)

@@ -26,7 +26,7 @@ def h5_kind(path: Path) -> str | None:
 
     from mmtp_hpc.io import schema
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(path, "r", swmr=True) as f:   # also a trajectory being written
             kind = f.attrs.get(schema.KIND_ATTR)
     except OSError:
         return None
@@ -97,7 +97,7 @@ def is_potential(path: Path) -> bool:
         import h5py
 
         from mmtp_hpc.io import schema
-        with h5py.File(path, "r") as f:
+        with h5py.File(path, "r", swmr=True) as f:   # also a trajectory being written
             return f.attrs.get(schema.KIND_ATTR) == schema.KIND_POTENTIAL
     return False
 

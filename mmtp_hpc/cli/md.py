@@ -18,6 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--restart", nargs="?", const="", default=None, metavar="CHECKPOINT",
                    help="continue from a checkpoint (default: the input's [output] checkpoint)")
     p.add_argument("--steps", type=int, default=None, help="override [md] steps (total step count)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start from step 0 even though a checkpoint or trajectory of an earlier run exists "
+                        "(they are replaced); without it such a run is refused")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --restart: continue although the potential file or settings that change "
+                        "the physics differ from the checkpoint's (they are listed)")
     p.add_argument("--quiet", action="store_true", help="no log on standard output")
     p.add_argument("--help-input", action="store_true", help="print all input sections and keys, then exit")
     p.add_argument("--summary-json", default=None, metavar="PATH",
@@ -46,8 +52,38 @@ def run(args: argparse.Namespace) -> int:
         if not restart:
             raise InputError("--restart needs a checkpoint: give one, or set [output] checkpoint")
         restart = settings.path(restart) if args.restart == "" else restart
-    sim = Simulation.from_settings(settings, restart=restart, stream=None if args.quiet else sys.stdout)
-    reason = sim.run()
+    from pathlib import Path
+
+    from mmtp_hpc.dynamics import runfiles
+    from mmtp_hpc.parallel.comm import get_comm
+
+    out = settings.output
+    outputs = [settings.path(x) for x in (out.trajectory, out.checkpoint, out.log) if x]
+    root = get_comm().Get_rank() == 0
+    lock = runfiles.RunLock(outputs if root else [])
+    with lock:                      # a second run on these files is refused
+        if root:
+            runfiles.remove_stale_temporaries(outputs)
+        if restart is None:
+            if not args.overwrite:
+                runfiles.check_fresh_start(settings.path(out.checkpoint) if out.checkpoint else None,
+                                           settings.path(out.trajectory) if out.trajectory else None,
+                                           args.input)
+        else:
+            restart = Path(restart)
+            if not restart.is_file():
+                raise InputError("checkpoint not found (nothing to restart from; run without --restart to "
+                                 "start at step 0)", path=str(restart))
+            notes = runfiles.check_restart(restart, settings.path(settings.potential.file),
+                                           settings.to_dict(), args.allow_changes)
+            if root:
+                for note in notes:
+                    print(f"mmtp md: restart: {note}", file=sys.stderr)
+                if out.log:
+                    runfiles.truncate_log(settings.path(out.log),
+                                          runfiles.read_checkpoint_header(restart)["step"])
+        sim = Simulation.from_settings(settings, restart=restart, stream=None if args.quiet else sys.stdout)
+        reason = sim.run()
     if args.summary_json:
         import json
 

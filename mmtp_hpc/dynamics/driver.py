@@ -33,6 +33,7 @@ bit the uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import sys
@@ -47,6 +48,8 @@ from mmtp_hpc.dynamics.integrators import Integrator
 from mmtp_hpc.dynamics.moments import FixedMoments, MomentUpdater
 from mmtp_hpc.dynamics.observers import CallbackObserver, ExtrapolationObserver, Observer
 from mmtp_hpc.dynamics.state import Evaluation, MDState
+from mmtp_hpc.errors import MMTPError, OutputError, RunAborted
+from mmtp_hpc.parallel.comm import max_op, min_op
 from mmtp_hpc.io.checkpoint import CheckpointData, read_checkpoint, write_checkpoint
 
 
@@ -76,6 +79,9 @@ class Simulation:
         self.evaluation: Evaluation | None = None
         self.stop_reason = ""
         self.aborted = False
+        self.abort_reason = ""
+        self.abort_collective = True
+        self._emergency_ok = False
         self.last_grade = math.nan
         self.restarted = False
         self.start_step = state.step
@@ -148,16 +154,110 @@ class Simulation:
         try:
             while self.state.step < self.target_step and not self.stop_reason:
                 self.step()
-        except BaseException:
+        except BaseException as exc:
             # interrupted inside a step: the state is not consistent, so no final checkpoint
-            # (the last one stands); buffered trajectory frames (complete steps) are written
+            # (the last one stands) unless the step had finished (an output error); buffered
+            # trajectory frames (complete steps) are written
             self.aborted = True
+            self.abort_reason = str(exc) or type(exc).__name__
+            self.abort_collective = not self.distributed or bool(getattr(exc, "collective", False))
+            self._emergency_ok = self._emergency_ok and isinstance(exc, RunAborted)
             raise
         finally:
             self._wall += time.perf_counter() - t0
-            for observer, _ in self.observers:
-                observer.close(self)
+            self._close_observers()
         return self.stop_reason
+
+    def _close_observers(self) -> None:
+        """End of run: observers close, the log (summary) last, so that the summary reports
+        what was really written. After an error on one rank only (the others are elsewhere),
+        nothing collective is tried: files are let go and the error ends every rank."""
+        if self.aborted and not self.abort_collective:
+            for observer, _ in self.observers:
+                abandon = getattr(observer, "abandon", None)
+                if abandon is not None:
+                    with contextlib.suppress(Exception):
+                        abandon(self)
+            return
+        errors: list[BaseException] = []
+        ordered = sorted(self.observers, key=lambda item: item[0].name == "log")
+        for observer, _ in ordered:
+            try:
+                observer.close(self)
+            except (OSError, MMTPError) as exc:
+                errors.append(exc)
+                abandon = getattr(observer, "abandon", None)
+                if abandon is not None:
+                    with contextlib.suppress(Exception):
+                        abandon(self)
+        if errors and not self.aborted:
+            raise errors[0]
+
+    def _call_observer(self, observer: Observer) -> None:
+        """One observer call; an output error (disk full, read-only or vanished directory) on any
+        rank ends the run on every rank with that rank's message (collective, no hang)."""
+        failure: BaseException | None = None
+        try:
+            observer(self)
+        except (OSError, OutputError) as exc:
+            failure = exc
+        if self.distributed:
+            comm = self.state.comm
+            size = comm.Get_size()
+            first = int(comm.allreduce(comm.Get_rank() if failure is not None else size, op=min_op()))
+            if first < size:
+                text = comm.bcast(None if failure is None else str(failure), root=first)
+                self._emergency_ok = observer.name != "checkpoint"
+                where = f" (rank {first})" if first else ""
+                raise RunAborted(f"output error{where}: {text}", collective=True)
+        elif failure is not None:
+            self._emergency_ok = observer.name != "checkpoint"
+            raise RunAborted(f"output error: {failure}") from failure
+
+    def _check_motion(self) -> None:
+        """After the drift: every position finite and no atom moved more than the skin in one
+        step (the dynamics blew up: the neighbour list and the halo would miss neighbours).
+        Collective under MPI (one reduction); raises :class:`RunAborted` with a diagnosis."""
+        s = self.state
+        v = s.velocities
+        finite = bool(np.all(np.isfinite(s.positions))) and bool(np.all(np.isfinite(v)))
+        speed2 = np.einsum("ij,ij->i", v, v) if finite and len(v) else np.zeros(0)
+        vmax = float(np.sqrt(speed2.max())) if len(speed2) else 0.0
+        values = np.array([0.0 if finite else 1.0, vmax * self.integrator.dt])
+        if self.distributed:
+            values = self.state.comm.allreduce(float(values[0]), op=max_op()), \
+                self.state.comm.allreduce(float(values[1]), op=max_op())
+        bad, moved = float(values[0]), float(values[1])
+        limit = max(float(getattr(self.forcefield, "skin", 1.0)), 0.5)
+        if bad == 0.0 and moved <= limit:
+            return
+        who = ""
+        if finite and len(speed2) and vmax * self.integrator.dt >= moved:
+            who = f" (atom id {int(s.ids[int(np.argmax(speed2))])})"
+        what = ("a position or velocity became non-finite" if bad else
+                f"an atom{who} moved {moved:.3g} Å in one step (the limit is {limit:g} Å: the larger "
+                f"of the skin and 0.5 Å)")
+        ev = self.evaluation
+        fmax = math.nan
+        if ev is not None and ev.forces is not None and len(ev.forces):
+            f = np.asarray(ev.forces)
+            local = float(np.sqrt(np.nanmax(np.einsum("ij,ij->i", f, f)))) if np.isfinite(f).any() else math.nan
+            fmax = local if not self.distributed else float(self.state.comm.allreduce(local, op=max_op()))
+        raise RunAborted(
+            f"the dynamics blew up at step {s.step}: {what}; largest force at the previous step "
+            f"{fmax:.4g} eV/Å, last extrapolation grade {self.last_grade:.4g}. Try a smaller "
+            "timestep, check the grades (the potential may be outside its training range) and "
+            "the starting structure (atoms too close) and temperature", collective=True)
+
+    def _check_energy(self) -> None:
+        """The energy and virial (global sums, so the same on every rank) must be finite."""
+        ev = self.evaluation
+        if math.isfinite(float(ev.energy)) and bool(np.all(np.isfinite(ev.virial))):
+            return
+        raise RunAborted(f"non-finite energy or stress at step {self.state.step} (energy {ev.energy}); "
+                         f"last extrapolation grade {self.last_grade:.4g}: the configuration is outside "
+                         "what the potential can evaluate (check the grades, the timestep and the "
+                         "moments' range)", collective=True)
 
     def step(self) -> None:
         """One MD step: the hook sequence of the module docstring."""
@@ -165,9 +265,11 @@ class Simulation:
         s.step += 1
         s.time_fs += self.integrator.dt
         self.integrator.first_half(s, self.evaluation)              # 1
+        self._check_motion()
         if self.forcefield.update(s) and self.distributed:           # 2
             self._after_migration()
         self.evaluation = self._forces()                              # 3 + 4 (ForceField folds ghosts)
+        self._check_energy()
         self.integrator.second_half(s, self.evaluation)             # 5
         t_mom, before = time.perf_counter(), dict(getattr(self.forcefield, "time", {}))
         if self.moments.end_of_step(self.forcefield, s, self.evaluation, self._moments_due()):   # 6
@@ -177,7 +279,7 @@ class Simulation:
         for observer, interval in self.observers:                     # 7
             if s.step % interval == 0:
                 t0 = time.perf_counter()
-                observer(self)
+                self._call_observer(observer)
                 self._observer_time[observer.name] = (self._observer_time.get(observer.name, 0.0)
                                                       + time.perf_counter() - t0)
 
@@ -326,12 +428,22 @@ class Simulation:
         """Flush buffered output, then write the checkpoint atomically. Under MPI the per-atom
         arrays stream to rank 0 in chunks of a bounded number of atoms
         (:func:`mmtp_hpc.parallel.halo.gather_column_chunks`), which writes each as it comes."""
-        for observer, _ in self.observers:
-            flush = getattr(observer, "flush", None)
-            if flush is not None:
-                flush()
+        failure: BaseException | None = None
+        try:
+            for observer, _ in self.observers:
+                flush = getattr(observer, "flush", None)
+                if flush is not None:
+                    flush()
+        except (OSError, OutputError) as exc:
+            failure = exc
         if not self.distributed:
-            write_checkpoint(path, self.checkpoint_data())
+            if failure is not None:
+                raise failure
+            try:
+                write_checkpoint(path, self.checkpoint_data())
+            except OSError as exc:
+                raise OutputError(f"cannot write the checkpoint of step {self.state.step} ({exc}); the "
+                                  "previous checkpoint file, if any, is unchanged", path=str(path)) from None
             return
         from mmtp_hpc.parallel.halo import GATHER_CHUNK_ATOMS, gather_column_chunks
 
@@ -342,13 +454,18 @@ class Simulation:
                    "site_energies": ev.site_energies, "forces": ev.forces,
                    "magnetic_gradient": ev.magnetic_gradient,
                    "build_positions": self.forcefield.nl.reference_positions}
-        chunks = gather_column_chunks(s.comm, s.ids, columns, chunk_atoms)
-        if self.is_root:
-            write_checkpoint(path, self._checkpoint_record({}), chunks=chunks, n_atoms=s.n_global)
-        else:
-            for _ in chunks:
-                pass
+        chunks = iter(gather_column_chunks(s.comm, s.ids, columns, chunk_atoms))
+        if self.is_root and failure is None:
+            try:
+                write_checkpoint(path, self._checkpoint_record({}), chunks=chunks, n_atoms=s.n_global)
+            except (OSError, OutputError) as exc:
+                failure = OutputError(f"cannot write the checkpoint of step {s.step} ({exc}); the previous "
+                                      "checkpoint file, if any, is unchanged", path=str(path))
+        for _ in chunks:   # every rank's rows are received even when writing failed: nobody waits
+            pass
         s.comm.Barrier()   # the file is complete before any rank goes on
+        if failure is not None:
+            raise failure
 
     def restore(self, data: CheckpointData) -> None:
         """Continue from checkpoint ``data``: state, evaluation, neighbour list, counters."""
@@ -516,11 +633,10 @@ class Simulation:
                 describe = getattr(observer, "describe", None)
                 lines.append(f"  trajectory: {describe() if describe else f'{path} ({observer.frames} frames)'}")
             elif observer.name == "checkpoint":
-                writes, seconds = getattr(observer, "writes", 0), getattr(observer, "seconds", 0.0)
-                timing = f", {writes} written so far, {seconds / writes:.2f} s each" if writes else ""
-                lines.append(f"  checkpoint: {path} (step {s.step}{timing})")
+                describe = getattr(observer, "describe", None)
+                lines.append(f"  checkpoint: {describe(self) if describe else path}")
         if self.stop_reason:
             lines.append(f"  STOPPED EARLY: {self.stop_reason}")
         if self.aborted:
-            lines.append(f"  ABORTED during step {s.step}; restart from the last checkpoint")
+            lines.append(f"  ABORTED at step {s.step}: {self.abort_reason}")
         return lines

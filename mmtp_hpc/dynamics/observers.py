@@ -221,7 +221,9 @@ class ThermoLog(Observer):
                 self.samples["V"].append(th["volume"] / n)
 
     def close(self, sim: Simulation) -> None:
-        if self.last_logged != sim.state.step and not sim.aborted:
+        # the last step is logged once: not again by a restart that had nothing left to run
+        nothing_run = sim.restarted and sim.state.step == sim.start_step
+        if self.last_logged != sim.state.step and not sim.aborted and not nothing_run:
             self(sim)
         for line in sim.summary_lines(self.samples):
             self.write(line)
@@ -339,6 +341,12 @@ class TrajectoryObserver(Observer):
             self.writer.close()
             self.seconds += time.perf_counter() - t0
 
+    def abandon(self, sim: Simulation) -> None:
+        """After an error on this rank alone: let go of the file without writing (no rank
+        waits for this one; the committed frames stay)."""
+        if self.writer is not None:
+            self.writer.abandon()
+
     @property
     def frames(self) -> int:
         if self.writer is None:
@@ -364,19 +372,47 @@ class CheckpointObserver(Observer):
         self.last_written = -1
         self.seconds = 0.0
         self.writes = 0
+        self.emergency = False          # written after an abort (the step had finished)
+        self.failed = ""                # why the last attempt failed
 
     def __call__(self, sim: Simulation) -> None:
         t0 = time.perf_counter()
-        sim.write_checkpoint(self.path)
+        try:
+            sim.write_checkpoint(self.path)
+        except BaseException as exc:
+            self.failed = str(exc)
+            raise
         self.seconds += time.perf_counter() - t0
         self.writes += 1
         self.last_written = sim.state.step
 
     def close(self, sim: Simulation) -> None:
         if sim.aborted:
+            # an emergency checkpoint only when the last step had finished (an output error
+            # in an observer), never of a state the error interrupted
+            if getattr(sim, "_emergency_ok", False) and self.last_written != sim.state.step:
+                self(sim)
+                self.emergency = True
             return
         if self.last_written != sim.state.step or sim.stop_reason:
             self(sim)
+
+    def describe(self, sim: Simulation) -> str:
+        """The summary's words: what this run really wrote, and what a restart would use."""
+        timing = (f", {self.writes} written, {self.seconds / self.writes:.2f} s each"
+                  if self.writes else "")
+        if self.emergency:
+            return f"{self.path} (emergency checkpoint at step {self.last_written}{timing})"
+        if self.last_written >= 0 and self.last_written == sim.state.step and not sim.aborted:
+            return f"{self.path} (step {self.last_written}{timing})"
+        failed = f"; the last write failed: {self.failed}" if self.failed else ""
+        if self.last_written >= 0:
+            return (f"{self.path} (last written at step {self.last_written}{timing}; a restart "
+                    f"continues from there{failed})")
+        if sim.restarted and self.path.exists():
+            return (f"{self.path} (none written by this run; the file is the checkpoint of step "
+                    f"{sim.start_step} this run started from{failed})")
+        return f"none written by this run ({self.path}){failed}; a restart is not possible"
 
 
 def require_path_writable(path: Path, what: str) -> None:

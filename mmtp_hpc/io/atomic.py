@@ -27,9 +27,14 @@ def atomic_path(path: str | os.PathLike, copy_existing: bool = False) -> Iterato
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         # name the file the user asked for, not the temporary one mkstemp would have failed on
-        from mmtp_hpc.errors import InputError
+        import errno
 
-        raise InputError(f"cannot write: the directory {str(directory)!r} does not exist", path=str(target))
+        from mmtp_hpc.errors import OutputError
+
+        exc = OutputError(f"cannot write: the directory {str(directory)!r} does not exist (No such file or "
+                          "directory)", path=str(target))
+        exc.errno = errno.ENOENT
+        raise exc
     # Same directory, so the final rename never crosses a file system boundary.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     os.close(fd)

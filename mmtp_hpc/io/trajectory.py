@@ -8,14 +8,19 @@ layout (:class:`mmtp_hpc.io.schema.Trajectory`, version 1) are still read
 turns one into the H5MD layout (``mmtp convert old.h5 new.h5``), and a restart converts
 the trajectory it continues.
 
-Writing: the file is created atomically (built beside the target, then renamed).
-Frames are buffered and appended in place — the file is opened, extended, flushed and
-closed on every :meth:`TrajectoryWriter.flush` (the driver flushes at checkpoints, at
-the end and whenever the buffer holds 64 MiB or 10 frames), so a killed run leaves a
-readable file whose frames are a prefix of the run. :meth:`TrajectoryWriter.append_chunks`
-writes one frame whose per-atom rows arrive in bounded chunks (MPI runs: a streamed gather),
-straight into the file. A restart truncates the frames that are newer than its checkpoint
-(they will be recomputed identically) and goes on appending.
+Writing: the file is created atomically (built beside the target, then renamed) in HDF5's
+newest format, then held open in single-writer/multiple-reader (SWMR) mode for the run.
+Frames are buffered and appended (the driver flushes at checkpoints, at the end and whenever
+the buffer holds 64 MiB or 10 frames); every append writes the per-atom values, cell and
+scalars first and the frame's ``time`` and ``step`` last, each flushed, so ``step`` is the
+commit marker: a reader — :func:`open_trajectory` (``mmtp post``, ``mmtp info``, or
+``h5py.File(path, "r", swmr=True)``) — can open the file at any moment during the run without
+disturbing the writer, and a writer killed at any moment leaves a file whose committed
+frames are intact. :meth:`TrajectoryWriter.append_chunks` writes one frame whose per-atom
+rows arrive in bounded chunks (MPI runs: a streamed gather), straight into the file. A restart
+rebuilds the file from the frames up to its checkpoint (copied exactly; newer frames will be
+recomputed identically) and goes on appending, so a killed and restarted run ends with the
+same datasets as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -30,12 +35,13 @@ import h5py
 import numpy as np
 
 from mmtp_hpc import __version__
-from mmtp_hpc.errors import InputError
+from mmtp_hpc.errors import InputError, OutputError
 from mmtp_hpc.io import schema
 from mmtp_hpc.io.atomic import atomic_path
 from mmtp_hpc.io.schema import H5MD as H
 from mmtp_hpc.io.schema import H5MD_UNITS
 from mmtp_hpc.io.schema import Trajectory as T
+from mmtp_hpc.io.trajectory_frames import committed_frames, open_trajectory
 
 _MAX_BUFFER_BYTES = 64 * 2 ** 20
 _MAX_BUFFER_FRAMES = 10
@@ -77,19 +83,22 @@ class TrajectoryWriter:
         self._buffer: list[dict[str, Any]] = []
         self._buffer_bytes = 0
         self.frames_written = 0
+        self._file: h5py.File | None = None
         if restart_step is not None and self.path.exists():
-            self._truncate(int(restart_step))
+            self._continue(int(restart_step), settings)
         else:
-            self._create(species, types, ids, masses, pbc, settings)
+            with atomic_path(self.path) as tmp:
+                self._create(tmp, species, types, ids, masses, pbc, settings)
+                self._handle(tmp)     # in SWMR mode before any reader can see the file
 
     # ------------------------------------------------------------------ create / truncate
     def _names(self) -> list[str]:
         """Our names of every time-dependent element, the one owning step/time first."""
         return [*self.store, T.CELL, *T.SCALARS]
 
-    def _create(self, species, types, ids, masses, pbc, settings) -> None:
+    def _create(self, target: Path, species, types, ids, masses, pbc, settings) -> None:
         n = self.n_atoms
-        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as f:
+        with h5py.File(target, "w", libver="latest") as f:
             schema.write_header(f, schema.KIND_TRAJECTORY, settings or {},
                                 version=schema.TRAJECTORY_SCHEMA_VERSION)
             f.attrs[T.SPECIES_ATTR] = json.dumps(list(species))
@@ -155,7 +164,10 @@ class TrajectoryWriter:
         first = f[H.element_path(names[0])]
         return [first[H.STEP], first[H.TIME], *(f[H.element_path(name)][H.VALUE] for name in names)]
 
-    def _truncate(self, restart_step: int) -> None:
+    def _continue(self, restart_step: int, settings: dict | None) -> None:
+        """Rebuild the file from its frames with ``step <= restart_step`` (values copied
+        exactly, a few frames at a time), atomically. Works on a file left behind by a killed
+        writer (read in SWMR mode) and converts a file of the first layout."""
         from mmtp_hpc.io.trajectory_frames import trajectory_layout
 
         try:
@@ -167,29 +179,84 @@ class TrajectoryWriter:
             with atomic_path(self.path, copy_existing=False) as tmp:
                 convert_legacy(self.path, tmp)
         try:
-            f = h5py.File(self.path, "a")
+            src = open_trajectory(self.path)
         except OSError as exc:
             raise InputError(f"cannot open the trajectory to continue it ({exc}); move it away to "
                              "start a new one", path=str(self.path)) from None
-        with f:
-            schema.check_header(f, schema.KIND_TRAJECTORY, str(self.path), (schema.TRAJECTORY_SCHEMA_VERSION,))
-            if int(f.attrs[T.N_ATOMS_ATTR]) != self.n_atoms:
-                raise InputError(f"trajectory has {int(f.attrs[T.N_ATOMS_ATTR])} atoms, the run "
+        with src:
+            schema.check_header(src, schema.KIND_TRAJECTORY, str(self.path), (schema.TRAJECTORY_SCHEMA_VERSION,))
+            if int(src.attrs[T.N_ATOMS_ATTR]) != self.n_atoms:
+                raise InputError(f"trajectory has {int(src.attrs[T.N_ATOMS_ATTR])} atoms, the run "
                                  f"{self.n_atoms}", path=str(self.path))
             names = self._names()
-            missing = [name for name in names if H.element_path(name) not in f]
-            extra = [name for name in T.PER_ATOM if name not in self.store and H.element_path(name) in f]
+            missing = [name for name in names if H.element_path(name) not in src]
+            extra = [name for name in T.PER_ATOM if name not in self.store and H.element_path(name) in src]
             if missing or extra:
-                raise InputError(f"trajectory stores {[n for n in T.PER_ATOM if H.element_path(n) in f]}, "
+                raise InputError(f"trajectory stores {[n for n in T.PER_ATOM if H.element_path(n) in src]}, "
                                  f"the run {self.store}; [output] store must match the file being "
                                  "continued", path=str(self.path), field="output.store")
-            datasets = self._datasets(f)
-            steps = datasets[0][...]
-            keep = int(np.searchsorted(steps, restart_step, side="right"))
-            for ds in datasets:
-                if ds.shape[0] > keep:
-                    ds.resize(keep, axis=0)
-            self.frames_written = keep
+            old = self._datasets(src)
+            steps = old[0][...]
+            total = committed_frames(steps, [ds.shape[0] for ds in old])
+            keep = int(np.searchsorted(steps[:total], restart_step, side="right"))
+            p = src[H.particle_path()]
+            species = json.loads(_text(src.attrs.get(T.SPECIES_ATTR, "[]")))
+            boundary = [_text(b) for b in p[H.BOX].attrs[H.BOUNDARY_ATTR]]
+            pbc = np.array([b == H.PERIODIC for b in boundary], dtype=bool)
+            if settings is None:
+                settings = schema.read_settings(src)
+            with atomic_path(self.path) as tmp:
+                self._create(tmp, species, p[H.SPECIES][...], p[H.ID][...], p[H.MASS][...], pbc, settings)
+                with h5py.File(tmp, "a", libver="latest") as dst:
+                    new = self._datasets(dst)
+                    for ds in new:
+                        ds.resize(keep, axis=0)
+                    block = max(1, _chunk_rows(8 * max(self.n_atoms, 1) * 3))
+                    for start in range(0, keep, block):
+                        stop = min(keep, start + block)
+                        for a, b in zip(old, new, strict=True):
+                            b[start:stop] = a[start:stop]
+                self._handle(tmp)     # in SWMR mode before any reader can see the new file
+        self.frames_written = keep
+
+    def _handle(self, where: Path | None = None) -> h5py.File:
+        """The file, opened once for appending in SWMR mode (readers may open it meanwhile).
+        ``where``: the temporary file that is about to be renamed to the trajectory."""
+        if self._file is None:
+            try:
+                f = h5py.File(where or self.path, "a", libver="latest")
+            except OSError as exc:
+                raise OutputError(f"cannot open the trajectory for writing ({_reason(exc)})",
+                                  path=str(self.path)) from None
+            try:
+                f.swmr_mode = True
+            except (OSError, ValueError, RuntimeError) as exc:
+                f.close()
+                raise OutputError(f"cannot start SWMR writing ({_reason(exc)})", path=str(self.path)) from None
+            self._file = f
+        return self._file
+
+    def _commit(self, f: h5py.File, start: int, rows: list[dict[str, Any]], per_atom: bool) -> None:
+        """Write frames ``start`` … of ``rows``: every value (resized, written, flushed) first,
+        then time and step, the commit marker."""
+        k = len(rows)
+        first = f[H.element_path(self._names()[0])]
+        for name in (T.CELL, *T.SCALARS):
+            ds = f[H.element_path(name)][H.VALUE]
+            ds.resize(start + k, axis=0)
+            ds[start:start + k] = np.stack([np.asarray(r[name]) for r in rows])
+            ds.flush()
+        if per_atom:
+            for name in self.store:
+                ds = f[H.element_path(name)][H.VALUE]
+                ds.resize(start + k, axis=0)
+                ds[start:start + k] = np.stack([r[name] for r in rows])
+                ds.flush()
+        for key, name, dtype in ((H.TIME, T.TIME, np.float64), (H.STEP, T.STEP, np.int64)):
+            ds = first[key]
+            ds.resize(start + k, axis=0)
+            ds[start:start + k] = np.array([r[name] for r in rows], dtype=dtype)
+            ds.flush()
 
     # ------------------------------------------------------------------ frames
     def _row(self, frame: dict[str, Any], per_atom: bool = True) -> dict[str, Any]:
@@ -217,17 +284,17 @@ class TrajectoryWriter:
                       chunks: Iterable[tuple[int, dict[str, np.ndarray]]]) -> None:
         """Write one frame now: step, time, cell and scalars from ``frame``, the stored per-atom
         arrays from ``chunks`` — pairs (first row, {name: rows}) in any order that together
-        cover the N atoms. Rows never named in a chunk stay NaN."""
+        cover the N atoms. Rows never named in a chunk stay NaN. Every chunk is consumed (the
+        other ranks are sending them) even when writing fails."""
         self.flush()
         row = self._row(frame, per_atom=False)
-        with h5py.File(self.path, "a") as f:
-            datasets = self._datasets(f)
-            k = datasets[0].shape[0]
-            for ds in datasets:
-                ds.resize(k + 1, axis=0)
-            self._write_scalars(f, k, [row])
+        chunks = iter(chunks)
+        k = self.frames_written
+        try:
+            f = self._handle()
             values = {name: f[H.element_path(name)][H.VALUE] for name in self.store}
-            for name, ds in values.items():
+            for ds in values.values():
+                ds.resize(k + 1, axis=0)
                 ds[k] = np.nan       # placeholder: every chunk of the frame is written below
             for start, block in chunks:
                 for name, rows in block.items():
@@ -235,48 +302,87 @@ class TrajectoryWriter:
                         rows = np.asarray(rows, dtype=np.float64)
                         values[name][k, start:start + len(rows)] = rows.reshape(
                             (len(rows), *T.PER_ATOM[name]))
-            f.flush()
+            for ds in values.values():
+                ds.flush()
+            self._commit(f, k, [row], per_atom=False)
+        except (OSError, OutputError) as exc:
+            for _ in chunks:          # receive the rest, so that no rank waits forever
+                pass
+            if isinstance(exc, OutputError):
+                raise
+            raise OutputError(f"cannot write the frame of step {row[T.STEP]} ({_reason(exc)})",
+                              path=str(self.path)) from None
         self.frames_written = k + 1
-
-    def _write_scalars(self, f: h5py.File, start: int, rows: list[dict[str, Any]]) -> None:
-        first = f[H.element_path(self._names()[0])]
-        k = len(rows)
-        first[H.STEP][start:start + k] = np.array([r[T.STEP] for r in rows], dtype=np.int64)
-        first[H.TIME][start:start + k] = np.array([r[T.TIME] for r in rows], dtype=np.float64)
-        for name in (T.CELL, *T.SCALARS):
-            f[H.element_path(name)][H.VALUE][start:start + k] = np.stack([np.asarray(r[name]) for r in rows])
 
     def write_static(self, chunks: Iterable[tuple[int, dict[str, np.ndarray]]]) -> None:
         """Static per-atom arrays (``types``, ``ids``, ``masses``) from chunks (first row, {name: rows})."""
         names = {"types": H.SPECIES, "ids": H.ID, "masses": H.MASS}
-        with h5py.File(self.path, "a") as f:
+        chunks = iter(chunks)
+        try:
+            f = self._handle()
             p = f[H.particle_path()]
             for start, block in chunks:
                 for name, rows in block.items():
                     ds = p[names[name]]
                     ds[start:start + len(rows)] = np.asarray(rows).astype(ds.dtype) if name != "masses" \
                         else np.asarray(rows, dtype=np.float64)
+            for name in names.values():
+                p[name].flush()
+        except (OSError, OutputError) as exc:
+            for _ in chunks:
+                pass
+            if isinstance(exc, OutputError):
+                raise
+            raise OutputError(f"cannot write the atom types and ids ({_reason(exc)})", path=str(self.path)) from None
 
     def flush(self) -> None:
-        """Append the buffered frames to the file (open, extend, flush, close)."""
+        """Append the buffered frames to the file, committed (readers see them)."""
         if not self._buffer:
             return
-        k = len(self._buffer)
-        with h5py.File(self.path, "a") as f:
-            datasets = self._datasets(f)
-            start = datasets[0].shape[0]
-            for ds in datasets:
-                ds.resize(start + k, axis=0)
-            self._write_scalars(f, start, self._buffer)
-            for name in self.store:
-                f[H.element_path(name)][H.VALUE][start:start + k] = np.stack([r[name] for r in self._buffer])
-            f.flush()
-        self.frames_written = start + k
+        try:
+            self._commit(self._handle(), self.frames_written, self._buffer, per_atom=True)
+        except OSError as exc:
+            raise OutputError(f"cannot write the frames of steps {self._buffer[0][T.STEP]}–"
+                              f"{self._buffer[-1][T.STEP]} ({_reason(exc)})", path=str(self.path)) from None
+        self.frames_written += len(self._buffer)
         self._buffer.clear()
         self._buffer_bytes = 0
 
     def close(self) -> None:
-        self.flush()
+        """Write what is buffered and close the file (which clears its SWMR mark)."""
+        try:
+            self.flush()
+        finally:
+            self._release()
+
+    def abandon(self) -> None:
+        """After an error: drop the buffer and let go of the file without writing more (the
+        committed frames stay; a restart rebuilds the file up to its checkpoint)."""
+        self._buffer.clear()
+        self._buffer_bytes = 0
+        self._release()
+
+    def _release(self) -> None:
+        if self._file is not None:
+            f, self._file = self._file, None
+            try:
+                f.close()
+            except (OSError, RuntimeError):
+                pass
+
+
+def _reason(exc: BaseException) -> str:
+    """An OS error in words ("No space left on device", "Permission denied", ...)."""
+    errno = getattr(exc, "errno", None)
+    text = str(exc)
+    if errno:
+        words = os.strerror(errno)
+        return text if words in text else f"{words}: {text}"
+    return text or type(exc).__name__
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def read_trajectory(path: str | os.PathLike) -> dict[str, Any]:

@@ -73,10 +73,25 @@ class TrajectoryFrames:
         return self.data[name]
 
 
+def open_trajectory(path: str | os.PathLike) -> h5py.File:
+    """Open a trajectory for reading, also while a run appends to it or after its writer was
+    killed (HDF5's SWMR read mode; fine for every HDF5 file)."""
+    return h5py.File(path, "r", swmr=True)
+
+
+def committed_frames(steps: np.ndarray, lengths: Iterable[int]) -> int:
+    """How many frames are complete: no more than any dataset holds, with increasing steps
+    (a frame whose step a running writer has not written yet reads as 0)."""
+    n = min([len(steps), *lengths])
+    while n > 1 and steps[n - 1] <= steps[n - 2]:
+        n -= 1
+    return n
+
+
 def is_trajectory(path: str | os.PathLike) -> bool:
     """True when ``path`` is an HDF5 file whose root says ``kind = "trajectory"``."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_trajectory(path) as f:
             kind = f.attrs.get(schema.KIND_ATTR)
     except OSError:
         return False
@@ -153,10 +168,10 @@ def read_frames(path: str | os.PathLike, frames: slice = slice(None),
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
-    with h5py.File(path, "r") as f:
+    with open_trajectory(path) as f:
         layout = _Layout(f, str(path))
         g = layout.datasets
-        total = g[T.STEP].shape[0]
+        total = committed_frames(g[T.STEP][...], [ds.shape[0] for ds in g.values()])
         rows = np.arange(total)[frames]
         available = tuple(name for name in g if name not in (T.STEP, T.TIME, T.CELL))
         wanted = list(available) if names is None else [n for n in names if n in g]
@@ -186,7 +201,7 @@ def read_frames(path: str | os.PathLike, frames: slice = slice(None),
 
 def trajectory_layout(path: str | os.PathLike) -> str:
     """``"h5md"`` or ``"legacy"`` (the first layout, ``/frames``), after checking the header."""
-    with h5py.File(path, "r") as f:
+    with open_trajectory(path) as f:
         return "h5md" if _Layout(f, str(path)).h5md else "legacy"
 
 

@@ -88,6 +88,14 @@ def sum_op() -> Any:
     return MPI.SUM
 
 
+def min_op() -> Any:
+    """MPI.MIN, or None for the serial stand-in."""
+    if isinstance(get_comm(), SerialComm):
+        return None
+    from mpi4py import MPI
+    return MPI.MIN
+
+
 def max_op() -> Any:
     """MPI.MAX, or None for the serial stand-in."""
     if isinstance(get_comm(), SerialComm):
