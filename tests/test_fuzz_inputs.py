@@ -37,3 +37,16 @@ def test_nan_in_an_active_set_is_an_error(tmp_path):
     good[start:start + 8] = struct.pack("<d", 1000.0)      # A changed, invA not: inconsistent
     with pytest.raises(InputError, match="does not invert"):
         parse_active_set(bytes(good))
+
+
+def test_damaged_hdf5_files_fail_cleanly():
+    """Trajectories, checkpoints, training sets and HDF5 potentials, damaged structurally (h5py)
+    and as bytes: `mmtp info`/`post`/`convert`/`md --restart`/`errors`/`efs` give one clear error,
+    never a traceback or a non-finite output (scripts/fuzz_hdf5.py; more cases there)."""
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "fuzz_hdf5.py"), "--cases", "10",
+                           "--seed", "11", "--show", "3"], capture_output=True, text=True, timeout=1200,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    rows = [ln.split() for ln in proc.stdout.splitlines()[1:5]]
+    assert [r[0] for r in rows] == ["trajectory", "checkpoint", "trainingset", "potential"]
+    assert all(int(r[1]) >= 20 and r[2] == "0" for r in rows)

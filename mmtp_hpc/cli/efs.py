@@ -96,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
             out = engine.evaluate(cfg, magmoms, symmetric=args.symmetrize)
             elapsed += time.perf_counter() - t0
             n_atoms += len(cfg)
+        bad = [name for name in ("energy", "forces", "virial", "magnetic_gradient")
+               if out.get(name) is not None and not np.all(np.isfinite(out[name]))]
+        if bad:
+            raise InputError(f"configuration {k}: the potential gives non-finite {', '.join(bad)} (its "
+                             "coefficients or the configuration are outside what can be evaluated); nothing "
+                             "was written", path=str(args.input))
         cfg.energy = out["energy"]
         cfg.site_energies = out["site_energies"]
         cfg.forces = out["forces"]

@@ -18,6 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def open_trajectory(path: Path):
+    from mmtp_hpc.io.trajectory_frames import open_trajectory as _open
+
+    return _open(path)
+
+
 def h5_kind(path: Path) -> str | None:
     """The ``kind`` attribute of an HDF5 file written by mmtp_hpc (None for other files)."""
     if path.suffix not in (".h5", ".hdf5"):
@@ -26,7 +32,7 @@ def h5_kind(path: Path) -> str | None:
 
     from mmtp_hpc.io import schema
     try:
-        with h5py.File(path, "r", swmr=True) as f:   # also a trajectory being written
+        with open_trajectory(path) as f:   # also a trajectory being written
             kind = f.attrs.get(schema.KIND_ATTR)
     except OSError:
         return None
@@ -97,7 +103,7 @@ def is_potential(path: Path) -> bool:
         import h5py
 
         from mmtp_hpc.io import schema
-        with h5py.File(path, "r", swmr=True) as f:   # also a trajectory being written
+        with open_trajectory(path) as f:   # also a trajectory being written
             return f.attrs.get(schema.KIND_ATTR) == schema.KIND_POTENTIAL
     return False
 
@@ -137,11 +143,18 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    from mmtp_hpc.io import schema
+
     kind = h5_kind(path)
     if kind == "checkpoint":
-        info = checkpoint_summary(path)
+        with schema.reading(path, "checkpoint"):
+            info = checkpoint_summary(path)
     elif kind == "trajectory" or (path.suffix in (".h5", ".hdf5") and is_trajectory(path)):
-        info = trajectory_summary(path)
+        with schema.reading(path, "trajectory"):
+            info = trajectory_summary(path)
+    elif path.suffix in (".h5", ".hdf5"):
+        with schema.reading(path, kind or "HDF5"):
+            info = potential_summary(path) if is_potential(path) else data_summary(path, args.en_der_sign)
     else:
         info = potential_summary(path) if is_potential(path) else data_summary(path, args.en_der_sign)
     if args.json:

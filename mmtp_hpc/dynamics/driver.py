@@ -502,7 +502,12 @@ class Simulation:
 
     @staticmethod
     def read_checkpoint(path: str | Path) -> CheckpointData:
-        return read_checkpoint(path)
+        from mmtp_hpc.io import schema
+
+        with schema.reading(path, "checkpoint"):
+            data = read_checkpoint(path)
+        _check_checkpoint(data, str(path))
+        return data
 
     # ------------------------------------------------------------------ summary
     def _speed_key(self) -> str:
@@ -640,3 +645,43 @@ class Simulation:
         if self.aborted:
             lines.append(f"  ABORTED at step {s.step}: {self.abort_reason}")
         return lines
+
+
+def _check_checkpoint(data: CheckpointData, path: str) -> None:
+    """Shapes, finite values and sane counts of a checkpoint's state: a damaged file is an
+    InputError here, not a crash in the neighbour list later."""
+    from mmtp_hpc.errors import InputError
+
+    st = data.state
+    n = len(np.asarray(st.get("positions", [])))
+    want = {"positions": (n, 3), "velocities": (n, 3), "masses": (n,), "types": (n,), "ids": (n,),
+            "magmoms": (n,), "cell": (3, 3), "pbc": (3,)}
+    for name, shape in want.items():
+        value = st.get(name)
+        if value is None or np.shape(value) != shape:
+            raise InputError(f"state/{name} has shape {np.shape(value)}, expected {shape}", path=path,
+                             field=f"state/{name}")
+        if np.asarray(value).dtype.kind not in "biuf":
+            raise InputError(f"state/{name} holds {np.asarray(value).dtype}, not numbers", path=path,
+                             field=f"state/{name}")
+    for name in ("positions", "velocities", "masses", "magmoms", "cell"):
+        if not np.all(np.isfinite(st[name])):
+            raise InputError(f"state/{name} holds non-finite values", path=path, field=f"state/{name}")
+    if n == 0:
+        raise InputError("the checkpoint holds no atoms", path=path, field="state")
+    if np.any(np.asarray(st["masses"]) <= 0):
+        raise InputError("state/masses: masses must be positive", path=path, field="state/masses")
+    if np.any(np.asarray(st["types"]) < 0):
+        raise InputError("state/types: negative atom types", path=path, field="state/types")
+    bp, bc = np.asarray(data.build_positions), np.asarray(data.build_cell)
+    if bp.shape != (n, 3) or bc.shape != (3, 3) or not (np.all(np.isfinite(bp)) and np.all(np.isfinite(bc))):
+        raise InputError("neighbors/build_positions or build_cell: wrong shape or non-finite values",
+                         path=path, field="neighbors")
+    for name, cell in (("state/cell", np.asarray(st["cell"], dtype=float)), ("neighbors/build_cell", bc)):
+        periodic = np.asarray(st["pbc"], dtype=bool)
+        rows = cell[periodic]
+        if len(rows) and (np.abs(rows).max() > 1e7 or
+                          np.linalg.matrix_rank(rows, tol=1e-8 * max(np.abs(rows).max(), 1e-300)) < len(rows)):
+            raise InputError(f"{name}: the periodic cell vectors are degenerate or absurd", path=path, field=name)
+    if not (math.isfinite(data.time) and math.isfinite(data.heat) and data.step >= 0):
+        raise InputError(f"step {data.step}, time {data.time}, heat {data.heat}: not a valid state", path=path)

@@ -143,11 +143,17 @@ def read_checkpoint_header(path: Path) -> dict:
         with h5py.File(path, "r") as f:
             schema.check_header(f, schema.KIND_CHECKPOINT, str(path))
             sha = f.attrs.get(C.POTENTIAL_SHA_ATTR, "")
-            return {"step": int(f.attrs.get(C.STEP_ATTR, 0)),
-                    "potential_sha256": sha.decode() if isinstance(sha, bytes) else str(sha),
-                    "settings": schema.read_settings(f)}
+            with schema.reading(path, "checkpoint"):
+                head = {"step": int(f.attrs.get(C.STEP_ATTR, 0)),
+                        "potential_sha256": sha.decode() if isinstance(sha, bytes) else str(sha),
+                        "settings": schema.read_settings(f)}
     except OSError as exc:
-        raise InputError(f"cannot read the checkpoint ({exc})", path=str(path)) from None
+        raise InputError(f"cannot read the checkpoint ({schema.describe_h5_error(exc)})", path=str(path)) from None
+    settings = head["settings"]
+    if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
+        raise InputError("damaged checkpoint: its settings are not a table of sections", path=str(path),
+                         field="settings")
+    return head
 
 
 def check_restart(checkpoint: Path, potential: Path | None, current_settings: dict,

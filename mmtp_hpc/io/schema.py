@@ -39,7 +39,9 @@ Layout of a potential (kind ``potential``)::
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from mmtp_hpc import __version__
@@ -413,3 +415,55 @@ H5MD_UNITS: dict[str, str] = {
     "moment_abs_mean": "muB", "magnetization": "muB", "grade": "1",
 }
 """H5MD ``unit`` strings of the trajectory quantities (the same units as :data:`UNITS`)."""
+
+
+# --------------------------------------------------------------------------- reading guard
+_H5_NOISE = ("Unable to synchronously ", "Can't synchronously ")
+
+
+def describe_h5_error(exc: BaseException) -> str:
+    """A low-level HDF5/h5py failure in words (without h5py's 'synchronously' jargon)."""
+    text = str(exc).strip().strip('"') or type(exc).__name__
+    for noise in _H5_NOISE:
+        text = text.replace(noise, "")
+    return text
+
+
+@contextlib.contextmanager
+def reading(path: Any, what: str) -> Iterator[None]:
+    """Turn every low-level failure of reading a damaged or foreign HDF5 file (truncated,
+    flipped bytes, missing or reshaped datasets, wrong dtypes, bad JSON) into one InputError
+    that names the file and what it should have been; our own InputErrors pass unchanged."""
+    try:
+        yield
+    except (InputError, FileNotFoundError):
+        raise
+    except (OSError, KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError,
+            OverflowError, MemoryError) as exc:
+        raise InputError(f"damaged or incomplete {what} file ({describe_h5_error(exc)})",
+                         path=str(path)) from None
+
+
+def open_checked(path: Any, kind: str, groups: tuple[str, ...] = ()) -> Any:
+    """Open an mmtp_hpc HDF5 file of ``kind`` for reading: it must exist, be HDF5, carry our
+    header with a known version and hold ``groups``; otherwise a clear InputError."""
+    import os
+
+    import h5py
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"not an HDF5 file, or a damaged one ({describe_h5_error(exc)})", path=str(path)) from None
+    try:
+        with reading(path, kind):
+            check_header(f, kind, str(path))
+            for name in groups:
+                if name not in f:
+                    raise InputError(f"missing group /{name}", path=str(path), field=name)
+    except BaseException:
+        f.close()
+        raise
+    return f

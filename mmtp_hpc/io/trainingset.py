@@ -137,12 +137,21 @@ def _extend(group: h5py.Group, name: str, data: np.ndarray, n_before: int, fill:
 # ===================================================================== reading
 def read_trainingset_h5(path: str | os.PathLike) -> list[Configuration]:
     """All configurations of a training-set file, with exactly the labels they were written with."""
+    with schema.reading(path, "training-set"):
+        configs = _read_trainingset_h5(path)
+    for k, cfg in enumerate(configs):
+        if not (np.all(np.isfinite(cfg.cell)) and np.all(np.isfinite(cfg.positions))):
+            raise InputError(f"configuration {k}: non-finite cell or positions", path=str(path))
+    return configs
+
+
+def _read_trainingset_h5(path: str | os.PathLike) -> list[Configuration]:
     with _open(path) as f:
         c, a = f[TS.CONFIGS], f[TS.ATOMS]
         counts, offsets = c[TS.N_ATOMS][...], c[TS.ATOM_OFFSET][...]
         n_atoms_total = a[TS.POSITIONS].shape[0]
-        if len(offsets) != len(counts) or (len(counts) and
-                                           np.any(offsets + counts > n_atoms_total)):
+        if len(offsets) != len(counts) or (len(counts) and (np.any(offsets < 0) or np.any(counts < 0) or
+                                           np.any(offsets + counts > n_atoms_total))):
             raise InputError("configuration offsets point outside /atoms (corrupt file)",
                              path=str(path), field=TS.ATOM_OFFSET)
         cell, pbc = c[TS.CELL][...], c[TS.PBC][...]
@@ -175,13 +184,13 @@ def read_trainingset_h5(path: str | os.PathLike) -> list[Configuration]:
 
 def read_trainingset_provenance(path: str | os.PathLike) -> list[str]:
     """The provenance string of each configuration, in file order."""
-    with _open(path) as f:
+    with schema.reading(path, "training-set"), _open(path) as f:
         return list(f[TS.CONFIGS][TS.PROVENANCE].asstr()[...])
 
 
 def read_trainingset_info(path: str | os.PathLike) -> dict:
     """File-level metadata: counts, species list, settings, schema version."""
-    with _open(path) as f:
+    with schema.reading(path, "training-set"), _open(path) as f:
         counts = f[TS.CONFIGS][TS.N_ATOMS][...]
         return {
             "n_configurations": int(len(counts)),
@@ -198,21 +207,7 @@ def trainingset_species(path: str | os.PathLike) -> list[str] | None:
 
 
 def _open(path: str | os.PathLike) -> h5py.File:
-    if not Path(path).exists():
-        raise FileNotFoundError(f"no such file: {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputError(f"not an HDF5 file ({exc})", path=str(path)) from None
-    try:
-        schema.check_header(f, schema.KIND_TRAININGSET, str(path))
-        for name in (TS.CONFIGS, TS.ATOMS):
-            if name not in f:
-                raise InputError(f"missing group /{name}", path=str(path), field=name)
-    except BaseException:
-        f.close()
-        raise
-    return f
+    return schema.open_checked(path, schema.KIND_TRAININGSET, (TS.CONFIGS, TS.ATOMS))
 
 
 def _text(value: Any) -> str:

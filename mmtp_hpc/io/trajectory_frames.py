@@ -76,6 +76,13 @@ class TrajectoryFrames:
 def open_trajectory(path: str | os.PathLike) -> h5py.File:
     """Open a trajectory for reading, also while a run appends to it or after its writer was
     killed (HDF5's SWMR read mode; fine for every HDF5 file)."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        # marked as open by a writer (a run appending now, or one that was killed): SWMR read
+        # mode is made for this; only then, because on a damaged file its retries take minutes
+        if "already open for" not in str(exc):
+            raise
     return h5py.File(path, "r", swmr=True)
 
 
@@ -168,6 +175,11 @@ def read_frames(path: str | os.PathLike, frames: slice = slice(None),
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
+    with schema.reading(path, "trajectory"):
+        return _read_frames(path, frames, names)
+
+
+def _read_frames(path: Path, frames: slice, names: Iterable[str] | None) -> TrajectoryFrames:
     with open_trajectory(path) as f:
         layout = _Layout(f, str(path))
         g = layout.datasets
@@ -192,6 +204,11 @@ def read_frames(path: str | os.PathLike, frames: slice = slice(None),
         data = {name: rows_of(name) for name in wanted}
         units = {name: schema.UNITS.get(name, "") for name in g}
         types, ids, masses, pbc = layout.static()
+        _check_frames(str(path), g, data, len(types), ids, masses, pbc)
+        species = layout.species()
+        if len(types) and (types.min() < 0 or (species and types.max() >= len(species))):
+            raise InputError(f"atom types {int(types.min())}…{int(types.max())} do not fit the species "
+                             f"{species}", path=str(path), field="species")
         return TrajectoryFrames(
             path=str(path), species=layout.species(), types=types, ids=ids, masses=masses,
             pbc=pbc, settings=schema.read_settings(f),
@@ -201,8 +218,25 @@ def read_frames(path: str | os.PathLike, frames: slice = slice(None),
 
 def trajectory_layout(path: str | os.PathLike) -> str:
     """``"h5md"`` or ``"legacy"`` (the first layout, ``/frames``), after checking the header."""
-    with open_trajectory(path) as f:
+    with schema.reading(path, "trajectory"), open_trajectory(path) as f:
         return "h5md" if _Layout(f, str(path)).h5md else "legacy"
+
+
+def _check_frames(path: str, datasets: dict, data: dict[str, np.ndarray], n_atoms: int, ids: np.ndarray,
+                  masses: np.ndarray, pbc: np.ndarray) -> None:
+    """Shapes and dtypes as the schema says; a damaged file is an InputError, not a crash later."""
+    if len(ids) != n_atoms or len(masses) != n_atoms or np.shape(pbc) != (3,):
+        raise InputError(f"the static atom arrays disagree: {n_atoms} types, {len(ids)} ids, "
+                         f"{len(masses)} masses, pbc {np.shape(pbc)}", path=path)
+    for name, ds in datasets.items():
+        if ds.dtype.kind not in "fiu":
+            raise InputError(f"dataset {name!r} holds {ds.dtype}, not numbers", path=path, field=name)
+        want = ((n_atoms, *T.PER_ATOM[name]) if name in T.PER_ATOM else (3, 3) if name == T.CELL else ())
+        if tuple(ds.shape[1:]) != tuple(want):
+            raise InputError(f"dataset {name!r} has frames of shape {tuple(ds.shape[1:])}, expected "
+                             f"{tuple(want)}", path=path, field=name)
+    if not np.all(np.isfinite(masses)) or np.any(np.asarray(masses) <= 0):
+        raise InputError("the atom masses are not all finite and positive", path=path, field="masses")
 
 
 def _text(value: Any) -> str:

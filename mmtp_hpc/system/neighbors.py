@@ -177,6 +177,11 @@ class NeighborList:
         return i, j, shift
 
 
+# an unwrapped coordinate this many cells away means broken input (wrapping it would lose all
+# precision); MD moves an atom by far less than one cell per neighbour-list build
+_MAX_CELLS_AWAY = 1.0e6
+
+
 def build_neighbor_list(cell: np.ndarray, pbc: np.ndarray | bool | tuple[bool, bool, bool],
                         positions: np.ndarray, cutoff: float, skin: float = 0.0) -> NeighborList:
     """Wrap, generate ghosts and find all pairs closer than ``cutoff + skin``.
@@ -204,6 +209,12 @@ def build_neighbor_list(cell: np.ndarray, pbc: np.ndarray | bool | tuple[bool, b
     # Rows of the inverse transpose are the reciprocal vectors b_k; |b_k| = 1/d_k.
     reciprocal = np.linalg.inv(basis).T
     frac = positions @ reciprocal.T
+    far = np.abs(frac[:, pbc_arr]).max(axis=1) if n_local and pbc_arr.any() else np.zeros(0)
+    if len(far) and far.max() > _MAX_CELLS_AWAY:
+        k = int(np.argmax(far))
+        raise InputError(f"atom {k} at {positions[k].tolist()} Å is {far[k]:.3g} cells away from the cell: "
+                         "the coordinates are not physical (blown-up dynamics or a damaged file)",
+                         field="positions")
     lo = np.empty(3)
     hi = np.empty(3)
     for k, row in enumerate(reciprocal.tolist()):
@@ -382,6 +393,8 @@ def _fractional_basis(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     lengths = [math.sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]) for r in (a, b, c)]
     det = abs(a[0] * (b[1] * c[2] - b[2] * c[1]) - a[1] * (b[0] * c[2] - b[2] * c[0])
               + a[2] * (b[0] * c[1] - b[1] * c[0]))
+    if not (all(math.isfinite(x) for x in lengths) and math.isfinite(det)):
+        raise InputError(f"cell vectors {cell.tolist()} are too large to compute with", field="cell")
     if not min(lengths) > 0.0 or det <= 1e-10 * lengths[0] * lengths[1] * lengths[2]:
         raise InputError(f"periodic cell vectors {cell[periodic].tolist()} are degenerate", field="cell")
     return basis

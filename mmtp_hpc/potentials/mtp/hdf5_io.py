@@ -65,16 +65,12 @@ def read_potential_h5(path: str | os.PathLike, parse_active_set: bool = True) ->
 
     ``parse_active_set=False`` always returns the active set as raw bytes.
     """
-    if not Path(path).exists():
-        raise FileNotFoundError(f"no such file: {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputError(f"not an HDF5 file ({exc})", path=str(path)) from None
-    with f:
-        schema.check_header(f, schema.KIND_POTENTIAL, str(path))
-        if P.GROUP not in f:
-            raise InputError(f"missing group /{P.GROUP}", path=str(path), field=P.GROUP)
+    with schema.reading(path, "potential"):
+        return _read_potential_h5(path, parse_active_set)
+
+
+def _read_potential_h5(path: str | os.PathLike, parse_active_set: bool) -> MTPPotential:
+    with schema.open_checked(path, schema.KIND_POTENTIAL, (P.GROUP,)) as f:
         g = f[P.GROUP]
         kwargs: dict[str, Any] = {}
         try:
@@ -95,6 +91,10 @@ def read_potential_h5(path: str | os.PathLike, parse_active_set: bool = True) ->
             raw = dset[...].tobytes()
             kind = _scalar(dset.attrs.get(P.ACTIVE_SET_TYPE_ATTR, P.ACTIVE_SET_RAW))
             active_set = raw if kind == P.ACTIVE_SET_RAW or not parse_active_set else _parse(raw)
+    for name, value in kwargs.items():
+        if isinstance(value, (float, np.floating, np.ndarray)) and np.asarray(value).dtype.kind in "fc" \
+                and not np.all(np.isfinite(value)):
+            raise InputError(f"{name} holds non-finite values", path=str(path), field=f"{P.GROUP}/{name}")
     return MTPPotential(active_set=active_set, **kwargs)
 
 

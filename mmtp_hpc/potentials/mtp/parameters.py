@@ -29,6 +29,11 @@ import numpy as np
 from mmtp_hpc.errors import InputError
 
 
+_MAX_TENSOR_RANK = 32
+_MAX_COUNT = {"species_count": 128, "radial_funcs_count": 10_000, "radial_basis_size": 1_000,
+              "mag_basis_size": 100, "alpha_moments_count": 10_000_000}
+
+
 @dataclass
 class MTPPotential:
     species_count: int
@@ -190,6 +195,20 @@ class MTPPotential:
         basic, times, mapping = self.alpha_index_basic, self.alpha_index_times, self.alpha_moment_mapping
         if len(basic) and (basic[:, 0].max() >= self.radial_funcs_count or basic.min() < 0):
             raise InputError("alpha_index_basic refers to a radial function >= radial_funcs_count")
+        # sizes a kernel can hold (MLIP-3's largest level, 28, has tensor ranks a + b + c <= 26):
+        # checked before anything is allocated from them
+        if len(basic) and basic[:, 1:].sum(axis=1).max() > _MAX_TENSOR_RANK:
+            raise InputError(f"alpha_index_basic asks for a tensor of rank {int(basic[:, 1:].sum(axis=1).max())} "
+                             f"(at most {_MAX_TENSOR_RANK})")
+        sizes = {"species_count": C, "radial_funcs_count": self.radial_funcs_count,
+                 "radial_basis_size": self.radial_basis_size, "mag_basis_size": self.mag_basis_size,
+                 "alpha_moments_count": self.alpha_moments_count}
+        for name, value in sizes.items():
+            if value > _MAX_COUNT[name]:
+                raise InputError(f"{name} = {value} is beyond what a potential can have (at most "
+                                 f"{_MAX_COUNT[name]})")
+        if self.n_radial_params > 10 ** 8:
+            raise InputError(f"{self.n_radial_params} radial coefficients: beyond what a potential can have")
         if len(times):
             if times[:, [0, 1, 3]].max() >= self.alpha_moments_count or times.min() < 0:
                 raise InputError("alpha_index_times refers to a moment >= alpha_moments_count")
