@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -44,6 +45,12 @@ def _describe_missing(exc: FileNotFoundError, args: argparse.Namespace) -> str:
     return f"file not found: {name}"
 
 
+def _after_output_failure(exc: BaseException) -> bool:
+    from mmtp_hpc.errors import OutputError, RunAborted
+
+    return isinstance(exc, OutputError) or (isinstance(exc, RunAborted) and "output error" in str(exc))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -64,9 +71,20 @@ def main(argv: list[str] | None = None) -> int:
             # one message, and every rank ends normally with status 1
             if comm.Get_rank() == 0:
                 print(f"mmtp {args.command}: error: {message}", file=sys.stderr, flush=True)
+            if _after_output_failure(exc):
+                comm.Barrier()
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
             return 1
         print(f"mmtp {args.command}: error{where}: {message}", file=sys.stderr, flush=True)
         abort_all(comm, 1)   # under MPI: end every rank now, none may wait forever in a collective
+        if _after_output_failure(exc):
+            # HDF5 can crash in its exit-time clean-up of a file whose write failed (disk full):
+            # everything that matters is written or reported, so leave without it
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
         return 1
     except Exception:
         from mmtp_hpc.parallel.comm import abort_all, get_comm

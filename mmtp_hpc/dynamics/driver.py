@@ -199,7 +199,7 @@ class Simulation:
         failure: BaseException | None = None
         try:
             observer(self)
-        except (OSError, OutputError) as exc:
+        except (OSError, RuntimeError, OutputError) as exc:
             failure = exc
         if self.distributed:
             comm = self.state.comm

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -225,7 +226,7 @@ class TrajectoryWriter:
         if self._file is None:
             try:
                 f = h5py.File(where or self.path, "a", libver="latest")
-            except OSError as exc:
+            except (OSError, RuntimeError) as exc:
                 raise OutputError(f"cannot open the trajectory for writing ({_reason(exc)})",
                                   path=str(self.path)) from None
             try:
@@ -305,7 +306,7 @@ class TrajectoryWriter:
             for ds in values.values():
                 ds.flush()
             self._commit(f, k, [row], per_atom=False)
-        except (OSError, OutputError) as exc:
+        except (OSError, RuntimeError, OutputError) as exc:
             for _ in chunks:          # receive the rest, so that no rank waits forever
                 pass
             if isinstance(exc, OutputError):
@@ -328,7 +329,7 @@ class TrajectoryWriter:
                         else np.asarray(rows, dtype=np.float64)
             for name in names.values():
                 p[name].flush()
-        except (OSError, OutputError) as exc:
+        except (OSError, RuntimeError, OutputError) as exc:
             for _ in chunks:
                 pass
             if isinstance(exc, OutputError):
@@ -341,7 +342,7 @@ class TrajectoryWriter:
             return
         try:
             self._commit(self._handle(), self.frames_written, self._buffer, per_atom=True)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             raise OutputError(f"cannot write the frames of steps {self._buffer[0][T.STEP]}–"
                               f"{self._buffer[-1][T.STEP]} ({_reason(exc)})", path=str(self.path)) from None
         self.frames_written += len(self._buffer)
@@ -375,6 +376,9 @@ def _reason(exc: BaseException) -> str:
     """An OS error in words ("No space left on device", "Permission denied", ...)."""
     errno = getattr(exc, "errno", None)
     text = str(exc)
+    found = re.search(r"error message = '([^']*)'", text)   # HDF5's system error, without its dump
+    if found:
+        text = found.group(1)
     if errno:
         words = os.strerror(errno)
         return text if words in text else f"{words}: {text}"
