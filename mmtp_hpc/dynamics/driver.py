@@ -673,6 +673,18 @@ def _check_checkpoint(data: CheckpointData, path: str) -> None:
         raise InputError("state/masses: masses must be positive", path=path, field="state/masses")
     if np.any(np.asarray(st["types"]) < 0):
         raise InputError("state/types: negative atom types", path=path, field="state/types")
+    ev = data.evaluation or {}
+    for name, shape in (("forces", (n, 3)), ("site_energies", (n,)), ("magnetic_gradient", (n,)),
+                        ("virial", (3, 3))):
+        value = ev.get(name)
+        if value is None and name == "magnetic_gradient":
+            continue
+        if value is None or np.shape(value) != shape or np.asarray(value).dtype.kind not in "iuf" \
+                or not np.all(np.isfinite(value)):
+            raise InputError(f"evaluation/{name}: shape {np.shape(value)} (expected {shape}), or not finite "
+                             "numbers", path=path, field=f"evaluation/{name}")
+    if not math.isfinite(float(data.energy)):
+        raise InputError("evaluation/energy is not finite", path=path, field="evaluation/energy")
     bp, bc = np.asarray(data.build_positions), np.asarray(data.build_cell)
     if bp.shape != (n, 3) or bc.shape != (3, 3) or not (np.all(np.isfinite(bp)) and np.all(np.isfinite(bc))):
         raise InputError("neighbors/build_positions or build_cell: wrong shape or non-finite values",
