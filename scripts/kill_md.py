@@ -112,7 +112,7 @@ def main() -> int:
         proc = run(killed, extra)
         restarts += 1
         if kills < args.kills:
-            delay = rng.uniform(0.05, 0.5) * wall
+            delay = rng.uniform(0.01, 0.08) * wall
             time.sleep(delay)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
