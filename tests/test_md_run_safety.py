@@ -79,16 +79,13 @@ def mmtp(*args, cwd: Path, wait: bool = True, timeout: float = 300):
 
 
 def datasets(path: Path) -> dict[str, np.ndarray]:
-    """Every dataset of an HDF5 file by name (hard links once)."""
-    out: dict[str, np.ndarray] = {}
-
-    def visit(name, obj):
-        if isinstance(obj, h5py.Dataset):
-            out[name] = obj[...]
-
-    with open_trajectory(path) as f:
-        f.visititems(visit)
-    return out
+    """Every dataset of an HDF5 file by name (the kill script's comparison)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from kill_md import datasets as read_all
+    finally:
+        sys.path.pop(0)
+    return read_all(path)
 
 
 def leftovers(directory: Path) -> list[str]:
