@@ -137,6 +137,7 @@ def test_kill_at_random_moments_then_restart_gives_the_uninterrupted_trajectory(
     for name in ref:
         assert np.array_equal(got[name], ref[name], equal_nan=True), name
     assert leftovers(d) == []
+    assert sum(1 for ln in (d / "md.log").read_text().splitlines() if ln.split()[:1] == ["step"]) == 1
     steps = log_steps(d / "md.log")
     assert steps == sorted(set(steps)) and steps[-1] == STEPS, (     # no step logged twice
         [s for k, s in enumerate(steps) if k and s <= steps[k - 1]], (d / "md.log").read_text()[-3000:])

@@ -195,7 +195,14 @@ class ThermoLog(Observer):
                 at = [name for name, _ in self.COLUMNS].index("P_GPa") + 1
                 self.columns = self.COLUMNS[:at] + (("V_A3/at", "{:>9.4f}"),) + self.COLUMNS[at:]
                 self.samples["V"] = []
-            self.write(" ".join(_pad(name, fmt) for name, fmt in self.columns))
+            header = " ".join(_pad(name, fmt) for name, fmt in self.columns)
+            continued = (self.append and self.path is not None and self.path.is_file()
+                         and self.path.stat().st_size > 0)
+            if continued:        # a restart's log file already has its header: only on screen
+                if self.stream is not None:
+                    print(header, file=self.stream, flush=True)
+            else:
+                self.write(header)
             self._header_done = True
         th = sim.thermo()
         now = time.perf_counter()
