@@ -224,9 +224,9 @@ class Simulation:
         speed2 = np.einsum("ij,ij->i", v, v) if finite and len(v) else np.zeros(0)
         vmax = float(np.sqrt(speed2.max())) if len(speed2) else 0.0
         values = np.array([0.0 if finite else 1.0, vmax * self.integrator.dt])
-        if self.distributed:
-            values = self.state.comm.allreduce(float(values[0]), op=max_op()), \
-                self.state.comm.allreduce(float(values[1]), op=max_op())
+        if self.distributed:     # one reduction per step for both numbers
+            local, values = values, np.empty(2)
+            self.state.comm.Allreduce(local, values, op=max_op())
         bad, moved = float(values[0]), float(values[1])
         limit = max(float(getattr(self.forcefield, "skin", 1.0)), 0.5)
         if bad == 0.0 and moved <= limit:
