@@ -51,3 +51,10 @@ class RunAborted(MMTPError):
     def __init__(self, message: str, collective: bool = False):
         self.collective = collective
         super().__init__(message)
+
+
+class CollectiveInputError(InputError):
+    """An input error every rank of an MPI run raises at the same point (the ranks agreed on it
+    first): the command line reports it once and all ranks end normally, without MPI_Abort."""
+
+    collective = True

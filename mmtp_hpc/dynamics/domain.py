@@ -124,7 +124,9 @@ class DomainForceField(ForceField):
     # ------------------------------------------------------------------ set-up / rebuild
     def setup(self, state: MDState, replicated: bool = True) -> None:
         """First build. ``replicated``: every rank holds all atoms (as read or generated), and
-        keeps its own; else the atoms are already distributed and migrate."""
+        keeps its own; else every rank holds a part of the atoms (a distributed set-up: its
+        share of a lattice, a chunk of a file), and they go to their owners. Atoms moved here
+        are not counted as migrations of the run."""
         import time
         t0 = time.perf_counter()
         self._decompose(state.cell, state.pbc)
@@ -134,11 +136,18 @@ class DomainForceField(ForceField):
             _select_atoms(state, keep)
             self._sort(state)
         else:
-            self._migrate(state)
+            frac, _ = self.decomp.wrap(state.positions)
+            self._send_to_owners(state, {}, self.decomp.owners(frac))
         state.comm = self.comm
         state.n_global = self._global_count(state)
         self._build(state.positions, state)
         self.time["neighbor"] += time.perf_counter() - t0
+
+    def decompose(self, cell: np.ndarray, pbc: np.ndarray) -> Decomposition:
+        """The rank grid for ``cell`` (created once, then follows the cell); a distributed set-up
+        needs it before any atom exists."""
+        self._decompose(np.asarray(cell, dtype=np.float64), np.asarray(pbc, dtype=bool))
+        return self.decomp
 
     def _decompose(self, cell: np.ndarray, pbc: np.ndarray) -> None:
         if self.decomp is None:
@@ -155,18 +164,24 @@ class DomainForceField(ForceField):
         if np.any(order != np.arange(len(order))):
             _select_atoms(state, order)
 
+    def _send_to_owners(self, state: MDState, carry: dict[str, np.ndarray],
+                        owners: np.ndarray) -> dict[str, np.ndarray]:
+        """Atoms (with the per-atom arrays ``carry``) to ranks ``owners``; sorted by id after."""
+        rows, layout = pack_atoms(state, carry)
+        rows = migrate(self.comm, owners, rows)
+        rows = rows[np.argsort(layout.field(rows, "ids")[:, 0], kind="stable")]
+        extra = unpack_atoms(state, rows, layout)
+        return {k: extra[k].reshape((len(rows), *np.shape(carry[k])[1:])) for k in carry}
+
     def _migrate(self, state: MDState, carry: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Atoms to their owners; ``carry``: more per-atom arrays that travel with them."""
         carry = carry or {}
         frac, _ = self.decomp.wrap(state.positions)
         owners = self.decomp.owners(frac)
         moving = int(np.count_nonzero(owners != self.comm.Get_rank()))
-        rows, layout = pack_atoms(state, carry)
-        rows = migrate(self.comm, owners, rows)
-        rows = rows[np.argsort(layout.field(rows, "ids")[:, 0], kind="stable")]
-        extra = unpack_atoms(state, rows, layout)
+        out = self._send_to_owners(state, carry, owners)
         self.migrations += int(allreduce_sum(self.comm, np.array([float(moving)]))[0])
-        return {k: extra[k].reshape((len(rows), *np.shape(carry[k])[1:])) for k in carry}
+        return out
 
     def rebuild_now(self, state: MDState, carry: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Migrate (with ``carry``) and rebuild now, whatever the displacements (parallel MC needs
@@ -234,24 +249,32 @@ class DomainForceField(ForceField):
         self.halo.forward(nl.positions, cell)
 
     def restore_distributed(self, build_positions: np.ndarray, build_cell: np.ndarray, state: MDState,
-                            per_atom: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Continue from a checkpoint whose arrays (state and ``per_atom``) are global and sorted by
-        id: keep this rank's atoms (owned according to the build positions), rebuild the list a
-        run had, move it to the current positions. Returns ``per_atom`` restricted likewise."""
+                            per_atom: dict[str, np.ndarray], n_global: int | None = None) -> dict[str, np.ndarray]:
+        """Continue from a checkpoint of which this rank holds a slice of rows (the state's
+        per-atom arrays, ``build_positions`` and ``per_atom``; any slice, the whole file
+        included): the atoms go to their owners according to the build positions, sorted by
+        id; the list a run had is rebuilt and moved to the current positions. ``n_global``: the
+        checkpoint's number of atoms (default: the sum of the slices). Returns ``per_atom`` for
+        this rank's atoms."""
         self._decompose(np.asarray(build_cell), state.pbc)
         frac, _ = self.decomp.wrap(build_positions)
-        keep = self.decomp.owners(frac) == self.comm.Get_rank()
-        _select_atoms(state, keep)
+        names = [k for k, v in per_atom.items() if np.ndim(v) >= 1 and len(v) == state.n_atoms]
+        carry = {"build_positions": np.asarray(build_positions, dtype=np.float64),
+                 **{k: np.asarray(per_atom[k], dtype=np.float64) for k in names}}
+        moved = self._send_to_owners(state, carry, self.decomp.owners(frac))
         state.comm = self.comm
-        state.n_global = int(len(keep))
-        local_build = np.ascontiguousarray(build_positions[keep])
+        state.n_global = int(n_global) if n_global is not None else self._global_count(state)
+        local_build = np.ascontiguousarray(moved.pop("build_positions"))
         saved_cell = state.cell
         state.cell = np.array(build_cell, dtype=np.float64)
         self._build(local_build, state)
         state.cell = saved_cell
         self.rebuilds -= 1
         self._move(state.positions, state.cell)
-        return {k: (v[keep] if np.ndim(v) >= 1 and len(v) == len(keep) else v) for k, v in per_atom.items()}
+        out = dict(per_atom)
+        for k in names:
+            out[k] = np.ascontiguousarray(moved[k].reshape((state.n_atoms, *np.shape(per_atom[k])[1:])))
+        return out
 
     # ------------------------------------------------------------------ evaluation
     def ghost_moments(self, magmoms: np.ndarray) -> np.ndarray:

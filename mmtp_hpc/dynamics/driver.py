@@ -52,6 +52,9 @@ from mmtp_hpc.errors import MMTPError, OutputError, RunAborted
 from mmtp_hpc.parallel.comm import max_op, min_op
 from mmtp_hpc.io.checkpoint import CheckpointData, read_checkpoint, write_checkpoint
 
+MOMENT_UPDATER_KEY = "moment_updater"
+"""The checkpoint's entry (among the observers' states) for the moment updater's state."""
+
 
 class Simulation:
     """An MD run: state + force field + integrator + moment dynamics + observers.
@@ -420,7 +423,8 @@ class Simulation:
             energy=ev.energy, evaluation={**evaluation, "virial": ev.virial},
             build_positions=g.get("build_positions"), build_cell=self.forcefield.build_cell,
             thermostat=dict(s.thermostat), barostat=dict(s.barostat),
-            observers={obs.name: obs.state_dict() for obs, _ in self.observers if obs.state_dict()},
+            observers={**{obs.name: obs.state_dict() for obs, _ in self.observers if obs.state_dict()},
+                       **({MOMENT_UPDATER_KEY: self.moments.state_dict()} if self.moments.state_dict() else {})},
             settings=self.settings_dict(), potential=str(self.potential_path or ""), potential_sha256=sha,
             stop_reason=self.stop_reason)
 
@@ -483,10 +487,11 @@ class Simulation:
         names = ("site_energies", "forces", "virial", "magnetic_gradient")
         evaluation = {k: np.array(data.evaluation[k]) for k in names}
         if self.distributed:
-            # the checkpoint is global (any rank count wrote it): keep this rank's atoms
+            # any rank count wrote it; this rank holds a slice of its rows (or all): atoms to owners
             per_atom = {k: evaluation[k] for k in ("site_energies", "forces", "magnetic_gradient")}
             evaluation.update(self.forcefield.restore_distributed(
-                np.array(data.build_positions), np.array(data.build_cell), s, per_atom))
+                np.array(data.build_positions), np.array(data.build_cell), s, per_atom,
+                n_global=data.n_atoms or None))
             self.integrator.setup(s)
             self._after_migration()
         else:
@@ -496,17 +501,21 @@ class Simulation:
         for observer, _ in self.observers:
             if observer.name in data.observers:
                 observer.load_state_dict(data.observers[observer.name])
+        if MOMENT_UPDATER_KEY in data.observers:
+            self.moments.load_state_dict(data.observers[MOMENT_UPDATER_KEY])
         self.restarted = True
         self.start_step = s.step
         self._initialized = True
 
     @staticmethod
-    def read_checkpoint(path: str | Path) -> CheckpointData:
+    def read_checkpoint(path: str | Path, part: tuple[int, int] | None = None) -> CheckpointData:
+        """The checkpoint; ``part = (rank, ranks)``: this rank's slice of the per-atom rows
+        (which may be empty on some ranks)."""
         from mmtp_hpc.io import schema
 
         with schema.reading(path, "checkpoint"):
-            data = read_checkpoint(path)
-        _check_checkpoint(data, str(path))
+            data = read_checkpoint(path, part)
+        _check_checkpoint(data, str(path), allow_empty=part is not None)
         return data
 
     # ------------------------------------------------------------------ summary
@@ -647,7 +656,7 @@ class Simulation:
         return lines
 
 
-def _check_checkpoint(data: CheckpointData, path: str) -> None:
+def _check_checkpoint(data: CheckpointData, path: str, allow_empty: bool = False) -> None:
     """Shapes, finite values and sane counts of a checkpoint's state: a damaged file is an
     InputError here, not a crash in the neighbour list later."""
     from mmtp_hpc.errors import InputError
@@ -667,7 +676,7 @@ def _check_checkpoint(data: CheckpointData, path: str) -> None:
     for name in ("positions", "velocities", "masses", "magmoms", "cell"):
         if not np.all(np.isfinite(st[name])):
             raise InputError(f"state/{name} holds non-finite values", path=path, field=f"state/{name}")
-    if n == 0:
+    if n == 0 and not (allow_empty and (getattr(data, "n_atoms", 0) or 0) > 0):
         raise InputError("the checkpoint holds no atoms", path=path, field="state")
     if np.any(np.asarray(st["masses"]) <= 0):
         raise InputError("state/masses: masses must be positive", path=path, field="state/masses")

@@ -114,6 +114,13 @@ class MomentUpdater(_TypeBounds):
         """A line for the run summary, or None (called on every rank)."""
         return None
 
+    def state_dict(self) -> dict:
+        """What a bit-identical restart needs besides the MD state (stored in checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` from a checkpoint."""
+
 
 class FixedMoments(MomentUpdater):
     """Moments stay as they are."""
@@ -133,8 +140,12 @@ class RelaxMoments(MomentUpdater):
     algorithm SPG2): steps along the projected negative gradient with Barzilai–Borwein step
     lengths and a non-monotone Armijo line search over the last 10 energies. One
     evaluation per iteration in the usual case; the moment Hessian is nearly diagonal,
-    where BB steps converge fast. The first step moves no moment by more than 0.1 μB.
-    The solver keeps no state between relaxations (restarts stay bit-identical).
+    where BB steps converge fast. Warm start: the moments are those relaxed at the previous
+    step, and the first step length is the last BB step length of the previous relaxation
+    (an inverse curvature, so the first step is close to a Newton step); the first
+    relaxation of a run moves no moment by more than 0.1 μB in its first step. That step
+    length is the solver's only state and is stored in checkpoints (restarts stay
+    bit-identical).
     """
 
     def __init__(self, tol: float, max_iter: int, lo: np.ndarray, hi: np.ndarray):
@@ -147,6 +158,15 @@ class RelaxMoments(MomentUpdater):
         self.unconverged = 0
         self.last_gradient = 0.0
         self.comm = None      # set from the state: sums and maxima over MPI ranks
+        self.alpha = None     # the last BB step length (μB²/eV): the next relaxation's first step
+
+    def state_dict(self) -> dict:
+        return {} if self.alpha is None else {"alpha": float(self.alpha)}
+
+    def load_state_dict(self, state: dict) -> None:
+        alpha = state.get("alpha")
+        self.alpha = float(alpha) if alpha is not None and math.isfinite(float(alpha)) and float(alpha) > 0 \
+            else None
 
     def projected_gradient(self, m: np.ndarray, g: np.ndarray) -> float:
         """max |∂E/∂m| ignoring components that push against an active bound."""
@@ -164,8 +184,11 @@ class RelaxMoments(MomentUpdater):
         self.evaluations += 1
         history = [f]
         pg = self.projected_gradient(m, g)
-        gmax = _global_max(self.comm, np.abs(g))
-        alpha = 0.1 / gmax if gmax > 0 else 1.0
+        if self.alpha is not None:
+            alpha = self.alpha
+        else:
+            gmax = _global_max(self.comm, np.abs(g))
+            alpha = 0.1 / gmax if gmax > 0 else 1.0
         for _ in range(self.max_iter):
             if pg <= self.tol:
                 break
@@ -189,6 +212,8 @@ class RelaxMoments(MomentUpdater):
             y_vec = g_new - g
             sy = _global_dot(self.comm, s_vec, y_vec)
             alpha = min(max(_global_dot(self.comm, s_vec, s_vec) / sy, 1e-6), 1e6) if sy > 0 else 1e6
+            if sy > 0:
+                self.alpha = alpha
             m, f, g, payload = m_new, f_new, g_new, payload_new
             history.append(f)
             pg = self.projected_gradient(m, g)

@@ -449,7 +449,7 @@ def _finish(blk: _Block, name: str, end_line: int, sign: float) -> Configuration
         if n_rows != 3:
             raise InputError("direct coordinates need a Supercell with 3 rows", path=name,
                              line=blk.cell_line or blk.first_atom_line - 1, field="direct_x")
-        positions = cols3(("direct_x", "direct_y", "direct_z")) @ cell
+        positions = direct_to_cartesian(cols3(("direct_x", "direct_y", "direct_z")), cell)
 
     for c in ("magmom_y", "magmom_z", "en_der_my", "en_der_mz"):
         if c in cols and np.any(col(c) != 0):
@@ -472,6 +472,196 @@ def _finish(blk: _Block, name: str, end_line: int, sign: float) -> Configuration
         virial=blk.virial, site_energies=optional("site_en"),
         magnetic_gradient=magnetic_gradient, nbh_grades=optional("nbh_grades"),
         features=blk.features, ghost=blk.ghost)
+
+
+def direct_to_cartesian(direct: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """``direct @ cell`` written out term by term, so that the result of a row does not depend on
+    how many rows are converted at once (a chunked reader gives the same floats)."""
+    d = np.asarray(direct, dtype=np.float64)
+    return (d[:, 0:1] * cell[0][None, :] + d[:, 1:2] * cell[1][None, :]) + d[:, 2:3] * cell[2][None, :]
+
+
+class CfgAtomStream:
+    """One configuration of an MLIP-3 file, its atoms read a chunk at a time (distributed MD
+    set-up: rank 0 reads, the chunks go to the owners), so the reader never holds more than
+    one chunk of atoms.
+
+    The header up to ``AtomData`` is read at construction: ``size``, ``cell``, ``pbc``,
+    ``has_moments``. :meth:`chunks` then yields dicts ``ids``, ``types``, ``positions``,
+    ``magmoms`` (or None) with the values :func:`read_cfg` gives for the same atoms (labels
+    are skipped; ids default to 1, 2, … as in :class:`Configuration`), and checks the rest of
+    the block. Errors are the same :class:`InputError` s, with file and line.
+
+    :class:`NotStreamable` is raised at construction for a layout this reader does not
+    handle (no ``Size`` or ``Supercell`` before ``AtomData``, or a ``ghost`` column); the
+    caller reads the file whole then.
+    """
+
+    class NotStreamable(Exception):
+        pass
+
+    def __init__(self, path: str | os.PathLike, index: int = 0):
+        self.name = str(path)
+        self._file = open(path, encoding="utf-8")
+        try:
+            self._lines = _Lines(self._file, self.name)
+            self._header(int(index))
+        except BaseException:
+            self._file.close()
+            raise
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> CfgAtomStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _header(self, index: int) -> None:
+        lines, name = self._lines, self.name
+        seen = -1
+        begin = 0
+        while seen < index:
+            item = lines.next()
+            if item is None:
+                raise InputError(f"structure_index {index} but the file holds {seen + 1} configuration(s)",
+                                 path=name, field="system.structure_index")
+            if item[1].split() == ["BEGIN_CFG"]:
+                seen += 1
+                begin = item[0]
+        blk = _Block(begin)
+        while True:
+            item = lines.next()
+            if item is None:
+                raise InputError(f"end of file before END_CFG (configuration begins at line {begin})",
+                                 path=name, line=lines.lineno, field="END_CFG")
+            lineno, line = item
+            tokens = line.split()
+            if not tokens:
+                continue
+            key = tokens[0]
+            if key in ("END_CFG", "BEGIN_CFG"):
+                raise self.NotStreamable(f"no AtomData in the configuration at line {begin}")
+            if key in blk.seen and key != "Feature":
+                raise InputError(f"{key} given twice in one configuration (first at line {blk.seen[key]})",
+                                 path=name, line=lineno, field=key)
+            blk.seen[key] = lineno
+            if key == "Size" and len(tokens) == 1:
+                (value,) = _value_line(lines, name, lineno, "Size", 1)
+                if not value.is_integer() or value < 0 or value > 2**40:
+                    raise InputError(f"Size must be a non-negative integer, got {value!r}", path=name,
+                                     line=lines.lineno, field="Size")
+                blk.size, blk.size_line = int(value), lines.lineno
+            elif key == "Supercell" and len(tokens) == 1:
+                blk.cell_rows, blk.cell_line = _read_supercell(lines, name, lineno), lineno
+            elif key == "AtomData:":
+                columns = tokens[1:]
+                _check_columns(columns, name, lineno)
+                if blk.size is None:
+                    raise InputError("AtomData before Size", path=name, line=lineno, field="Size")
+                if blk.cell_rows is None or "ghost" in columns:
+                    raise self.NotStreamable("Supercell after AtomData, or a ghost column")
+                blk.columns = columns
+                break
+            elif key == "Energy" and len(tokens) == 1:
+                _value_line(lines, name, lineno, "Energy", 1)
+            elif key == "PlusStress:":
+                _read_stress(lines, name, lineno, tokens[1:])
+            elif key == "Feature":
+                _add_feature(blk.features, line, name, lineno)
+            else:
+                raise InputError(f"unknown key or misplaced line {line.strip()[:60]!r}", path=name,
+                                 line=lineno, field=key)
+        n_rows = len(blk.cell_rows)
+        self.cell = np.zeros((3, 3))
+        self.cell[:n_rows] = blk.cell_rows
+        self.pbc = np.arange(3) < n_rows
+        if "cartes_x" not in blk.columns and n_rows != 3:
+            raise InputError("direct coordinates need a Supercell with 3 rows", path=name,
+                             line=blk.cell_line, field="direct_x")
+        self.size = int(blk.size)
+        self.columns = list(blk.columns)
+        self.has_moments = "magmom_x" in self.columns
+        self._blk = blk
+        self._done = 0
+
+    def chunks(self, chunk_atoms: int) -> Iterator[dict[str, np.ndarray | None]]:
+        lines, name, blk, cols = self._lines, self.name, self._blk, self.columns
+        chunk_atoms = max(1, int(chunk_atoms))
+        while self._done < self.size:
+            want = min(chunk_atoms, self.size - self._done)
+            first, raw = lines.take(want)
+            data = _parse_atom_lines(raw, cols)[0] if len(raw) == want else None
+            bad = data is None or data.shape != (want, len(cols)) or not np.isfinite(data).all()
+            if not bad:
+                for c in ("id", "type"):
+                    if c in cols:
+                        v = data[:, cols.index(c)]
+                        bad = bad or bool(np.any(v != np.round(v))) or (c == "type" and bool(np.any(v < 0)))
+            if bad:
+                part = _Block(blk.begin)
+                part.size, part.size_line = want, blk.size_line
+                _raise_atom_error(raw, first, cols, part, name, lines.lineno)
+
+            def col(c: str) -> np.ndarray:
+                return data[:, cols.index(c)]
+
+            for c in ("magmom_y", "magmom_z"):
+                if c in cols and np.any(col(c) != 0):
+                    i = int(np.flatnonzero(col(c))[0])
+                    raise InputError(f"non-collinear value {float(col(c)[i])!r}; only collinear moments "
+                                     "(along x, y = z = 0) are supported", path=name, line=first + i, field=c)
+            if "cartes_x" in cols:
+                positions = data[:, [cols.index(c) for c in ("cartes_x", "cartes_y", "cartes_z")]]
+            else:
+                positions = direct_to_cartesian(
+                    data[:, [cols.index(c) for c in ("direct_x", "direct_y", "direct_z")]], self.cell)
+            ids = (col("id").astype(np.int64) if "id" in cols
+                   else np.arange(self._done + 1, self._done + want + 1, dtype=np.int64))
+            self._done += want
+            yield {"ids": ids, "types": col("type").astype(np.int64),
+                   "positions": np.ascontiguousarray(positions),
+                   "magmoms": np.array(col("magmom_x")) if self.has_moments else None}
+        self._finish_block()
+
+    def _finish_block(self) -> None:
+        """The rest of the block up to END_CFG: known keys only, no extra atom lines."""
+        lines, name, blk = self._lines, self.name, self._blk
+        last = "AtomData:"
+        while True:
+            item = lines.next()
+            if item is None:
+                raise InputError(f"end of file before END_CFG (configuration begins at line {blk.begin})",
+                                 path=name, line=lines.lineno, field="END_CFG")
+            lineno, line = item
+            tokens = line.split()
+            if not tokens:
+                continue
+            key = tokens[0]
+            if key == "END_CFG" and len(tokens) == 1:
+                return
+            if key == "BEGIN_CFG":
+                raise InputError(f"BEGIN_CFG before END_CFG (configuration begins at line {blk.begin})",
+                                 path=name, line=lineno, field="END_CFG")
+            if key in blk.seen and key != "Feature":
+                raise InputError(f"{key} given twice in one configuration (first at line {blk.seen[key]})",
+                                 path=name, line=lineno, field=key)
+            blk.seen[key] = lineno
+            if key == "Energy" and len(tokens) == 1:
+                _value_line(lines, name, lineno, "Energy", 1)
+            elif key == "PlusStress:":
+                _read_stress(lines, name, lineno, tokens[1:])
+            elif key == "Feature":
+                pass
+            elif last == "AtomData:" and _looks_numeric(key):
+                raise InputError(f"more atom lines than Size = {blk.size} (line {blk.size_line})",
+                                 path=name, line=lineno, field="Size")
+            else:
+                raise InputError(f"unknown key or misplaced line {line.strip()[:60]!r}", path=name,
+                                 line=lineno, field=key)
+            last = key
 
 
 # ===================================================================== writing

@@ -44,6 +44,8 @@ class CheckpointData:
     potential: str = ""
     potential_sha256: str = ""
     stop_reason: str = ""
+    n_atoms: int = 0                         # atoms in the file (the per-atom arrays may hold a slice)
+    first_row: int = 0                       # row of the file where the per-atom arrays begin
 
 
 # per-atom arrays of a checkpoint: name -> (group, trailing shape, dtype)
@@ -108,7 +110,18 @@ def _write(f: h5py.File, data: CheckpointData, chunks, n_atoms: int | None) -> N
             f[group][name][start:start + len(rows)] = rows
 
 
-def read_checkpoint(path: str | os.PathLike) -> CheckpointData:
+def atom_slice(n_atoms: int, part: tuple[int, int] | None) -> tuple[int, int]:
+    """Rows ``[k·N/P, (k+1)·N/P)`` of part ``(k, P)`` (all rows for None)."""
+    if part is None:
+        return 0, int(n_atoms)
+    k, p = int(part[0]), int(part[1])
+    return k * int(n_atoms) // p, (k + 1) * int(n_atoms) // p
+
+
+def read_checkpoint(path: str | os.PathLike, part: tuple[int, int] | None = None) -> CheckpointData:
+    """The checkpoint at ``path``. ``part = (k, P)``: only rows ``[k·N/P, (k+1)·N/P)`` of the
+    per-atom arrays (:data:`PER_ATOM`; sorted by id as written) are read, as HDF5 hyperslabs
+    (each MPI rank reads its slice of a restart; ``n_atoms`` and ``first_row`` say which)."""
     path = Path(path)
     if not path.is_file():
         raise InputError("checkpoint not found", path=str(path))
@@ -123,17 +136,24 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointData:
             v = f.attrs.get(name, "")
             return v.decode() if isinstance(v, bytes) else str(v)
 
+        n_atoms = int(f[C.STATE]["ids"].shape[0])
+        start, stop = atom_slice(n_atoms, part)
+
+        def read(group: h5py.Group, name: str) -> np.ndarray:
+            return group[name][start:stop] if name in PER_ATOM else group[name][...]
+
         ev = f[C.EVALUATION]
         return CheckpointData(
             step=int(f.attrs[C.STEP_ATTR]), time=float(f.attrs[C.TIME_ATTR]), seed=int(f.attrs[C.SEED_ATTR]),
             heat=float(f.attrs[C.HEAT_ATTR]), species=json.loads(text(C.SPECIES_ATTR)),
-            state={name: f[C.STATE][name][...] for name in C.STATE_ARRAYS},
+            state={name: read(f[C.STATE], name) for name in C.STATE_ARRAYS},
             energy=float(ev.attrs[C.ENERGY_ATTR]),
-            evaluation={name: ev[name][...] for name in C.EVALUATION_ARRAYS},
-            build_positions=f[C.NEIGHBORS][C.BUILD_POSITIONS][...],
+            evaluation={name: read(ev, name) for name in C.EVALUATION_ARRAYS},
+            build_positions=read(f[C.NEIGHBORS], C.BUILD_POSITIONS),
             build_cell=f[C.NEIGHBORS][C.BUILD_CELL][...],
             thermostat={k: v[...] for k, v in f[C.THERMOSTAT].items()},
             barostat={k: v[...] for k, v in f[C.BAROSTAT].items()},
             observers={k: json.loads(v) for k, v in f[C.OBSERVERS].attrs.items()},
             settings=schema.read_settings(f), potential=text(C.POTENTIAL_ATTR),
-            potential_sha256=text(C.POTENTIAL_SHA_ATTR), stop_reason=text(C.STOP_REASON_ATTR))
+            potential_sha256=text(C.POTENTIAL_SHA_ATTR), stop_reason=text(C.STOP_REASON_ATTR),
+            n_atoms=n_atoms, first_row=start)

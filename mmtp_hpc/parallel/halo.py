@@ -192,6 +192,32 @@ def migrate(comm, owners: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return recv
 
 
+def scatter_rows(comm, owners: np.ndarray | None, rows: np.ndarray | None, width: int,
+                 root: int = 0) -> np.ndarray:
+    """Send the rows (n, width) float64 that ``root`` holds to ranks ``owners[i]`` (one
+    ``Scatterv``; the other ranks pass None); returns the rows this rank receives, in root's order.
+    Used to hand out a chunk of atoms read on one rank, so no rank holds more than a chunk."""
+    size, rank = comm.Get_size(), comm.Get_rank()
+    if size == 1:
+        return np.ascontiguousarray(rows, dtype=np.float64).reshape(-1, width).copy()
+    from mpi4py import MPI
+    counts = send = None
+    if rank == root:
+        owners = np.asarray(owners, dtype=np.int64)
+        order = np.argsort(owners, kind="stable")
+        send = np.ascontiguousarray(np.asarray(rows, dtype=np.float64).reshape(-1, width)[order])
+        counts = np.bincount(owners, minlength=size).astype(np.int64)
+    mine = np.empty(1, dtype=np.int64)
+    comm.Scatter(None if counts is None else [counts, MPI.INT64_T], [mine, MPI.INT64_T], root=root)
+    recv = np.empty((int(mine[0]), width), dtype=np.float64)
+    if rank == root:
+        displ = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        comm.Scatterv([send, (counts * width, displ * width), MPI.DOUBLE], [recv, MPI.DOUBLE], root=root)
+    else:
+        comm.Scatterv(None, [recv, MPI.DOUBLE], root=root)
+    return recv
+
+
 def _as_rows(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """(n, k) float64 rows, also for n = 0 (a rank without atoms)."""
     rows = np.ascontiguousarray(rows, dtype=np.float64)

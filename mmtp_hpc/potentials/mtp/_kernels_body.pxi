@@ -18,6 +18,9 @@ cdef extern from "_simd.h" nogil:
                    const double* qdp, int n, double* s, double* w, double* wd, double* wi)
     void mmtp_dot2(const double* cf, const double* q, const double* dq, int n, double* s, double* w)
     void mmtp_axpy(double* y, double alpha, const double* x, int n)
+    void mmtp_lane_products(double* mom, const int* times, const double* weights, int n_times, int L)
+    void mmtp_lane_energies(const double* mom, const int* mapping, const double* moment, int n_basis,
+                            int L, double* e)
 
 
 cdef struct Tables:
@@ -933,64 +936,156 @@ def site_energies_of(dict tab, const double[:, ::1] pos, const int[::1] types, c
 # ---------------------------------------------------------------------------------------------
 # Incremental Metropolis moves on the moments (Monte Carlo, spec §6).
 #
-# E = Σ_k E_k(pm_k) with the basic moments pm_k[s, μ, q] = Σ_n f_μ(r_kn, m_k, m_n) mono_q(u_kn) of
-# every coefficient set s. A trial change m_a → m_a' changes
-#   - every term of centre a (f_μ depends on m_a through the centre's contraction): E_a is
+# E = Σ_k E_k(B_k) with the basic moments B_k[s, β] = Σ_n f_μβ(r_kn, m_k, m_n) mono_qβ(u_kn) of
+# every coefficient set s (β: the rows of the ``basic`` table). A trial change m_a → m_a'
+# changes
+#   - every term of centre a (f_μ depends on m_a through the centre's contraction): B_a is
 #     recomputed from its neighbours;
 #   - for every other centre k, only its terms with the entries that are (images of) a:
-#     pm_k' = pm_k + Σ_{n ∈ images of a} [f_μ(r_kn, m_k, m_a') − f_μ(r_kn, m_k, m_a)] mono_q(u_kn),
-#     and E_k' = products(pm_k') from the cached pm_k.
-# Accepted trials commit pm_k', E_k' and the moments; rejected ones restore the moments. The
-# cache (n_centres, nsets·K·n_mono) is filled by one pass over the centres (``init``).
+#     B_k' = B_k + Σ_{n ∈ images of a} Δf_μβ mono_qβ(u_kn), with
+#     Δf^s_μ = Σ_{r,b,c} C[z_k, z_a, μ, r, b, c] ψ_b(σ_s m_k) [ψ_c(σ_s m_a') − ψ_c(σ_s m_a)] Q_r(r_kn)
+#     (σ_0 = 1, σ_1 = −1: the set E(−M) of the one-pass symmetrised energy).
+# The energies of all affected centres (and sets) are then computed at once, one centre and
+# set per lane of the product table (``mmtp_lane_products``: the row loop outside, the lanes
+# vectorised inside), so a trial costs about one product sweep of vector width instead of one
+# per centre. Accepted trials commit B_k' and E_k' and the moments; rejected ones restore the
+# moments. The cache (n_centres, nsets·n_basic) holds B_k; ``init`` fills it and the site
+# energies with one pass over the centres (the energies with the same lane code as the trials,
+# so a centre's energy is the same number whichever way it was computed).
 
-cdef void pair_radial(Tables* t, Cols* c, int zi, int zj, double r, double mj, bint odd,
-                      double* Q, double* psi, double* qp, double* out) noexcept nogil:
-    """f_μ of every set (out[s·K + μ]) for one neighbour at distance r of species zj with moment
-    mj, for the centre (species zi) whose coefficients were contracted last (contract_centre)."""
-    cdef int k, cc, s, mu, R = t.R, M = t.M, K = t.K, C = t.C, RM = t.R * t.M
-    cdef double e = t.rcut - r, width, eta, acc
-    cdef double x = (2.0 * r - t.rmin - t.rcut) / (t.rcut - t.rmin)
-    cdef const double* a
+cdef inline int lanes_for(int n) noexcept nogil:
+    """n rounded up to a multiple of 8 (every lane goes through the same vector code)."""
+    return ((n + 7) // 8) * 8
+
+
+cdef void basic_of(Tables* t, const double* pm, int nsets, double* out) noexcept nogil:
+    """B[s, β] of a centre (``out``, nsets·n_basic) from the dense (s, μ, q) accumulator ``pm``."""
+    cdef int s, b_, nb = t.n_basic, nm = t.n_mono, K = t.K
+    for s in range(nsets):
+        for b_ in range(nb):
+            out[s * nb + b_] = pm[(s * K + t.basic[4 * b_]) * nm + t.basic_q[b_]]
+
+
+cdef void to_lanes(const double* B, int nb, double* mom, int L) noexcept nogil:
+    """mom[β·L + l] = B[l·nb + β] for lanes l < L (tiles of 8 lanes: one cache line per row)."""
+    cdef int l0, l, b_
+    cdef double* row
+    for l0 in range(0, L, 8):
+        for b_ in range(nb):
+            row = mom + b_ * L + l0
+            for l in range(8):
+                row[l] = B[(l0 + l) * nb + b_]
+
+
+cdef void lane_site_energies(Tables* t, double* mom, int L, int n_slots, int nsets, const int* z,
+                             double* e_lane, double* e_slot) noexcept nogil:
+    """Products and energies of lanes 0..L-1 (rows 0..n_basic-1 of ``mom`` hold the basic
+    moments; lane slot·nsets + s); e_slot[slot] = mean over the sets (E_k or ½[E_k + E⁻_k])."""
+    cdef int l, slot, s
+    cdef double acc
+    memset(mom + t.n_basic * L, 0, (t.n_moments - t.n_basic) * L * sizeof(double))
+    mmtp_lane_products(mom, t.times, t.weights, t.n_times, L)
+    for l in range(L):
+        e_lane[l] = 0.0
+    mmtp_lane_energies(mom, t.mapping, t.moment, t.n_basis, L, e_lane)
+    for slot in range(n_slots):
+        acc = 0.0
+        for s in range(nsets):
+            acc = acc + (t.species[z[slot]] + e_lane[slot * nsets + s])
+        e_slot[slot] = acc if nsets == 1 else 0.5 * acc
+
+
+cdef void forward_pm(Tables* t, Cols* c) noexcept nogil:
+    """Monomials and basic moments (dense (s, μ, q) layout, c.pm) of the gathered columns."""
+    cdef int s, mu, nm = t.n_mono, K = t.K
+    mmtp_monomials_cols(t.mono_parent, t.mono_dir, nm, c.u, c.ncol, c.ld, c.mono)
+    for s in range(c.nsets):
+        for mu in range(K):
+            mmtp_rowdots(c.F + (s * K + mu) * c.ld, c.mono, c.ld, t.mu_len[mu], c.ncol,
+                         c.pm + (s * K + mu) * nm)
+
+
+cdef inline void psi_of(Tables* t, int z, double m, bint odd, double* psi) noexcept nogil:
+    """ψ_b(m), b < M, on species z's interval (η = 2m/width on symmetric intervals)."""
+    cdef int b
+    cdef double width = t.mag_max[z] - t.mag_min[z], eta
+    psi[0] = 1.0
+    if t.M == 1:
+        return
+    if odd:
+        eta = 2.0 * m / width
+    else:
+        eta = (2.0 * m - t.mag_min[z] - t.mag_max[z]) / width
+    psi[1] = eta
+    for b in range(2, t.M):
+        psi[b] = 2.0 * eta * psi[b - 1] - psi[b - 2]
+
+
+cdef void trial_tables(Tables* t, int za, double old, double new, int nsets, bint odd,
+                       double* H) noexcept nogil:
+    """H[s, z_k, μ, r, b] = Σ_c C[z_k, z_a, μ, r, b, c]·σ_s^c [ψ_c(m_a') − ψ_c(m_a)] for a trial
+    on an atom of species za (σ_1^c = (−1)^c: the set E(−M))."""
+    cdef int s, zk, mu, r, b, cc, C = t.C, K = t.K, R = t.R, M = t.M
+    cdef double dpsi[16]
+    cdef double p0[16]
+    cdef double p1[16]
+    cdef double acc
+    cdef const double* cf
+    cdef double* h
+    psi_of(t, za, old, odd, p0)
+    psi_of(t, za, new, odd, p1)
+    for s in range(nsets):
+        for cc in range(M):
+            dpsi[cc] = p1[cc] - p0[cc]
+            if s == 1 and (cc & 1):
+                dpsi[cc] = -dpsi[cc]
+        for zk in range(C):
+            for mu in range(K):
+                for r in range(R):
+                    cf = t.coeffs + ((((zk * C + za) * K + mu) * R + r) * M * M)
+                    h = H + ((((s * C + zk) * K + mu) * R + r) * M)
+                    for b in range(M):
+                        acc = 0.0
+                        for cc in range(M):
+                            acc = acc + cf[b * M + cc] * dpsi[cc]
+                        h[b] = acc
+
+
+cdef void add_pair_change(Tables* t, const double* H, int nsets, int zk, double mk, bint odd,
+                          const double* d, double* Q, double* mono, double* df, double* B) noexcept nogil:
+    """Adds to the basic moments B[s, β] of centre k (species zk, moment mk) the change of its
+    term with a neighbour at d = r_n − r_k (inside the cutoff): Δf_μβ mono_qβ."""
+    cdef int s, mu, r, b, b_, R = t.R, M = t.M, K = t.K, C = t.C
+    cdef double r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2], rr = sqrt(r2), x, e, acc, sg
+    cdef double u[3]
+    cdef double psik[16]
+    cdef const double* h
+    x = (2.0 * rr - t.rmin - t.rcut) / (t.rcut - t.rmin)
+    e = t.rcut - rr
     Q[0] = 1.0
     if R > 1:
         Q[1] = x
-    for k in range(2, R):
-        Q[k] = 2.0 * x * Q[k - 1] - Q[k - 2]
-    for k in range(R):
-        Q[k] = t.scaling * Q[k] * (e * e)
-    if M == 1:
+    for r in range(2, R):
+        Q[r] = 2.0 * x * Q[r - 1] - Q[r - 2]
+    for r in range(R):
+        Q[r] = t.scaling * Q[r] * (e * e)
+    psi_of(t, zk, mk, odd, psik)
+    for s in range(nsets):
         for mu in range(K):
-            a = t.coeffs + ((zi * C + zj) * K + mu) * R
             acc = 0.0
-            for k in range(R):
-                acc = acc + a[k] * Q[k]
-            out[mu] = acc
-        return
-    width = t.mag_max[zj] - t.mag_min[zj]
-    if odd:
-        eta = 2.0 * mj / width
-    else:
-        eta = (2.0 * mj - t.mag_min[zj] - t.mag_max[zj]) / width
-    psi[0] = 1.0
-    psi[1] = eta
-    for cc in range(2, M):
-        psi[cc] = 2.0 * eta * psi[cc - 1] - psi[cc - 2]
-    for k in range(R):
-        for cc in range(M):
-            qp[k * M + cc] = Q[k] * psi[cc]
-    for s in range(c.nsets):
-        for mu in range(K):
-            a = c.D + ((s * C + zj) * K + mu) * RM
-            acc = 0.0
-            for k in range(RM):
-                acc = acc + a[k] * qp[k]
-            out[s * K + mu] = acc
-
-
-cdef double cached_site_energy(Tables* t, Cols* c, const double* pm, int zi) noexcept nogil:
-    if c.nsets == 1:
-        return products_into(t, c.mom, pm, zi)
-    return products_pair(t, c.mom, pm, pm + t.K * t.n_mono, zi)
+            for r in range(R):
+                h = H + ((((s * C + zk) * K + mu) * R + r) * M)
+                for b in range(M):
+                    sg = -1.0 if (s == 1 and (b & 1)) else 1.0
+                    acc = acc + Q[r] * sg * psik[b] * h[b]
+            df[s * K + mu] = acc
+    u[0] = d[0] / rr
+    u[1] = d[1] / rr
+    u[2] = d[2] / rr
+    monomials_into(t, u, mono)
+    for s in range(nsets):
+        for b_ in range(t.n_basic):
+            B[s * t.n_basic + b_] += df[s * K + t.basic[4 * b_]] * mono[t.basic_q[b_]]
 
 
 def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, double[::1] mag,
@@ -1013,7 +1108,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     kind < ``flip_fraction``, else m + ``max_change``·(2·size − 1); outside [lo[a], hi[a]] the
     trial is skipped; accepted when ΔE ≤ 0 or acceptance < exp(−β ΔE).
 
-    ``site_en`` (n_centres,) and ``cache`` (n_centres, nsets·K·n_mono) hold E_k and the basic
+    ``site_en`` (n_centres,) and ``cache`` (n_centres, nsets·n_basic) hold E_k and the basic
     moments; ``init`` recomputes both first (one energy pass over the centres). With
     ``incremental`` a trial updates only the pair terms it changes (see above); otherwise every
     affected centre is recomputed from its neighbours (the reference the tests compare with).
@@ -1022,25 +1117,27 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     """
     cdef Tables t = make_tables(tab)
     cdef int nsets = 2 if symmetric else 1
-    cdef int K = t.K, nm = t.n_mono, width = nsets * t.K * t.n_mono, mu, s, slot, n_aff
-    cdef Py_ssize_t n_moves = moves.shape[0], m_, q, k, p
+    cdef int nb = t.n_basic, width = nsets * t.n_basic, slot, n_aff, L, Lmax, batch
+    cdef Py_ssize_t n_moves = moves.shape[0], m_, q, k, p, k0
     cdef int64_t a, j, e, nmax = 0, max_aff = 1
-    cdef double old, new, delta, ek, dx, dy, dz, r2, r, rc2 = t.rcut * t.rcut, diff
-    cdef double u[3]
+    cdef double old, new, delta, dx, dy, dz, r2, rc2 = t.rcut * t.rcut
+    cdef double d[3]
     cdef bint record = trial_delta.shape[0] > 0, accept
     cdef int accepted = 0
     cdef Cols* c
-    cdef double* trial
+    cdef double* mom
+    cdef double* Bs
+    cdef double* e_lane
     cdef double* e_new
+    cdef int* zl
+    cdef double* H
     cdef double* Q
-    cdef double* psi
-    cdef double* qp
-    cdef double* fnew
-    cdef double* fold
     cdef double* mono
-    cdef double* dst
+    cdef double* df
     if symmetric and t.M < 2:
         raise ValueError("symmetric Monte Carlo needs a magnetic potential (M > 1)")
+    if t.M > 16:
+        raise ValueError(f"magnetic basis size {t.M} > 16")
     if cache.shape[0] < n_centres or cache.shape[1] != width:
         raise ValueError(f"cache must be ({n_centres}, {width}), got ({cache.shape[0]}, {cache.shape[1]})")
     for k in range(n_centres):
@@ -1049,22 +1146,44 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     for k in range(aff_offsets.shape[0] - 1):
         if aff_offsets[k + 1] - aff_offsets[k] > max_aff:
             max_aff = aff_offsets[k + 1] - aff_offsets[k]
+    batch = <int> max(max_aff, 64)
+    Lmax = lanes_for(batch * nsets)
     c = alloc_cols(&t, <int> nmax, nsets)
-    trial = <double*> malloc(max_aff * width * sizeof(double))
-    e_new = <double*> malloc(max_aff * sizeof(double))
+    mom = <double*> calloc(<size_t> t.n_moments * Lmax, sizeof(double))
+    Bs = <double*> calloc(<size_t> nb * Lmax, sizeof(double))
+    e_lane = <double*> malloc(Lmax * sizeof(double))
+    e_new = <double*> malloc(batch * sizeof(double))
+    zl = <int*> malloc(batch * sizeof(int))
+    H = <double*> malloc(nsets * t.C * t.K * t.R * t.M * sizeof(double))
     Q = <double*> malloc(t.R * sizeof(double))
-    psi = <double*> malloc(t.M * sizeof(double))
-    qp = <double*> malloc(t.R * t.M * sizeof(double))
-    fnew = <double*> malloc(nsets * t.K * sizeof(double))
-    fold = <double*> malloc(nsets * t.K * sizeof(double))
     mono = <double*> malloc(t.n_mono * sizeof(double))
+    df = <double*> malloc(nsets * t.K * sizeof(double))
+    if mom == NULL or Bs == NULL or e_lane == NULL or e_new == NULL or zl == NULL or H == NULL or Q == NULL \
+            or mono == NULL or df == NULL:
+        free_cols(c)
+        free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(df)
+        raise MemoryError("Monte Carlo: out of memory for the lane buffers")
     try:
         with nogil:
             if init:
-                for k in range(n_centres):
-                    gather_cols(&t, c, k, pos, types, mag, offsets, nbrs, False, symmetric)
-                    site_en[k] = forward_cols(&t, c, types[k])
-                    memcpy(&cache[k, 0], c.pm, width * sizeof(double))
+                # basic moments of every centre, then their energies in batches of lanes
+                k0 = 0
+                while k0 < n_centres:
+                    n_aff = <int> (batch if n_centres - k0 > batch else n_centres - k0)
+                    L = lanes_for(n_aff * nsets)
+                    memset(Bs, 0, nb * L * sizeof(double))
+                    for slot in range(n_aff):
+                        k = k0 + slot
+                        gather_cols(&t, c, k, pos, types, mag, offsets, nbrs, False, symmetric)
+                        forward_pm(&t, c)
+                        basic_of(&t, c.pm, nsets, Bs + slot * width)
+                        memcpy(&cache[k, 0], Bs + slot * width, width * sizeof(double))
+                        zl[slot] = types[k]
+                    to_lanes(Bs, nb, mom, L)
+                    lane_site_energies(&t, mom, L, n_aff, nsets, zl, e_lane, e_new)
+                    for slot in range(n_aff):
+                        site_en[k0 + slot] = e_new[slot]
+                    k0 += batch
             for m_ in range(n_moves):
                 a = moves[m_]
                 old = magmoms[a]
@@ -1078,43 +1197,40 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                     continue
                 for q in range(image_offsets[a], image_offsets[a + 1]):
                     mag[image_entries[q]] = new
-                delta = 0.0
                 n_aff = <int> (aff_offsets[a + 1] - aff_offsets[a])
+                L = lanes_for(n_aff * nsets)
+                memset(Bs + n_aff * width, 0, (L - n_aff * nsets) * nb * sizeof(double))
+                if incremental and t.M > 1:
+                    trial_tables(&t, types[a], old, new, nsets, symmetric, H)
                 for slot in range(n_aff):
                     k = aff_centres[aff_offsets[a] + slot]
-                    dst = trial + slot * width
+                    zl[slot] = types[k]
                     if k == a or not incremental:
                         gather_cols(&t, c, k, pos, types, mag, offsets, nbrs, False, symmetric)
-                        ek = forward_cols(&t, c, types[k])
-                        memcpy(dst, c.pm, width * sizeof(double))
-                    else:
-                        memcpy(dst, &cache[k, 0], width * sizeof(double))
-                        if t.M > 1:
-                            contract_centre(&t, c, types[k], mag[k], symmetric)
-                        for p in range(offsets[k], offsets[k + 1]):
-                            j = nbrs[p]
-                            if entry_owner[j] != a:
-                                continue
-                            dx = pos[j, 0] - pos[k, 0]
-                            dy = pos[j, 1] - pos[k, 1]
-                            dz = pos[j, 2] - pos[k, 2]
-                            r2 = dx * dx + dy * dy + dz * dz
-                            if r2 >= rc2:
-                                continue
-                            r = sqrt(r2)
-                            u[0] = dx / r
-                            u[1] = dy / r
-                            u[2] = dz / r
-                            pair_radial(&t, c, types[k], types[j], r, old, symmetric, Q, psi, qp, fold)
-                            pair_radial(&t, c, types[k], types[j], r, new, symmetric, Q, psi, qp, fnew)
-                            monomials_into(&t, u, mono)
-                            for s in range(nsets):
-                                for mu in range(K):
-                                    diff = fnew[s * K + mu] - fold[s * K + mu]
-                                    mmtp_axpy(dst + (s * K + mu) * nm, diff, mono, t.mu_len[mu])
-                        ek = cached_site_energy(&t, c, dst, types[k])
-                    e_new[slot] = ek
-                    delta = delta + (ek - site_en[k])
+                        forward_pm(&t, c)
+                        basic_of(&t, c.pm, nsets, Bs + slot * width)
+                        continue
+                    memcpy(Bs + slot * width, &cache[k, 0], width * sizeof(double))
+                    if t.M == 1:
+                        continue
+                    for p in range(offsets[k], offsets[k + 1]):
+                        j = nbrs[p]
+                        if entry_owner[j] != a:
+                            continue
+                        d[0] = pos[j, 0] - pos[k, 0]
+                        d[1] = pos[j, 1] - pos[k, 1]
+                        d[2] = pos[j, 2] - pos[k, 2]
+                        r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
+                        if r2 >= rc2:
+                            continue
+                        add_pair_change(&t, H, nsets, types[k], mag[k], symmetric, d, Q, mono, df,
+                                        Bs + slot * width)
+                to_lanes(Bs, nb, mom, L)
+                lane_site_energies(&t, mom, L, n_aff, nsets, zl, e_lane, e_new)
+                delta = 0.0
+                for slot in range(n_aff):
+                    k = aff_centres[aff_offsets[a] + slot]
+                    delta = delta + (e_new[slot] - site_en[k])
                 if record:
                     trial_delta[m_] = delta
                 accept = delta <= 0.0 or draws[a, col + 2] < exp(-beta * delta)
@@ -1123,14 +1239,14 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                     for slot in range(n_aff):
                         k = aff_centres[aff_offsets[a] + slot]
                         site_en[k] = e_new[slot]
-                        memcpy(&cache[k, 0], trial + slot * width, width * sizeof(double))
+                        memcpy(&cache[k, 0], Bs + slot * width, width * sizeof(double))
                     accepted += 1
                 else:
                     for q in range(image_offsets[a], image_offsets[a + 1]):
                         mag[image_entries[q]] = old
     finally:
         free_cols(c)
-        free(trial); free(e_new); free(Q); free(psi); free(qp); free(fnew); free(fold); free(mono)
+        free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(df)
     return accepted
 
 

@@ -216,13 +216,13 @@ class MTPEngine:
         return out
 
     def metropolis_cache(self, n_centres: int, symmetric: bool = False) -> np.ndarray | None:
-        """The per-centre cache of :meth:`metropolis` (basic moments of every coefficient set),
+        """The per-centre cache of :meth:`metropolis` (the basic moments of every coefficient set),
         or None where the kernels cannot sweep (symmetrised with asymmetric intervals: two passes)."""
         symmetric = bool(symmetric and self.pot.magnetic)
         if symmetric and not self.one_pass_symmetric():
             return None
         tab = self._structure
-        width = (2 if symmetric else 1) * self.pot.radial_funcs_count * len(tab["mono_parent"])
+        width = (2 if symmetric else 1) * len(tab["basic"])
         return np.zeros((n_centres, width))
 
     def metropolis(self, nl: NeighborList, types_all: np.ndarray, magmoms_all: np.ndarray, maps: dict,
