@@ -281,6 +281,19 @@ def test_oracle_table_keys(tmp_path):
             oracle_from_settings({**table, **bad}, tmp_path, ["Fe"])
 
 
+def test_oracle_names_species_whose_moments_it_leaves_free(tmp_path):
+    """Free (unconstrained) species are reported, so that the learn loop can warn that their labels
+    carry the DFT's own moments instead of the explored ones."""
+    base = {"kind": "command", "writer": "abinit", "command": ["abinit", "run.abi"],
+            "abinit": {"pseudos": {"Fe": "Fe.xml", "Al": "Al.xml"}, "pp_dirpath": PSP}}
+    species = ["Fe", "Al"]
+    assert oracle_from_settings(base, tmp_path, species).free_species() == []
+    mixed = {**base, "abinit": {**base["abinit"], "constraint_kind": {"Fe": 1, "Al": 0}}}
+    assert oracle_from_settings(mixed, tmp_path, species).free_species() == ["Al"]
+    none = {**base, "abinit": {**base["abinit"], "constraint_kind": 0}}
+    assert oracle_from_settings(none, tmp_path, species).free_species() == ["Fe", "Al"]
+
+
 @pytest.mark.parametrize("name", ["abinit.toml", "vasp.toml", "slurm_vasp.toml", "slurm_abinit.toml"])
 def test_shipped_oracle_tables_load(name):
     """The documented [oracle] examples are valid tables (inputs/oracles/)."""

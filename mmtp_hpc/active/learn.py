@@ -398,7 +398,13 @@ class Learner:
         if not state.finished and state.iteration == 0:
             self.initial_potential()    # readable, species as given: checked before any work
         if self.root and not state.finished:
-            self.oracle()       # a mistake in [oracle] shows now, not after the first MD runs
+            oracle = self.oracle()       # a mistake in [oracle] shows now, not after the first MD runs
+            free = oracle.free_species() if hasattr(oracle, "free_species") else []
+            if free and s.runs:
+                self.log(f"warning: the oracle leaves the moments of {', '.join(free)} free: their labels "
+                         "carry the DFT's own moments, not the ones the MD explored, so the grades of "
+                         "those neighbourhoods need not fall and the loop may not converge; constrain "
+                         "every species (e.g. [oracle.abinit] constraint_kind = 1)")
         while not state.finished:
             self.step(state)
         self.finish(state)

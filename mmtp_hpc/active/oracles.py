@@ -164,6 +164,12 @@ class Oracle:
     def label(self, cfg: Configuration, workdir: Path | None = None) -> Configuration:
         raise NotImplementedError
 
+    def free_species(self) -> list[str]:
+        """Species whose moments the oracle does not hold at the targets (constrained DFT with
+        those atoms unconstrained): their labels carry the oracle's own moments."""
+        writer = getattr(self, "writer", None)
+        return writer.free_species() if writer is not None else []
+
     def label_at(self, cfg: Configuration, workdir: Path | None, index: int) -> Configuration:
         """``label`` for the ``index``-th configuration of a batch (used by :func:`label_all`)."""
         return self.label(cfg, workdir)
@@ -285,6 +291,10 @@ class _Writer:
         """Atoms whose moments the program holds at their targets (the others relax freely)."""
         return np.ones(len(cfg), dtype=bool)
 
+    def free_species(self) -> list[str]:
+        """Species whose moments the program leaves free (labels carry its own moments there)."""
+        return []
+
     def write(self, cfg: Configuration, directory: Path, lambda_: float | None, comment: str,
               overrides: Mapping[str, Any] | None = None, constrained: bool = True) -> None:
         clean = cfg.copy()
@@ -379,6 +389,12 @@ class _AbinitWriter(_Writer):
             return np.full(len(cfg), int(kinds) != 0)
         free = {t for t, sym in enumerate(self.species) if int(kinds.get(sym, 1)) == 0}
         return np.array([t not in free for t in cfg.types.tolist()], dtype=bool)
+
+    def free_species(self) -> list[str]:
+        kinds = self.settings.constraint_kind
+        if not isinstance(kinds, Mapping):
+            return [] if int(kinds) != 0 else list(self.species)
+        return [sym for sym in self.species if int(kinds.get(sym, 1)) == 0]
 
     def default_retry(self) -> list[dict]:
         n = 2 * self.settings.nstep     # more steps; then gentler mixing of density and magnetisation
