@@ -38,6 +38,7 @@ class OutputError(MMTPError, OSError):
 
     def __init__(self, message: str, path: str | None = None):
         self.path = path
+        message = " ".join(str(message).split())     # HDF5's messages break lines
         self.reason = message
         super().__init__(f"{path}: {message}" if path else message)
 

@@ -127,11 +127,11 @@ def check(disk: Path, proc: subprocess.CompletedProcess | None, work: Path, argv
                            capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             problems.append(f"restart from the checkpoint failed: {r.stderr.strip()[-300:]}")
-    elif "checkpoint" in proc.stdout and "none was written" not in proc.stdout and "no checkpoint" not in \
-            proc.stdout.lower():
-        last = [line for line in proc.stdout.splitlines() if "checkpoint" in line]
-        if last and "ckpt.h5" in last[-1] and "not" not in last[-1]:
-            problems.append(f"the summary names a checkpoint that is not there: {last[-1].strip()}")
+    else:
+        # the summary's checkpoint line must not claim a file that is not there
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("  checkpoint:")), "")
+        if line and "none written" not in line:
+            problems.append(f"the summary names a checkpoint that is not there: {line.strip()[:200]}")
     return problems
 
 

@@ -51,10 +51,31 @@ def _after_output_failure(exc: BaseException) -> bool:
     return isinstance(exc, OutputError) or (isinstance(exc, RunAborted) and "output error" in str(exc))
 
 
+def _quiet_hdf5_teardown(unraisable) -> None:
+    """After an HDF5 write failed (full disk, vanished directory), h5py's objects of that file
+    fail again as they are freed ("Can't decrement id ref count"), outside any try block: that
+    failure is already reported as an OutputError, so these echoes are dropped, not printed as
+    tracebacks. Everything else goes to Python's default hook."""
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and "decrement id ref count" in str(exc):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def _quiet_hdf5_excepthook(kind, value, tb) -> None:
+    """h5py's deallocator prints the same echoes through ``sys.excepthook`` (Cython's full
+    traceback of an unraisable error): dropped like in :func:`_quiet_hdf5_teardown`."""
+    if isinstance(value, RuntimeError) and "decrement id ref count" in str(value):
+        return
+    sys.__excepthook__(kind, value, tb)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.formatwarning = _format_warning
+    sys.unraisablehook = _quiet_hdf5_teardown
+    sys.excepthook = _quiet_hdf5_excepthook
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
