@@ -221,6 +221,37 @@ class _Block:
         self.last_key = "BEGIN_CFG"
 
 
+def _note_key(blk: _Block, key: str, name: str, lineno: int) -> None:
+    """A key may appear once per configuration (Feature lines excepted)."""
+    if key in blk.seen and key != "Feature":
+        raise InputError(f"{key} given twice in one configuration (first at line {blk.seen[key]})",
+                         path=name, line=lineno, field=key)
+    blk.seen[key] = lineno
+
+
+def _common_key(blk: _Block, lines: _Lines, name: str, lineno: int, line: str, tokens: list[str]) -> bool:
+    """Size, Supercell, Energy, PlusStress and Feature lines (and what follows them) into ``blk``;
+    False for any other key."""
+    key = tokens[0]
+    if key == "Size" and len(tokens) == 1:
+        (value,) = _value_line(lines, name, lineno, "Size", 1)
+        if not value.is_integer() or value < 0 or value > 2**40:
+            raise InputError(f"Size must be a non-negative integer, got {value!r}", path=name,
+                             line=lines.lineno, field="Size")
+        blk.size, blk.size_line = int(value), lines.lineno
+    elif key == "Supercell" and len(tokens) == 1:
+        blk.cell_rows, blk.cell_line = _read_supercell(lines, name, lineno), lineno
+    elif key == "Energy" and len(tokens) == 1:
+        (blk.energy,) = _value_line(lines, name, lineno, "Energy", 1)
+    elif key == "PlusStress:":
+        blk.virial = _read_stress(lines, name, lineno, tokens[1:])
+    elif key == "Feature":
+        _add_feature(blk.features, line, name, lineno)
+    else:
+        return False
+    return True
+
+
 def _read_one(lines: _Lines, name: str, begin: int, sign: float) -> Configuration:
     blk = _Block(begin)
     while True:
@@ -238,26 +269,11 @@ def _read_one(lines: _Lines, name: str, begin: int, sign: float) -> Configuratio
         if key == "BEGIN_CFG":
             raise InputError(f"BEGIN_CFG before END_CFG (configuration begins at line {begin})",
                              path=name, line=lineno, field="END_CFG")
-        if key in blk.seen and key != "Feature":
-            raise InputError(f"{key} given twice in one configuration (first at line {blk.seen[key]})",
-                             path=name, line=lineno, field=key)
-        blk.seen[key] = lineno
-        if key == "Size" and len(tokens) == 1:
-            (value,) = _value_line(lines, name, lineno, "Size", 1)
-            if not value.is_integer() or value < 0 or value > 2**40:
-                raise InputError(f"Size must be a non-negative integer, got {value!r}", path=name,
-                                 line=lines.lineno, field="Size")
-            blk.size, blk.size_line = int(value), lines.lineno
-        elif key == "Supercell" and len(tokens) == 1:
-            blk.cell_rows, blk.cell_line = _read_supercell(lines, name, lineno), lineno
+        _note_key(blk, key, name, lineno)
+        if _common_key(blk, lines, name, lineno, line, tokens):
+            pass
         elif key == "AtomData:":
             _read_atom_data(lines, name, lineno, tokens[1:], blk)
-        elif key == "Energy" and len(tokens) == 1:
-            (blk.energy,) = _value_line(lines, name, lineno, "Energy", 1)
-        elif key == "PlusStress:":
-            blk.virial = _read_stress(lines, name, lineno, tokens[1:])
-        elif key == "Feature":
-            _add_feature(blk.features, line, name, lineno)
         elif blk.last_key == "AtomData:" and _looks_numeric(key):
             raise InputError(f"more atom lines than Size = {blk.size} (line {blk.size_line})",
                              path=name, line=lineno, field="Size")
@@ -544,19 +560,10 @@ class CfgAtomStream:
             key = tokens[0]
             if key in ("END_CFG", "BEGIN_CFG"):
                 raise self.NotStreamable(f"no AtomData in the configuration at line {begin}")
-            if key in blk.seen and key != "Feature":
-                raise InputError(f"{key} given twice in one configuration (first at line {blk.seen[key]})",
-                                 path=name, line=lineno, field=key)
-            blk.seen[key] = lineno
-            if key == "Size" and len(tokens) == 1:
-                (value,) = _value_line(lines, name, lineno, "Size", 1)
-                if not value.is_integer() or value < 0 or value > 2**40:
-                    raise InputError(f"Size must be a non-negative integer, got {value!r}", path=name,
-                                     line=lines.lineno, field="Size")
-                blk.size, blk.size_line = int(value), lines.lineno
-            elif key == "Supercell" and len(tokens) == 1:
-                blk.cell_rows, blk.cell_line = _read_supercell(lines, name, lineno), lineno
-            elif key == "AtomData:":
+            _note_key(blk, key, name, lineno)
+            if _common_key(blk, lines, name, lineno, line, tokens):
+                continue
+            if key == "AtomData:":
                 columns = tokens[1:]
                 _check_columns(columns, name, lineno)
                 if blk.size is None:
@@ -565,15 +572,8 @@ class CfgAtomStream:
                     raise self.NotStreamable("Supercell after AtomData, or a ghost column")
                 blk.columns = columns
                 break
-            elif key == "Energy" and len(tokens) == 1:
-                _value_line(lines, name, lineno, "Energy", 1)
-            elif key == "PlusStress:":
-                _read_stress(lines, name, lineno, tokens[1:])
-            elif key == "Feature":
-                _add_feature(blk.features, line, name, lineno)
-            else:
-                raise InputError(f"unknown key or misplaced line {line.strip()[:60]!r}", path=name,
-                                 line=lineno, field=key)
+            raise InputError(f"unknown key or misplaced line {line.strip()[:60]!r}", path=name,
+                             line=lineno, field=key)
         n_rows = len(blk.cell_rows)
         self.cell = np.zeros((3, 3))
         self.cell[:n_rows] = blk.cell_rows
@@ -645,15 +645,8 @@ class CfgAtomStream:
             if key == "BEGIN_CFG":
                 raise InputError(f"BEGIN_CFG before END_CFG (configuration begins at line {blk.begin})",
                                  path=name, line=lineno, field="END_CFG")
-            if key in blk.seen and key != "Feature":
-                raise InputError(f"{key} given twice in one configuration (first at line {blk.seen[key]})",
-                                 path=name, line=lineno, field=key)
-            blk.seen[key] = lineno
-            if key == "Energy" and len(tokens) == 1:
-                _value_line(lines, name, lineno, "Energy", 1)
-            elif key == "PlusStress:":
-                _read_stress(lines, name, lineno, tokens[1:])
-            elif key == "Feature":
+            _note_key(blk, key, name, lineno)
+            if key in ("Energy", "PlusStress:", "Feature") and _common_key(blk, lines, name, lineno, line, tokens):
                 pass
             elif last == "AtomData:" and _looks_numeric(key):
                 raise InputError(f"more atom lines than Size = {blk.size} (line {blk.size_line})",
