@@ -267,3 +267,73 @@ def test_output_directory_deleted_mid_run_ends_every_rank_with_the_message(tmp_p
     assert proc.returncode != 0
     assert "output error" in err and "No such file or directory" in err, err
     assert "Traceback" not in err and "Segmentation" not in err, err
+
+
+def _read_only(directory: Path):
+    """Make ``directory`` read-only for a running program; returns (undo, the error text it meets).
+
+    A non-root user: by its mode. Root, whom modes do not stop: by a read-only bind mount over it,
+    as a file system that turns read-only mid-run (files opened before keep working, new files fail
+    with EROFS). None when neither is possible here."""
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        return (lambda: directory.chmod(0o755)), "Permission denied"
+    d = str(directory)
+    if subprocess.run(["mount", "--bind", d, d], capture_output=True).returncode != 0:
+        return None
+    if subprocess.run(["mount", "-o", "remount,ro,bind", d], capture_output=True).returncode != 0:
+        subprocess.run(["umount", d], capture_output=True)
+        return None
+    return (lambda: subprocess.run(["umount", d], capture_output=True, check=True)), "Read-only file system"
+
+
+@pytest.mark.parametrize("mode", ["serial", "mpi4py", "plain-mpirun"])
+def test_output_directory_made_read_only_mid_run_ends_every_rank_and_keeps_the_checkpoint(tmp_path, mode):
+    """The output directory turns read-only during the run: the next checkpoint cannot be
+    written; every rank ends within 10 s with one clear message, and the last checkpoint is
+    intact and restarts."""
+    d = tmp_path / mode
+    write_input(d, steps=100000, every=20, checkpoint_every=20, out="out/", repeat=5,
+                moments='mode = "fixed"')
+    out_dir = d / "out"
+    out_dir.mkdir()
+    probe = _read_only(out_dir)
+    if probe is None:
+        pytest.skip("cannot make a directory read-only for root here (bind mounts not permitted)")
+    probe[0]()
+    start = time.time()
+    proc = _launch(mode, d)
+    deadline = time.time() + 120
+    while not (out_dir / "ckpt.h5").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    first = time.time() - start
+    undo, message = _read_only(out_dir)
+    t0 = time.time()
+    try:
+        try:
+            out, err = proc.communicate(timeout=60 + 3 * first)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"{mode}: still running {60 + 3 * first:.0f} s after the directory turned "
+                                 "read-only") from None
+        ended = time.time() - t0
+    finally:
+        undo()
+    limit = max(10.0, 2.0 * first)
+    assert ended < limit, f"{mode}: took {ended:.1f} s to end (limit {limit:.1f} s)"
+    assert proc.returncode != 0
+    assert "output error" in err and message in err, err
+    assert "Traceback" not in err and "Segmentation" not in err, err
+    # no temporary file; the run's lock files cannot be removed from a read-only directory, and
+    # they do not stop the restart (a lock is held by an open file, not by the file's existence)
+    assert [f for f in leftovers(out_dir) if f.endswith(".tmp")] == []
+    # the last checkpoint is whole: a restart continues from it to the next frame
+    from mmtp_hpc.dynamics.runfiles import read_checkpoint_header
+    step = read_checkpoint_header(out_dir / "ckpt.h5")["step"]
+    assert step >= 20 and step % 20 == 0
+    text = (d / "input.toml").read_text().replace("steps = 100000", f"steps = {step + 20}")
+    (d / "input.toml").write_text(text)
+    proc = mmtp("md", "input.toml", "--quiet", "--restart", "--allow-changes", cwd=d)
+    assert proc.returncode == 0, proc.stderr
+    assert int(read_trajectory(out_dir / "traj.h5")["step"][-1]) == step + 20
