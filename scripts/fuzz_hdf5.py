@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import random
 import re
 import shutil
@@ -26,6 +27,7 @@ import tempfile
 import traceback
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 import h5py
 import numpy as np
@@ -41,7 +43,10 @@ def run_cli(argv: list[str]) -> tuple[int | None, str | None]:
     from mmtp_hpc.cli import main
 
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        # after an output failure the CLI leaves with os._exit (no HDF5 clean-up at exit): here that
+        # is the command's normal end, not the end of the harness
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                mock.patch.object(os, "_exit", side_effect=SystemExit):
             code = main(argv)
     except SystemExit as exc:
         return (exc.code if isinstance(exc.code, int) else 1), None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import random
 import re
 import sys
@@ -22,6 +23,7 @@ import tempfile
 import traceback
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -104,7 +106,10 @@ def run_case(argv: list[str]) -> str | None:
 
     err = io.StringIO()
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        # after an output failure the CLI leaves with os._exit (no HDF5 clean-up at exit): here that
+        # is the command's normal end, not the end of the harness
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err), \
+                mock.patch.object(os, "_exit", side_effect=SystemExit):
             main(argv)
     except SystemExit:
         return None
@@ -119,6 +124,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--kinds", nargs="+", default=list(SOURCES), choices=list(SOURCES))
     p.add_argument("--show", type=int, default=5, help="failures to print")
+    p.add_argument("--verbose", action="store_true", help="name each case before it runs (stderr)")
     args = p.parse_args()
     np.seterr(all="ignore")
     rng = random.Random(args.seed)
@@ -140,6 +146,9 @@ def main() -> int:
                 out = tmp / f"out_{kind}{case}"
                 out.mkdir()
                 for argv in commands(kind, path, out):
+                    if args.verbose:
+                        print(f"{kind} {case} ({src.name}): mmtp {' '.join(map(str, argv))}", file=sys.stderr,
+                              flush=True)
                     totals[kind, "runs"] += 1
                     tb = run_case(argv)
                     if tb is None and nonfinite_output(out):

@@ -6,11 +6,18 @@ sets ``func=run`` (a callable taking the parsed args and returning an exit code)
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
-import sys
-import warnings
+
+# NumPy's BLAS (OpenBLAS) starts a thread per core and keeps them spinning after each call. No
+# command here spends its time in BLAS (the kernels are our own, with their own OpenMP threads),
+# and under MPI every core already has a rank: one BLAS thread unless the user sets it. Must come
+# before NumPy is first imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
 
 from mmtp_hpc import __version__
 from mmtp_hpc.errors import MMTPError

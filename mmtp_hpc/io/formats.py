@@ -144,6 +144,29 @@ def write_configurations(path: str | os.PathLike, configs: Configuration | Itera
 
 
 # ===================================================================== MD trajectories
+def _frame_values(t, k: int, names: Sequence[str], path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Frame ``k``'s per-atom arrays ``names`` that the trajectory stores, checked: positions and
+    velocities must be finite; another quantity may be absent from a frame (all NaN: not
+    recorded then, left out) but never partly non-finite. The cell and time must be finite."""
+    where = f"frame {k} (step {int(t.step[k])})"
+    if not np.all(np.isfinite(t.cell[k])) or not np.isfinite(t.time[k]):
+        raise InputError(f"{where}: the cell or time is not finite", path=str(path), field="cell")
+    out = {}
+    for name in names:
+        if name not in t.data:
+            continue
+        value = np.asarray(t.data[name][k])
+        finite = np.isfinite(value)
+        if finite.all():
+            out[name] = value
+        elif name not in ("positions", "velocities") and np.isnan(value).all():
+            continue
+        else:
+            raise InputError(f"{where}: dataset {name!r} holds non-finite values ({int((~finite).sum())} of "
+                             f"{value.size})", path=str(path), field=name)
+    return out
+
+
 def trajectory_configurations(path: str | os.PathLike, frames: slice = slice(None),
                               wrap: bool = False) -> tuple[list[Configuration], list[str]]:
     """Frames of an MD trajectory (HDF5, kind ``trajectory``) as configurations, and its species.
@@ -159,8 +182,8 @@ def trajectory_configurations(path: str | os.PathLike, frames: slice = slice(Non
     t = read_frames(path, frames)
     configs = []
     for k in range(t.n_frames):
-        frame = {name: t.data[name][k] for name in ("positions", "magmoms", "forces", "site_energies",
-                                                     "magnetic_gradient", "nbh_grades") if name in t.data}
+        frame = _frame_values(t, k, ("positions", "magmoms", "forces", "site_energies", "magnetic_gradient",
+                                     "nbh_grades"), path)
         positions = frame.get("positions")
         if positions is None:
             raise InputError("the trajectory stores no positions ([output] store)", path=str(path),
@@ -218,16 +241,18 @@ def export_trajectory(path: str | os.PathLike, out: str | os.PathLike, fmt: str 
     scalars = {"temperature": "temperature_K", "pressure": "pressure_GPa",
                "kinetic_energy": "kinetic_energy_eV", "magnetization": "magnetization_uB"}
     images = []
+    t.require("positions", "exporting a trajectory")
     for k in range(t.n_frames):
-        positions = t.require("positions", "exporting a trajectory")[k]
+        frame = _frame_values(t, k, ("positions", "velocities", "magmoms", "forces", "site_energies"), path)
+        positions = frame["positions"]
         if wrap:
             positions = wrap_positions(positions, t.cell[k], t.pbc)
         atoms = Atoms(symbols=symbols, positions=positions, cell=t.cell[k], pbc=t.pbc,
                       masses=t.masses)
-        if "velocities" in t.data:
-            atoms.set_velocities(t.data["velocities"][k] / units.fs)   # Å/fs -> ASE units
-        if "magmoms" in t.data:
-            atoms.set_initial_magnetic_moments(t.data["magmoms"][k])
+        if "velocities" in frame:
+            atoms.set_velocities(frame["velocities"] / units.fs)   # Å/fs -> ASE units
+        if "magmoms" in frame:
+            atoms.set_initial_magnetic_moments(frame["magmoms"])
         atoms.info["step"] = int(t.step[k])
         atoms.info["time_fs"] = float(t.time[k])
         for name, key in scalars.items():
@@ -237,8 +262,8 @@ def export_trajectory(path: str | os.PathLike, out: str | os.PathLike, fmt: str 
         if "potential_energy" in t.data and np.isfinite(t.data["potential_energy"][k]):
             results["energy"] = float(t.data["potential_energy"][k])
         for name, key in (("forces", "forces"), ("site_energies", "energies"), ("magmoms", "magmoms")):
-            if name in t.data:
-                results[key] = np.array(t.data[name][k])
+            if name in frame:
+                results[key] = np.array(frame[name])
         if results:
             atoms.calc = SinglePointCalculator(atoms, **results)
         images.append(atoms)

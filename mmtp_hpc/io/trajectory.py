@@ -156,7 +156,9 @@ class TrajectoryWriter:
         opts: dict[str, Any] = {"chunks": chunks}
         if compress:
             opts.update(compression="gzip", compression_opts=1, shuffle=True)
-        ds = g.create_dataset(H.VALUE, shape=(0, *shape), maxshape=(None, *shape), dtype=np.float64, **opts)
+        # NaN where a frame was extended but not written (see append_chunks)
+        ds = g.create_dataset(H.VALUE, shape=(0, *shape), maxshape=(None, *shape), dtype=np.float64,
+                              fillvalue=np.nan, **opts)
         ds.attrs[H.UNIT_ATTR] = H5MD_UNITS[name]
 
     def _datasets(self, f: h5py.File) -> list[h5py.Dataset]:
@@ -296,7 +298,10 @@ class TrajectoryWriter:
             values = {name: f[H.element_path(name)][H.VALUE] for name in self.store}
             for ds in values.values():
                 ds.resize(k + 1, axis=0)
-                ds[k] = np.nan       # placeholder: every chunk of the frame is written below
+                if not np.isnan(ds.fillvalue):
+                    # a file written before the NaN fill value: rows no chunk names read NaN too
+                    # (a whole array: h5py broadcasts a scalar one element at a time)
+                    ds[k] = np.full(ds.shape[1:], np.nan)
             for start, block in chunks:
                 for name, rows in block.items():
                     if name in values:

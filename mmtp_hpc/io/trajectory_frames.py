@@ -209,10 +209,15 @@ def _read_frames(path: Path, frames: slice, names: Iterable[str] | None) -> Traj
         if len(types) and (types.min() < 0 or (species and types.max() >= len(species))):
             raise InputError(f"atom types {int(types.min())}…{int(types.max())} do not fit the species "
                              f"{species}", path=str(path), field="species")
+        time, cell = rows_of(T.TIME), rows_of(T.CELL)
+        if not np.all(np.isfinite(time)) or np.any(np.diff(time) <= 0):
+            raise InputError("the frame times are not finite and increasing", path=str(path), field="time")
+        if not np.all(np.isfinite(cell)):
+            raise InputError("a frame's cell is not finite", path=str(path), field="cell")
         return TrajectoryFrames(
             path=str(path), species=layout.species(), types=types, ids=ids, masses=masses,
             pbc=pbc, settings=schema.read_settings(f),
-            step=rows_of(T.STEP), time=rows_of(T.TIME), cell=rows_of(T.CELL),
+            step=rows_of(T.STEP), time=time, cell=cell,
             data=data, units=units, available=available)
 
 

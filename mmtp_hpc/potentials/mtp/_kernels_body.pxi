@@ -18,7 +18,8 @@ cdef extern from "_simd.h" nogil:
                    const double* qdp, int n, double* s, double* w, double* wd, double* wi)
     void mmtp_dot2(const double* cf, const double* q, const double* dq, int n, double* s, double* w)
     void mmtp_axpy(double* y, double alpha, const double* x, int n)
-    void mmtp_lane_products(double* mom, const int* times, const double* weights, int n_times, int L)
+    void mmtp_lane_products(double* mom, const int* times, const double* weights, const int* run_start,
+                            const char* fresh, int n_runs, int L)
     void mmtp_lane_energies(const double* mom, const int* mapping, const double* moment, int n_basis,
                             int L, double* e)
 
@@ -977,14 +978,68 @@ cdef void to_lanes(const double* B, int nb, double* mom, int L) noexcept nogil:
                 row[l] = B[(l0 + l) * nb + b_]
 
 
-cdef void lane_site_energies(Tables* t, double* mom, int L, int n_slots, int nsets, const int* z,
-                             double* e_lane, double* e_slot) noexcept nogil:
+cdef struct LaneRuns:
+    int n_runs
+    int* start      # (n_runs + 1,) run r: product rows start[r]..start[r + 1] − 1, one output each
+    char* fresh     # (n_runs,) the run's output is not written or read before: stored, not added to
+    int n_clear
+    int* clear      # (n_clear,) moment rows ≥ n_basic that must be zero before the products
+
+
+cdef int lane_runs_make(Tables* t, LaneRuns* lr) noexcept nogil:
+    """The runs of the product table (rows with the same output, in table order); 0, or −1 when
+    out of memory."""
+    cdef int k, r, x, a, b, nm = t.n_moments
+    cdef char* written = <char*> calloc(nm + 1, sizeof(char))
+    cdef char* zero = <char*> calloc(nm + 1, sizeof(char))
+    lr.start = <int*> malloc((t.n_times + 1) * sizeof(int))
+    lr.fresh = <char*> malloc((t.n_times + 1) * sizeof(char))
+    lr.clear = <int*> malloc((nm + 1) * sizeof(int))
+    if written == NULL or zero == NULL or lr.start == NULL or lr.fresh == NULL or lr.clear == NULL:
+        free(written); free(zero); free(lr.start); free(lr.fresh); free(lr.clear)
+        lr.start = NULL; lr.fresh = NULL; lr.clear = NULL
+        return -1
+    r = 0
+    k = 0
+    while k < t.n_times:
+        x = t.times[3 * k + 2]
+        lr.start[r] = k
+        while k < t.n_times and t.times[3 * k + 2] == x:
+            a = t.times[3 * k]
+            b = t.times[3 * k + 1]
+            if a >= t.n_basic and not written[a]:
+                zero[a] = 1          # read before it is computed: as zero, as a cleared row gives
+            if b >= t.n_basic and not written[b]:
+                zero[b] = 1
+            k += 1
+        lr.fresh[r] = 0 if (written[x] or zero[x]) else 1
+        written[x] = 1
+        r += 1
+    lr.start[r] = t.n_times
+    lr.n_runs = r
+    lr.n_clear = 0
+    for x in range(t.n_basic, nm):
+        if zero[x] or not written[x]:
+            lr.clear[lr.n_clear] = x
+            lr.n_clear += 1
+    free(written)
+    free(zero)
+    return 0
+
+
+cdef void lane_runs_free(LaneRuns* lr) noexcept nogil:
+    free(lr.start); free(lr.fresh); free(lr.clear)
+
+
+cdef void lane_site_energies(Tables* t, LaneRuns* lr, double* mom, int L, int n_slots, int nsets,
+                             const int* z, double* e_lane, double* e_slot) noexcept nogil:
     """Products and energies of lanes 0..L-1 (rows 0..n_basic-1 of ``mom`` hold the basic
     moments; lane slot·nsets + s); e_slot[slot] = mean over the sets (E_k or ½[E_k + E⁻_k])."""
-    cdef int l, slot, s
+    cdef int l, slot, s, q
     cdef double acc
-    memset(mom + t.n_basic * L, 0, (t.n_moments - t.n_basic) * L * sizeof(double))
-    mmtp_lane_products(mom, t.times, t.weights, t.n_times, L)
+    for q in range(lr.n_clear):
+        memset(mom + <size_t> lr.clear[q] * L, 0, L * sizeof(double))
+    mmtp_lane_products(mom, t.times, t.weights, lr.start, lr.fresh, lr.n_runs, L)
     for l in range(L):
         e_lane[l] = 0.0
     mmtp_lane_energies(mom, t.mapping, t.moment, t.n_basis, L, e_lane)
@@ -1052,13 +1107,17 @@ cdef void trial_tables(Tables* t, int za, double old, double new, int nsets, bin
 
 
 cdef void add_pair_change(Tables* t, const double* H, int nsets, int zk, double mk, bint odd,
-                          const double* d, double* Q, double* mono, double* df, double* B) noexcept nogil:
+                          const double* d, const int* mu_start, double* Q, double* mono, double* monoB,
+                          double* df, double* B) noexcept nogil:
     """Adds to the basic moments B[s, β] of centre k (species zk, moment mk) the change of its
-    term with a neighbour at d = r_n − r_k (inside the cutoff): Δf_μβ mono_qβ."""
-    cdef int s, mu, r, b, b_, R = t.R, M = t.M, K = t.K, C = t.C
-    cdef double r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2], rr = sqrt(r2), x, e, acc, sg
+    term with a neighbour at d = r_n − r_k (inside the cutoff): Δf_μβ mono_qβ. ``mu_start``
+    (K + 1): the basic rows of μ are mu_start[μ]..mu_start[μ + 1] − 1 (rows ordered by μ), or
+    NULL where they are not ordered."""
+    cdef int s, mu, r, b, b_, R = t.R, M = t.M, K = t.K, C = t.C, nb = t.n_basic
+    cdef double r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2], rr = sqrt(r2), x, e, acc
     cdef double u[3]
     cdef double psik[16]
+    cdef double sp[16]
     cdef const double* h
     x = (2.0 * rr - t.rmin - t.rcut) / (t.rcut - t.rmin)
     e = t.rcut - rr
@@ -1071,21 +1130,31 @@ cdef void add_pair_change(Tables* t, const double* H, int nsets, int zk, double 
         Q[r] = t.scaling * Q[r] * (e * e)
     psi_of(t, zk, mk, odd, psik)
     for s in range(nsets):
+        # σ_s(b)·ψ_b(m_k): multiplying by ±1 is exact, so (Q·σ)·ψ = Q·(σψ) bit for bit
+        for b in range(M):
+            sp[b] = -psik[b] if (s == 1 and (b & 1)) else psik[b]
         for mu in range(K):
             acc = 0.0
             for r in range(R):
                 h = H + ((((s * C + zk) * K + mu) * R + r) * M)
                 for b in range(M):
-                    sg = -1.0 if (s == 1 and (b & 1)) else 1.0
-                    acc = acc + Q[r] * sg * psik[b] * h[b]
+                    acc = acc + Q[r] * sp[b] * h[b]
             df[s * K + mu] = acc
     u[0] = d[0] / rr
     u[1] = d[1] / rr
     u[2] = d[2] / rr
     monomials_into(t, u, mono)
+    for b_ in range(nb):
+        monoB[b_] = mono[t.basic_q[b_]]
+    if mu_start == NULL:        # basic rows not ordered by μ
+        for s in range(nsets):
+            for b_ in range(nb):
+                B[s * nb + b_] += df[s * K + t.basic[4 * b_]] * monoB[b_]
+        return
     for s in range(nsets):
-        for b_ in range(t.n_basic):
-            B[s * t.n_basic + b_] += df[s * K + t.basic[4 * b_]] * mono[t.basic_q[b_]]
+        for mu in range(K):
+            mmtp_axpy(B + s * nb + mu_start[mu], df[s * K + mu], monoB + mu_start[mu],
+                      mu_start[mu + 1] - mu_start[mu])
 
 
 def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, double[::1] mag,
@@ -1119,8 +1188,8 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     cdef int nsets = 2 if symmetric else 1
     cdef int nb = t.n_basic, width = nsets * t.n_basic, slot, n_aff, L, Lmax, batch
     cdef Py_ssize_t n_moves = moves.shape[0], m_, q, k, p, k0
-    cdef int64_t a, j, e, nmax = 0, max_aff = 1
-    cdef double old, new, delta, dx, dy, dz, r2, rc2 = t.rcut * t.rcut
+    cdef int64_t a, j, nmax = 0, max_aff = 1
+    cdef double old, new, delta, dx, dy, dz, rc2 = t.rcut * t.rcut
     cdef double d[3]
     cdef bint record = trial_delta.shape[0] > 0, accept
     cdef int accepted = 0
@@ -1133,7 +1202,16 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     cdef double* H
     cdef double* Q
     cdef double* mono
+    cdef double* monoB
     cdef double* df
+    cdef LaneRuns runs
+    cdef int* mu_start = NULL
+    cdef int* slot_of = NULL
+    cdef int64_t* pair_off = NULL
+    cdef int64_t* pair_k = NULL
+    cdef int64_t* pair_p = NULL
+    cdef int64_t n_atoms = magmoms.shape[0], n_pairs = 0, a2
+    cdef bint ordered = True
     if symmetric and t.M < 2:
         raise ValueError("symmetric Monte Carlo needs a magnetic potential (M > 1)")
     if t.M > 16:
@@ -1157,12 +1235,74 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     H = <double*> malloc(nsets * t.C * t.K * t.R * t.M * sizeof(double))
     Q = <double*> malloc(t.R * sizeof(double))
     mono = <double*> malloc(t.n_mono * sizeof(double))
+    monoB = <double*> malloc(nb * sizeof(double))
     df = <double*> malloc(nsets * t.K * sizeof(double))
+    mu_start = <int*> calloc(t.K + 1, sizeof(int))
+    slot_of = <int*> malloc((n_centres + 1) * sizeof(int))
+    pair_off = <int64_t*> calloc(n_atoms + 2, sizeof(int64_t))
+    lane_runs_make(&t, &runs)          # runs.start is NULL when out of memory
     if mom == NULL or Bs == NULL or e_lane == NULL or e_new == NULL or zl == NULL or H == NULL or Q == NULL \
-            or mono == NULL or df == NULL:
+            or mono == NULL or monoB == NULL or df == NULL or mu_start == NULL or slot_of == NULL \
+            or pair_off == NULL or runs.start == NULL:
         free_cols(c)
-        free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(df)
+        lane_runs_free(&runs)
+        free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
+        free(df); free(mu_start); free(slot_of); free(pair_off)
         raise MemoryError("Monte Carlo: out of memory for the lane buffers")
+    # basic rows of each radial function μ: one range when the rows are ordered by μ
+    for q in range(nb):
+        if q > 0 and t.basic[4 * q] < t.basic[4 * (q - 1)]:
+            ordered = False
+        mu_start[t.basic[4 * q] + 1] = <int> (q + 1)
+    for q in range(1, t.K + 1):
+        if mu_start[q] < mu_start[q - 1]:
+            mu_start[q] = mu_start[q - 1]
+    if not ordered:
+        free(mu_start)
+        mu_start = NULL
+    for k in range(n_centres + 1):
+        slot_of[k] = -1
+    if incremental and t.M > 1 and n_moves > 0:
+        # the pairs (k, entry p) that a move of atom a changes, k ≠ a, inside the cutoff: found
+        # once per call (not per trial), in the order of the centres and their entries
+        with nogil:
+            for k in range(n_centres):
+                for p in range(offsets[k], offsets[k + 1]):
+                    a2 = entry_owner[nbrs[p]]
+                    if a2 < 0 or a2 == k or a2 >= n_atoms:
+                        continue
+                    dx = pos[nbrs[p], 0] - pos[k, 0]
+                    dy = pos[nbrs[p], 1] - pos[k, 1]
+                    dz = pos[nbrs[p], 2] - pos[k, 2]
+                    if dx * dx + dy * dy + dz * dz >= rc2:
+                        continue
+                    pair_off[a2 + 2] += 1
+            for a2 in range(n_atoms):
+                pair_off[a2 + 2] += pair_off[a2 + 1]
+            n_pairs = pair_off[n_atoms + 1]
+        pair_k = <int64_t*> malloc((n_pairs + 1) * sizeof(int64_t))
+        pair_p = <int64_t*> malloc((n_pairs + 1) * sizeof(int64_t))
+        if pair_k == NULL or pair_p == NULL:
+            free_cols(c)
+            free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
+            free(df); free(mu_start); free(slot_of); free(pair_off); free(pair_k); free(pair_p)
+            lane_runs_free(&runs)
+            raise MemoryError("Monte Carlo: out of memory for the pair lists")
+        with nogil:
+            for k in range(n_centres):
+                for p in range(offsets[k], offsets[k + 1]):
+                    a2 = entry_owner[nbrs[p]]
+                    if a2 < 0 or a2 == k or a2 >= n_atoms:
+                        continue
+                    dx = pos[nbrs[p], 0] - pos[k, 0]
+                    dy = pos[nbrs[p], 1] - pos[k, 1]
+                    dz = pos[nbrs[p], 2] - pos[k, 2]
+                    if dx * dx + dy * dy + dz * dz >= rc2:
+                        continue
+                    q = pair_off[a2 + 1]
+                    pair_k[q] = k
+                    pair_p[q] = p
+                    pair_off[a2 + 1] += 1
     try:
         with nogil:
             if init:
@@ -1180,7 +1320,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                         memcpy(&cache[k, 0], Bs + slot * width, width * sizeof(double))
                         zl[slot] = types[k]
                     to_lanes(Bs, nb, mom, L)
-                    lane_site_energies(&t, mom, L, n_aff, nsets, zl, e_lane, e_new)
+                    lane_site_energies(&t, &runs, mom, L, n_aff, nsets, zl, e_lane, e_new)
                     for slot in range(n_aff):
                         site_en[k0 + slot] = e_new[slot]
                     k0 += batch
@@ -1211,22 +1351,24 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                         basic_of(&t, c.pm, nsets, Bs + slot * width)
                         continue
                     memcpy(Bs + slot * width, &cache[k, 0], width * sizeof(double))
-                    if t.M == 1:
-                        continue
-                    for p in range(offsets[k], offsets[k + 1]):
-                        j = nbrs[p]
-                        if entry_owner[j] != a:
-                            continue
+                    slot_of[k] = slot
+                if incremental and t.M > 1:
+                    # the changed pairs, centre by centre in the order of their entries
+                    for q in range(pair_off[a], pair_off[a + 1]):
+                        k = pair_k[q]
+                        slot = slot_of[k]
+                        if slot < 0:
+                            continue        # (every such centre is in the affected list)
+                        j = nbrs[pair_p[q]]
                         d[0] = pos[j, 0] - pos[k, 0]
                         d[1] = pos[j, 1] - pos[k, 1]
                         d[2] = pos[j, 2] - pos[k, 2]
-                        r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
-                        if r2 >= rc2:
-                            continue
-                        add_pair_change(&t, H, nsets, types[k], mag[k], symmetric, d, Q, mono, df,
-                                        Bs + slot * width)
+                        add_pair_change(&t, H, nsets, types[k], mag[k], symmetric, d, mu_start, Q, mono,
+                                        monoB, df, Bs + slot * width)
+                for slot in range(n_aff):
+                    slot_of[aff_centres[aff_offsets[a] + slot]] = -1
                 to_lanes(Bs, nb, mom, L)
-                lane_site_energies(&t, mom, L, n_aff, nsets, zl, e_lane, e_new)
+                lane_site_energies(&t, &runs, mom, L, n_aff, nsets, zl, e_lane, e_new)
                 delta = 0.0
                 for slot in range(n_aff):
                     k = aff_centres[aff_offsets[a] + slot]
@@ -1246,7 +1388,9 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                         mag[image_entries[q]] = old
     finally:
         free_cols(c)
-        free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(df)
+        free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
+        free(df); free(mu_start); free(slot_of); free(pair_off); free(pair_k); free(pair_p)
+        lane_runs_free(&runs)
     return accepted
 
 

@@ -56,21 +56,27 @@ static inline void mmtp_axpy(double *y, double alpha, const double *x, int n)
 
 /* Lane-parallel product table for many site-energy evaluations at once (Monte Carlo):
  * mom[x·L + l] += w·mom[a·L + l]·mom[b·L + l] for every row (a, b, x) and every lane l.
- * Every lane runs the same instructions (L is a multiple of the vector width), so a centre's
- * energy does not depend on the lane it is computed in. x is never a or b. */
+ * The rows come in runs of one output x (run r: rows run_start[r]..run_start[r + 1] − 1; x is
+ * never a or b). fresh[r]: no earlier run wrote or read x, so the run clears x itself (no
+ * clearing of the whole table first). Every lane runs the same instructions (L is a multiple
+ * of the vector width), so a centre's energy does not depend on the lane it is computed in.
+ * (Tiling the lanes into L1-sized chunks, also with the run summed in registers, measured
+ * slower: 8, 16 or 32 lanes.) */
 static inline void mmtp_lane_products(double *mom, const int *times, const double *weights,
-                                      int n_times, int L)
+                                      const int *run_start, const char *fresh, int n_runs, int L)
 {
-    /* (tiling the lanes into L1-sized chunks measured slower: 8, 16 or 32 lanes) */
-    for (int k = 0; k < n_times; k++) {
-        const int *row = times + 3 * k;
-        const double w = weights[k];
-        const double *pa = mom + (long)row[0] * L;
-        const double *pb = mom + (long)row[1] * L;
-        double *restrict px = mom + (long)row[2] * L;
-        #pragma omp simd
-        for (int l = 0; l < L; l++)
-            px[l] += w * pa[l] * pb[l];
+    for (int r = 0; r < n_runs; r++) {
+        double *restrict px = mom + (long)times[3 * run_start[r] + 2] * L;
+        if (fresh[r])
+            for (int l = 0; l < L; l++) px[l] = 0.0;
+        for (int k = run_start[r]; k < run_start[r + 1]; k++) {
+            const double w = weights[k];
+            const double *pa = mom + (long)times[3 * k] * L;
+            const double *pb = mom + (long)times[3 * k + 1] * L;
+            #pragma omp simd
+            for (int l = 0; l < L; l++)
+                px[l] += w * pa[l] * pb[l];
+        }
     }
 }
 
