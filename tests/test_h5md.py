@@ -120,3 +120,22 @@ def test_restart_with_another_store_is_refused(fe_potential, tmp_path):
     run_md(fe_potential, tmp_path, 10, NPT, checkpoint_every=10)
     with pytest.raises(InputError, match="store must match"):
         run_md(fe_potential, tmp_path, 20, NPT, restart=tmp_path / "ckpt.h5", store=["positions"])
+
+
+def test_uncompressed_frames_hold_the_same_numbers(fe_potential, tmp_path):
+    """``[output] compress = false`` (large runs: write at the file system's speed) stores the
+    per-atom frames without a filter, and the frames equal the compressed run's bit for bit."""
+    runs = {}
+    for compress in (True, False):
+        base = tmp_path / str(compress)
+        base.mkdir()
+        settings = md_settings(fe_potential, base, repeat=3, md={"steps": 10, "temperature_K": 600.0, "seed": 5},
+                               output={"trajectory": "traj.h5", "every": 5, "checkpoint": "",
+                                       "store": STORE, "compress": compress})
+        Simulation.from_settings(settings, stream=None).run()
+        with h5py.File(base / "traj.h5") as f:
+            filters = {f[f"particles/all/{name}/value"].compression for name in ("position", "velocity")}
+        assert filters == ({"gzip"} if compress else {None})
+        runs[compress] = read_trajectory(base / "traj.h5")
+    for name in STORE:
+        np.testing.assert_array_equal(runs[True][name], runs[False][name])

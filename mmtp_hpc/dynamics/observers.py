@@ -276,10 +276,12 @@ class TrajectoryObserver(Observer):
     order = 30
     name = "trajectory"
 
-    def __init__(self, path: str | Path, store: list[str], chunk_atoms: int | None = None):
+    def __init__(self, path: str | Path, store: list[str], chunk_atoms: int | None = None,
+                 compress: bool = True):
         from mmtp_hpc.parallel.halo import GATHER_CHUNK_ATOMS
 
         self.path = Path(path)
+        self.compress = bool(compress)
         self.store = list(store)
         self.chunk_atoms = int(chunk_atoms or GATHER_CHUNK_ATOMS)
         self.writer = None
@@ -295,13 +297,14 @@ class TrajectoryObserver(Observer):
         if not sim.distributed:
             self.writer = TrajectoryWriter(self.path, self.store, species=s.species, types=s.types, ids=s.ids,
                                            masses=s.masses, pbc=s.pbc, settings=sim.settings_dict(),
-                                           restart_step=restart_step)
+                                           restart_step=restart_step, compress=self.compress)
             return
         from mmtp_hpc.parallel.halo import gather_column_chunks
 
         if sim.is_root:
             self.writer = TrajectoryWriter(self.path, self.store, species=s.species, n_atoms=s.n_global,
-                                           pbc=s.pbc, settings=sim.settings_dict(), restart_step=restart_step)
+                                           pbc=s.pbc, settings=sim.settings_dict(), restart_step=restart_step,
+                                           compress=self.compress)
         chunks = gather_column_chunks(s.comm, s.ids, {"types": s.types, "ids": s.ids, "masses": s.masses},
                                       self.chunk_atoms)
         self._write_or_send(chunks, lambda c: self.writer.write_static(c))

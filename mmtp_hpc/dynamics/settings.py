@@ -333,6 +333,9 @@ class OutputSettings:
     speed_log: str | None = _key("md_speed.json", "speed of each finished run of this input by rank count "
                                  "(JSON); the summary states the speed-up and parallel efficiency "
                                  "over the 1-rank run (\"\" for none)", text())
+    compress: bool = _key(True, "gzip (level 1, shuffled) the per-atom trajectory data: about 40 % smaller, "
+                                "but one core compresses about 30-60 MB/s; false writes at the file "
+                                "system's speed (large runs)", boolean())
     chunk_atoms: int = _key(65536, "MPI: atoms per message when frames and checkpoints stream to rank 0 "
                                    "(bounds the memory of the writing rank; the files do not depend on it)",
                             integer(1, 2 ** 24))

@@ -575,7 +575,7 @@ def build_simulation(settings: RunSettings, restart: str | Path | None = None,
     if out.trajectory is not None:
         path = settings.path(out.trajectory)
         require_path_writable(path, "trajectory")
-        trajectory = TrajectoryObserver(path, out.store, out.chunk_atoms)
+        trajectory = TrajectoryObserver(path, out.store, out.chunk_atoms, out.compress)
         sim.attach(trajectory, out.every)
     if out.checkpoint is not None:
         path = settings.path(out.checkpoint)

@@ -73,8 +73,9 @@ class TrajectoryWriter:
     def __init__(self, path: str | os.PathLike, store: list[str], *, species: list[str],
                  types: np.ndarray | None = None, ids: np.ndarray | None = None,
                  masses: np.ndarray | None = None, pbc: np.ndarray, settings: dict | None = None,
-                 restart_step: int | None = None, n_atoms: int | None = None):
+                 restart_step: int | None = None, n_atoms: int | None = None, compress: bool = True):
         self.path = Path(path)
+        self.compress = bool(compress)
         for name in store:
             if name not in T.PER_ATOM:
                 raise InputError(f"unknown per-atom quantity {name!r}; known: {', '.join(T.PER_ATOM)}",
@@ -130,7 +131,7 @@ class TrajectoryWriter:
             for name in self._names():
                 shape, compress = (), False
                 if name in T.PER_ATOM:
-                    shape, compress = (n, *T.PER_ATOM[name]), True
+                    shape, compress = (n, *T.PER_ATOM[name]), self.compress
                 elif name == T.CELL:
                     shape = (3, 3)
                 g = f.create_group(H.element_path(name))
