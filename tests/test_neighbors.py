@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +22,8 @@ from mmtp_hpc.system.neighbors import (
     find_pairs,
     min_distance,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 ALL_PBC = list(itertools.product([True, False], repeat=3))
 
@@ -368,3 +372,26 @@ def test_pair_count_scales_linearly() -> None:
         per_atom_us[len(atoms)] = 1e6 * float(np.median(times)) / len(atoms)
     print("neighbour-list build, µs/atom (median of 5):",
           ", ".join(f"{n}: {t:.2f}" for n, t in per_atom_us.items()))
+
+
+@pytest.mark.parametrize("cutoff", [1e6, 1e308])
+def test_a_cutoff_far_beyond_the_cell_is_an_error_not_an_overflow(cutoff: float) -> None:
+    """Image ranges of a cutoff millions of cells wide would overflow the integer counts (and
+    then the ghost buffers): it is refused before any is computed."""
+    cell = 2.855 * np.eye(3)
+    positions = np.array([[0.0, 0.0, 0.0], [1.4275, 1.4275, 1.4275]])
+    with pytest.raises(InputError, match="periodic images"):
+        build_neighbor_list(cell, True, positions, cutoff)
+
+
+def test_a_potential_with_an_absurd_cutoff_is_refused_at_load(tmp_path) -> None:
+    """A damaged max_dist (a fuzzed file had 1e308) names the file, line and field."""
+    from mmtp_hpc.potentials.mtp.mlip_io import load_potential
+
+    src = REPO / "inputs" / "potentials" / "al_fe_mag.mtpr"
+    text = src.read_text(encoding="latin-1")
+    bad = tmp_path / "bad.mtpr"
+    bad.write_text(re.sub(r"max_dist = \S+", "max_dist = 1e308", text, count=1), encoding="latin-1")
+    with pytest.raises(InputError) as err:
+        load_potential(bad)
+    assert err.value.field == "max_dist" and err.value.line is not None and "bad.mtpr" in str(err.value)

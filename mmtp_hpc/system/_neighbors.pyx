@@ -63,7 +63,8 @@ def fill_ghosts(const int64_t[:, ::1] ranges, int64_t n_first, int64_t[::1] imag
     Image-major order keeps the ghosts of one face contiguous when the atoms are
     spatially ordered, which helps the cache of whoever gathers neighbour data.
     A counting sort by image: O(atoms + ghosts). Returns the index one past the
-    last ghost written, or -1 when out of memory.
+    last ghost written, -1 when out of memory, or the (larger) count of the ghosts the ranges
+    ask for, without writing any, when ``image_of`` cannot hold them.
     """
     cdef Py_ssize_t n_atoms = ranges.shape[0]
     cdef Py_ssize_t i, k
@@ -119,6 +120,10 @@ def fill_ghosts(const int64_t[:, ::1] ranges, int64_t n_first, int64_t[::1] imag
             t = start[img]
             start[img] = c
             c += t
+    if c > image_of.shape[0] or c > shifts.shape[0]:
+        free(start)
+        return c
+    with nogil:
         for i in range(n_atoms):
             for n0 in range(ranges[i, 0], ranges[i, 1] + 1):
                 for n1 in range(ranges[i, 2], ranges[i, 3] + 1):

@@ -221,6 +221,12 @@ def build_neighbor_list(cell: np.ndarray, pbc: np.ndarray | bool | tuple[bool, b
         delta = radius * math.sqrt(row[0] * row[0] + row[1] * row[1] + row[2] * row[2]) + _FRACTIONAL_MARGIN
         lo[k] = -delta
         hi[k] = 1.0 + delta
+    # images of one atom, at most: a cutoff far beyond the cell (a damaged potential) would
+    # overflow the integer image ranges; no atom may need more images than a whole run may hold
+    per_atom = math.prod(2.0 * (float(hi[k]) - 1.0) + 3.0 for k in range(3) if pbc_arr[k])
+    if per_atom > _MAX_GHOSTS:
+        raise InputError(f"cutoff + skin = {radius:g} Å needs about {per_atom:.3g} periodic images of each "
+                         "atom; the cell is too thin for this cutoff", field="cell")
     wrap_shifts = np.empty((n_local, 3), dtype=np.int64)
     ranges = np.empty((n_local, 6), dtype=np.int64)
     n_ghosts = _neighbors.ghost_ranges(frac, lo, hi, pbc_arr.view(np.uint8), wrap_shifts, ranges)
@@ -232,7 +238,7 @@ def build_neighbor_list(cell: np.ndarray, pbc: np.ndarray | bool | tuple[bool, b
     image_of = np.empty(n_total, dtype=np.int64)
     shifts = np.empty((n_total, 3), dtype=np.int64)
     end = _neighbors.fill_ghosts(ranges, n_local, image_of, shifts)
-    if end < 0:
+    if end == -1:
         raise MemoryError("periodic images: out of memory")
     if end != n_total:
         raise RuntimeError(f"ghost generation wrote {end - n_local} ghosts, counted {n_ghosts}")

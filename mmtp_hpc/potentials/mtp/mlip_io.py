@@ -102,7 +102,7 @@ import numpy as np
 
 from mmtp_hpc.errors import InputError
 from mmtp_hpc.io.atomic import atomic_path
-from mmtp_hpc.potentials.mtp.parameters import MTPPotential
+from mmtp_hpc.potentials.mtp.parameters import MAX_CUTOFF, MTPPotential
 
 __all__ = [
     "ActiveSetBlock",
@@ -707,6 +707,9 @@ def _build(items: dict[str, _Item], radial: dict | None, path: str, text: str) -
     min_dist, max_dist = float(get("min_dist")), float(get("max_dist"))
     if not 0 <= min_dist < max_dist:
         raise InputError(f"need 0 <= min_dist < max_dist, got {min_dist}, {max_dist}", path=path,
+                         line=line_of("max_dist"), field="max_dist")
+    if max_dist > MAX_CUTOFF:
+        raise InputError(f"max_dist = {max_dist:g} Å: an interatomic cutoff is at most {MAX_CUTOFF:g} Å", path=path,
                          line=line_of("max_dist"), field="max_dist")
 
     def count_check(list_key: str, count_key: str, n: int, what: str) -> None:
