@@ -1,0 +1,460 @@
+# Kernel module, part 4: incremental Metropolis moves on the moments.
+
+# ---------------------------------------------------------------------------------------------
+# Incremental Metropolis moves on the moments (Monte Carlo, spec §6).
+#
+# E = Σ_k E_k(B_k) with the basic moments B_k[s, β] = Σ_n f_μβ(r_kn, m_k, m_n) mono_qβ(u_kn) of
+# every coefficient set s (β: the rows of the ``basic`` table). A trial change m_a → m_a'
+# changes
+#   - every term of centre a (f_μ depends on m_a through the centre's contraction): B_a is
+#     recomputed from its neighbours;
+#   - for every other centre k, only its terms with the entries that are (images of) a:
+#     B_k' = B_k + Σ_{n ∈ images of a} Δf_μβ mono_qβ(u_kn), with
+#     Δf^s_μ = Σ_{r,b,c} C[z_k, z_a, μ, r, b, c] ψ_b(σ_s m_k) [ψ_c(σ_s m_a') − ψ_c(σ_s m_a)] Q_r(r_kn)
+#     (σ_0 = 1, σ_1 = −1: the set E(−M) of the one-pass symmetrised energy).
+# The energies of all affected centres (and sets) are then computed at once, one centre and
+# set per lane of the product table (``mmtp_lane_products``: the row loop outside, the lanes
+# vectorised inside), so a trial costs about one product sweep of vector width instead of one
+# per centre. Accepted trials commit B_k' and E_k' and the moments; rejected ones restore the
+# moments. The cache (n_centres, nsets·n_basic) holds B_k; ``init`` fills it and the site
+# energies with one pass over the centres (the energies with the same lane code as the trials,
+# so a centre's energy is the same number whichever way it was computed).
+
+cdef inline int lanes_for(int n) noexcept nogil:
+    """n rounded up to a multiple of 8 (every lane goes through the same vector code)."""
+    return ((n + 7) // 8) * 8
+
+
+cdef void basic_of(Tables* t, const double* pm, int nsets, double* out) noexcept nogil:
+    """B[s, β] of a centre (``out``, nsets·n_basic) from the dense (s, μ, q) accumulator ``pm``."""
+    cdef int s, b_, nb = t.n_basic, nm = t.n_mono, K = t.K
+    for s in range(nsets):
+        for b_ in range(nb):
+            out[s * nb + b_] = pm[(s * K + t.basic[4 * b_]) * nm + t.basic_q[b_]]
+
+
+cdef void to_lanes(const double* B, int nb, double* mom, int L) noexcept nogil:
+    """mom[β·L + l] = B[l·nb + β] for lanes l < L (tiles of 8 lanes: one cache line per row)."""
+    cdef int l0, l, b_
+    cdef double* row
+    for l0 in range(0, L, 8):
+        for b_ in range(nb):
+            row = mom + b_ * L + l0
+            for l in range(8):
+                row[l] = B[(l0 + l) * nb + b_]
+
+
+cdef struct LaneRuns:
+    int n_runs
+    int* start      # (n_runs + 1,) run r: product rows start[r]..start[r + 1] − 1, one output each
+    char* fresh     # (n_runs,) the run's output is not written or read before: stored, not added to
+    int n_clear
+    int* clear      # (n_clear,) moment rows ≥ n_basic that must be zero before the products
+
+
+cdef int lane_runs_make(Tables* t, LaneRuns* lr) noexcept nogil:
+    """The runs of the product table (rows with the same output, in table order); 0, or −1 when
+    out of memory."""
+    cdef int k, r, x, a, b, nm = t.n_moments
+    cdef char* written = <char*> calloc(nm + 1, sizeof(char))
+    cdef char* zero = <char*> calloc(nm + 1, sizeof(char))
+    lr.start = <int*> malloc((t.n_times + 1) * sizeof(int))
+    lr.fresh = <char*> malloc((t.n_times + 1) * sizeof(char))
+    lr.clear = <int*> malloc((nm + 1) * sizeof(int))
+    if written == NULL or zero == NULL or lr.start == NULL or lr.fresh == NULL or lr.clear == NULL:
+        free(written); free(zero); free(lr.start); free(lr.fresh); free(lr.clear)
+        lr.start = NULL; lr.fresh = NULL; lr.clear = NULL
+        return -1
+    r = 0
+    k = 0
+    while k < t.n_times:
+        x = t.times[3 * k + 2]
+        lr.start[r] = k
+        while k < t.n_times and t.times[3 * k + 2] == x:
+            a = t.times[3 * k]
+            b = t.times[3 * k + 1]
+            if a >= t.n_basic and not written[a]:
+                zero[a] = 1          # read before it is computed: as zero, as a cleared row gives
+            if b >= t.n_basic and not written[b]:
+                zero[b] = 1
+            k += 1
+        lr.fresh[r] = 0 if (written[x] or zero[x]) else 1
+        written[x] = 1
+        r += 1
+    lr.start[r] = t.n_times
+    lr.n_runs = r
+    lr.n_clear = 0
+    for x in range(t.n_basic, nm):
+        if zero[x] or not written[x]:
+            lr.clear[lr.n_clear] = x
+            lr.n_clear += 1
+    free(written)
+    free(zero)
+    return 0
+
+
+cdef void lane_runs_free(LaneRuns* lr) noexcept nogil:
+    free(lr.start); free(lr.fresh); free(lr.clear)
+
+
+cdef void lane_site_energies(Tables* t, LaneRuns* lr, double* mom, int L, int n_slots, int nsets,
+                             const int* z, double* e_lane, double* e_slot) noexcept nogil:
+    """Products and energies of lanes 0..L-1 (rows 0..n_basic-1 of ``mom`` hold the basic
+    moments; lane slot·nsets + s); e_slot[slot] = mean over the sets (E_k or ½[E_k + E⁻_k])."""
+    cdef int l, slot, s, q
+    cdef double acc
+    for q in range(lr.n_clear):
+        memset(mom + <size_t> lr.clear[q] * L, 0, L * sizeof(double))
+    mmtp_lane_products(mom, t.times, t.weights, lr.start, lr.fresh, lr.n_runs, L)
+    for l in range(L):
+        e_lane[l] = 0.0
+    mmtp_lane_energies(mom, t.mapping, t.moment, t.n_basis, L, e_lane)
+    for slot in range(n_slots):
+        acc = 0.0
+        for s in range(nsets):
+            acc = acc + (t.species[z[slot]] + e_lane[slot * nsets + s])
+        e_slot[slot] = acc if nsets == 1 else 0.5 * acc
+
+
+cdef void forward_pm(Tables* t, Cols* c) noexcept nogil:
+    """Monomials and basic moments (dense (s, μ, q) layout, c.pm) of the gathered columns."""
+    cdef int s, mu, nm = t.n_mono, K = t.K
+    mmtp_monomials_cols(t.mono_parent, t.mono_dir, nm, c.u, c.ncol, c.ld, c.mono)
+    for s in range(c.nsets):
+        for mu in range(K):
+            mmtp_rowdots(c.F + (s * K + mu) * c.ld, c.mono, c.ld, t.mu_len[mu], c.ncol,
+                         c.pm + (s * K + mu) * nm)
+
+
+cdef inline void psi_of(Tables* t, int z, double m, bint odd, double* psi) noexcept nogil:
+    """ψ_b(m), b < M, on species z's interval (η = 2m/width on symmetric intervals)."""
+    cdef int b
+    cdef double width = t.mag_max[z] - t.mag_min[z], eta
+    psi[0] = 1.0
+    if t.M == 1:
+        return
+    if odd:
+        eta = 2.0 * m / width
+    else:
+        eta = (2.0 * m - t.mag_min[z] - t.mag_max[z]) / width
+    psi[1] = eta
+    for b in range(2, t.M):
+        psi[b] = 2.0 * eta * psi[b - 1] - psi[b - 2]
+
+
+cdef void trial_tables(Tables* t, int za, double old, double new, int nsets, bint odd,
+                       double* H) noexcept nogil:
+    """H[s, z_k, μ, r, b] = Σ_c C[z_k, z_a, μ, r, b, c]·σ_s^c [ψ_c(m_a') − ψ_c(m_a)] for a trial
+    on an atom of species za (σ_1^c = (−1)^c: the set E(−M))."""
+    cdef int s, zk, mu, r, b, cc, C = t.C, K = t.K, R = t.R, M = t.M
+    cdef double dpsi[16]
+    cdef double p0[16]
+    cdef double p1[16]
+    cdef double acc
+    cdef const double* cf
+    cdef double* h
+    psi_of(t, za, old, odd, p0)
+    psi_of(t, za, new, odd, p1)
+    for s in range(nsets):
+        for cc in range(M):
+            dpsi[cc] = p1[cc] - p0[cc]
+            if s == 1 and (cc & 1):
+                dpsi[cc] = -dpsi[cc]
+        for zk in range(C):
+            for mu in range(K):
+                for r in range(R):
+                    cf = t.coeffs + ((((zk * C + za) * K + mu) * R + r) * M * M)
+                    h = H + ((((s * C + zk) * K + mu) * R + r) * M)
+                    for b in range(M):
+                        acc = 0.0
+                        for cc in range(M):
+                            acc = acc + cf[b * M + cc] * dpsi[cc]
+                        h[b] = acc
+
+
+cdef void add_pair_change(Tables* t, const double* H, int nsets, int zk, double mk, bint odd,
+                          const double* d, const int* mu_start, double* Q, double* mono, double* monoB,
+                          double* df, double* B) noexcept nogil:
+    """Adds to the basic moments B[s, β] of centre k (species zk, moment mk) the change of its
+    term with a neighbour at d = r_n − r_k (inside the cutoff): Δf_μβ mono_qβ. ``mu_start``
+    (K + 1): the basic rows of μ are mu_start[μ]..mu_start[μ + 1] − 1 (rows ordered by μ), or
+    NULL where they are not ordered."""
+    cdef int s, mu, r, b, b_, R = t.R, M = t.M, K = t.K, C = t.C, nb = t.n_basic
+    cdef double r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2], rr = sqrt(r2), x, e, acc
+    cdef double u[3]
+    cdef double psik[16]
+    cdef double sp[16]
+    cdef const double* h
+    x = (2.0 * rr - t.rmin - t.rcut) / (t.rcut - t.rmin)
+    e = t.rcut - rr
+    Q[0] = 1.0
+    if R > 1:
+        Q[1] = x
+    for r in range(2, R):
+        Q[r] = 2.0 * x * Q[r - 1] - Q[r - 2]
+    for r in range(R):
+        Q[r] = t.scaling * Q[r] * (e * e)
+    psi_of(t, zk, mk, odd, psik)
+    for s in range(nsets):
+        # σ_s(b)·ψ_b(m_k): multiplying by ±1 is exact, so (Q·σ)·ψ = Q·(σψ) bit for bit
+        for b in range(M):
+            sp[b] = -psik[b] if (s == 1 and (b & 1)) else psik[b]
+        for mu in range(K):
+            acc = 0.0
+            for r in range(R):
+                h = H + ((((s * C + zk) * K + mu) * R + r) * M)
+                for b in range(M):
+                    acc = acc + Q[r] * sp[b] * h[b]
+            df[s * K + mu] = acc
+    u[0] = d[0] / rr
+    u[1] = d[1] / rr
+    u[2] = d[2] / rr
+    monomials_into(t, u, mono)
+    for b_ in range(nb):
+        monoB[b_] = mono[t.basic_q[b_]]
+    if mu_start == NULL:        # basic rows not ordered by μ
+        for s in range(nsets):
+            for b_ in range(nb):
+                B[s * nb + b_] += df[s * K + t.basic[4 * b_]] * monoB[b_]
+        return
+    for s in range(nsets):
+        for mu in range(K):
+            mmtp_axpy(B + s * nb + mu_start[mu], df[s * K + mu], monoB + mu_start[mu],
+                      mu_start[mu + 1] - mu_start[mu])
+
+
+def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, double[::1] mag,
+                     const int64_t[::1] offsets, const int64_t[::1] nbrs, Py_ssize_t n_centres,
+                     const int64_t[::1] entry_owner, const int64_t[::1] image_entries,
+                     const int64_t[::1] image_offsets, const int64_t[::1] aff_centres,
+                     const int64_t[::1] aff_offsets, const int64_t[::1] moves,
+                     const double[:, ::1] draws, int col, const double[::1] lo, const double[::1] hi,
+                     double flip_fraction, double max_change, double beta, double[::1] magmoms,
+                     double[::1] site_en, double[:, ::1] cache, bint init, bint symmetric,
+                     bint incremental, double[::1] trial_delta):
+    """Metropolis moves of the atoms ``moves`` (in that order) on the moments; returns the
+    number accepted.
+
+    Atom a (index into ``magmoms``, also its centre index) has the entries
+    ``image_entries[image_offsets[a]:image_offsets[a + 1]]`` of ``mag`` (n_total,) and changes
+    the site energies of the centres ``aff_centres[aff_offsets[a]:aff_offsets[a + 1]]``
+    (a included); ``entry_owner[j]`` is the atom of entry j (−1: none that moves). Per trial,
+    draws[a, col:col + 3] = (kind, size, acceptance) uniforms: a flip m → −m when
+    kind < ``flip_fraction``, else m + ``max_change``·(2·size − 1); outside [lo[a], hi[a]] the
+    trial is skipped; accepted when ΔE ≤ 0 or acceptance < exp(−β ΔE).
+
+    ``site_en`` (n_centres,) and ``cache`` (n_centres, nsets·n_basic) hold E_k and the basic
+    moments; ``init`` recomputes both first (one energy pass over the centres). With
+    ``incremental`` a trial updates only the pair terms it changes (see above); otherwise every
+    affected centre is recomputed from its neighbours (the reference the tests compare with).
+    ``trial_delta`` (len(moves),) receives each trial's ΔE (NaN when skipped), if not empty.
+    ``symmetric``: ½[E(M) + E(−M)] in one pass (symmetric intervals; see site_terms_symmetric).
+    """
+    cdef Tables t = make_tables(tab)
+    cdef int nsets = 2 if symmetric else 1
+    cdef int nb = t.n_basic, width = nsets * t.n_basic, slot, n_aff, L, Lmax, batch
+    cdef Py_ssize_t n_moves = moves.shape[0], m_, q, k, p, k0
+    cdef int64_t a, j, nmax = 0, max_aff = 1
+    cdef double old, new, delta, dx, dy, dz, rc2 = t.rcut * t.rcut
+    cdef double d[3]
+    cdef bint record = trial_delta.shape[0] > 0, accept
+    cdef int accepted = 0
+    cdef Cols* c
+    cdef double* mom
+    cdef double* Bs
+    cdef double* e_lane
+    cdef double* e_new
+    cdef int* zl
+    cdef double* H
+    cdef double* Q
+    cdef double* mono
+    cdef double* monoB
+    cdef double* df
+    cdef LaneRuns runs
+    cdef int* mu_start = NULL
+    cdef int* slot_of = NULL
+    cdef int64_t* pair_off = NULL
+    cdef int64_t* pair_k = NULL
+    cdef int64_t* pair_p = NULL
+    cdef int64_t n_atoms = magmoms.shape[0], n_pairs = 0, a2
+    cdef bint ordered = True
+    if symmetric and t.M < 2:
+        raise ValueError("symmetric Monte Carlo needs a magnetic potential (M > 1)")
+    if t.M > 16:
+        raise ValueError(f"magnetic basis size {t.M} > 16")
+    if cache.shape[0] < n_centres or cache.shape[1] != width:
+        raise ValueError(f"cache must be ({n_centres}, {width}), got ({cache.shape[0]}, {cache.shape[1]})")
+    for k in range(n_centres):
+        if offsets[k + 1] - offsets[k] > nmax:
+            nmax = offsets[k + 1] - offsets[k]
+    for k in range(aff_offsets.shape[0] - 1):
+        if aff_offsets[k + 1] - aff_offsets[k] > max_aff:
+            max_aff = aff_offsets[k + 1] - aff_offsets[k]
+    batch = <int> max(max_aff, 64)
+    Lmax = lanes_for(batch * nsets)
+    c = alloc_cols(&t, <int> nmax, nsets)
+    mom = <double*> calloc(<size_t> t.n_moments * Lmax, sizeof(double))
+    Bs = <double*> calloc(<size_t> nb * Lmax, sizeof(double))
+    e_lane = <double*> malloc(Lmax * sizeof(double))
+    e_new = <double*> malloc(batch * sizeof(double))
+    zl = <int*> malloc(batch * sizeof(int))
+    H = <double*> malloc(nsets * t.C * t.K * t.R * t.M * sizeof(double))
+    Q = <double*> malloc(t.R * sizeof(double))
+    mono = <double*> malloc(t.n_mono * sizeof(double))
+    monoB = <double*> malloc(nb * sizeof(double))
+    df = <double*> malloc(nsets * t.K * sizeof(double))
+    mu_start = <int*> calloc(t.K + 1, sizeof(int))
+    slot_of = <int*> malloc((n_centres + 1) * sizeof(int))
+    pair_off = <int64_t*> calloc(n_atoms + 2, sizeof(int64_t))
+    lane_runs_make(&t, &runs)          # runs.start is NULL when out of memory
+    if mom == NULL or Bs == NULL or e_lane == NULL or e_new == NULL or zl == NULL or H == NULL or Q == NULL \
+            or mono == NULL or monoB == NULL or df == NULL or mu_start == NULL or slot_of == NULL \
+            or pair_off == NULL or runs.start == NULL:
+        free_cols(c)
+        lane_runs_free(&runs)
+        free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
+        free(df); free(mu_start); free(slot_of); free(pair_off)
+        raise MemoryError("Monte Carlo: out of memory for the lane buffers")
+    # basic rows of each radial function μ: one range when the rows are ordered by μ
+    for q in range(nb):
+        if q > 0 and t.basic[4 * q] < t.basic[4 * (q - 1)]:
+            ordered = False
+        mu_start[t.basic[4 * q] + 1] = <int> (q + 1)
+    for q in range(1, t.K + 1):
+        if mu_start[q] < mu_start[q - 1]:
+            mu_start[q] = mu_start[q - 1]
+    if not ordered:
+        free(mu_start)
+        mu_start = NULL
+    for k in range(n_centres + 1):
+        slot_of[k] = -1
+    if incremental and t.M > 1 and n_moves > 0:
+        # the pairs (k, entry p) that a move of atom a changes, k ≠ a, inside the cutoff: found
+        # once per call (not per trial), in the order of the centres and their entries
+        with nogil:
+            for k in range(n_centres):
+                for p in range(offsets[k], offsets[k + 1]):
+                    a2 = entry_owner[nbrs[p]]
+                    if a2 < 0 or a2 == k or a2 >= n_atoms:
+                        continue
+                    dx = pos[nbrs[p], 0] - pos[k, 0]
+                    dy = pos[nbrs[p], 1] - pos[k, 1]
+                    dz = pos[nbrs[p], 2] - pos[k, 2]
+                    if dx * dx + dy * dy + dz * dz >= rc2:
+                        continue
+                    pair_off[a2 + 2] += 1
+            for a2 in range(n_atoms):
+                pair_off[a2 + 2] += pair_off[a2 + 1]
+            n_pairs = pair_off[n_atoms + 1]
+        pair_k = <int64_t*> malloc((n_pairs + 1) * sizeof(int64_t))
+        pair_p = <int64_t*> malloc((n_pairs + 1) * sizeof(int64_t))
+        if pair_k == NULL or pair_p == NULL:
+            free_cols(c)
+            free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
+            free(df); free(mu_start); free(slot_of); free(pair_off); free(pair_k); free(pair_p)
+            lane_runs_free(&runs)
+            raise MemoryError("Monte Carlo: out of memory for the pair lists")
+        with nogil:
+            for k in range(n_centres):
+                for p in range(offsets[k], offsets[k + 1]):
+                    a2 = entry_owner[nbrs[p]]
+                    if a2 < 0 or a2 == k or a2 >= n_atoms:
+                        continue
+                    dx = pos[nbrs[p], 0] - pos[k, 0]
+                    dy = pos[nbrs[p], 1] - pos[k, 1]
+                    dz = pos[nbrs[p], 2] - pos[k, 2]
+                    if dx * dx + dy * dy + dz * dz >= rc2:
+                        continue
+                    q = pair_off[a2 + 1]
+                    pair_k[q] = k
+                    pair_p[q] = p
+                    pair_off[a2 + 1] += 1
+    try:
+        with nogil:
+            if init:
+                # basic moments of every centre, then their energies in batches of lanes
+                k0 = 0
+                while k0 < n_centres:
+                    n_aff = <int> (batch if n_centres - k0 > batch else n_centres - k0)
+                    L = lanes_for(n_aff * nsets)
+                    memset(Bs, 0, nb * L * sizeof(double))
+                    for slot in range(n_aff):
+                        k = k0 + slot
+                        gather_cols(&t, c, k, pos, types, mag, offsets, nbrs, False, symmetric)
+                        forward_pm(&t, c)
+                        basic_of(&t, c.pm, nsets, Bs + slot * width)
+                        memcpy(&cache[k, 0], Bs + slot * width, width * sizeof(double))
+                        zl[slot] = types[k]
+                    to_lanes(Bs, nb, mom, L)
+                    lane_site_energies(&t, &runs, mom, L, n_aff, nsets, zl, e_lane, e_new)
+                    for slot in range(n_aff):
+                        site_en[k0 + slot] = e_new[slot]
+                    k0 += batch
+            for m_ in range(n_moves):
+                a = moves[m_]
+                old = magmoms[a]
+                if draws[a, col] < flip_fraction:
+                    new = -old
+                else:
+                    new = old + max_change * (2.0 * draws[a, col + 1] - 1.0)
+                if not (lo[a] <= new and new <= hi[a]):
+                    if record:
+                        trial_delta[m_] = NAN
+                    continue
+                for q in range(image_offsets[a], image_offsets[a + 1]):
+                    mag[image_entries[q]] = new
+                n_aff = <int> (aff_offsets[a + 1] - aff_offsets[a])
+                L = lanes_for(n_aff * nsets)
+                memset(Bs + n_aff * width, 0, (L - n_aff * nsets) * nb * sizeof(double))
+                if incremental and t.M > 1:
+                    trial_tables(&t, types[a], old, new, nsets, symmetric, H)
+                for slot in range(n_aff):
+                    k = aff_centres[aff_offsets[a] + slot]
+                    zl[slot] = types[k]
+                    if k == a or not incremental:
+                        gather_cols(&t, c, k, pos, types, mag, offsets, nbrs, False, symmetric)
+                        forward_pm(&t, c)
+                        basic_of(&t, c.pm, nsets, Bs + slot * width)
+                        continue
+                    memcpy(Bs + slot * width, &cache[k, 0], width * sizeof(double))
+                    slot_of[k] = slot
+                if incremental and t.M > 1:
+                    # the changed pairs, centre by centre in the order of their entries
+                    for q in range(pair_off[a], pair_off[a + 1]):
+                        k = pair_k[q]
+                        slot = slot_of[k]
+                        if slot < 0:
+                            continue        # (every such centre is in the affected list)
+                        j = nbrs[pair_p[q]]
+                        d[0] = pos[j, 0] - pos[k, 0]
+                        d[1] = pos[j, 1] - pos[k, 1]
+                        d[2] = pos[j, 2] - pos[k, 2]
+                        add_pair_change(&t, H, nsets, types[k], mag[k], symmetric, d, mu_start, Q, mono,
+                                        monoB, df, Bs + slot * width)
+                for slot in range(n_aff):
+                    slot_of[aff_centres[aff_offsets[a] + slot]] = -1
+                to_lanes(Bs, nb, mom, L)
+                lane_site_energies(&t, &runs, mom, L, n_aff, nsets, zl, e_lane, e_new)
+                delta = 0.0
+                for slot in range(n_aff):
+                    k = aff_centres[aff_offsets[a] + slot]
+                    delta = delta + (e_new[slot] - site_en[k])
+                if record:
+                    trial_delta[m_] = delta
+                accept = delta <= 0.0 or draws[a, col + 2] < exp(-beta * delta)
+                if accept:
+                    magmoms[a] = new
+                    for slot in range(n_aff):
+                        k = aff_centres[aff_offsets[a] + slot]
+                        site_en[k] = e_new[slot]
+                        memcpy(&cache[k, 0], Bs + slot * width, width * sizeof(double))
+                    accepted += 1
+                else:
+                    for q in range(image_offsets[a], image_offsets[a + 1]):
+                        mag[image_entries[q]] = old
+    finally:
+        free_cols(c)
+        free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
+        free(df); free(mu_start); free(slot_of); free(pair_off); free(pair_k); free(pair_p)
+        lane_runs_free(&runs)
+    return accepted
