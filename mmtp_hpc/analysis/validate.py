@@ -293,7 +293,12 @@ def validate(potential, oracle, species: Sequence[str], lattice: str, a_values: 
         raise InputError("the oracle has no unconstrained (ground-state) mode; use a command oracle "
                          "with writer = \"abinit\"", field="oracle")
     say(f"validate: DFT ground states at {len(a_values)} lattice parameters ({workdir / 'ground_state'})")
-    batch = label_batch(free(), structures, workdir / "ground_state", log=say, skip_failures=True)
+    free_oracle = free()
+    if getattr(free_oracle, "retry", None):
+        # a free SCF that wanders (near a magnetic transition) does not settle with more steps;
+        # the constrained search below converges there, so the free run is not retried
+        free_oracle.retry = []
+    batch = label_batch(free_oracle, structures, workdir / "ground_state", log=say, skip_failures=True)
     failures = []
     root_points = []
     for k, f in enumerate(batch.failures):
