@@ -198,7 +198,7 @@ def run_point(ranks: int, cells: int, steps: int, timeout: float, forced_rebuild
         config.write_text(json.dumps({"workdir": str(workdir), "result": str(result), "cells": cells,
                                       "forced_rebuilds": forced_rebuilds if ranks > 1 else 0,
                                       "settings": settings_dict(repeat, grid, steps)}))
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
         cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", str(Path(__file__).resolve()),
                "--worker", str(config)]
         proc = subprocess.run(cmd, env=env, timeout=timeout, capture_output=True, text=True)

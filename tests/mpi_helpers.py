@@ -19,7 +19,7 @@ def mpiexec() -> str:
 def run_mpi(n: int, script: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """``mpiexec -n N python -m mpi4py script args``; the process group is killed on timeout."""
     cmd = [mpiexec(), "-n", str(n), sys.executable, "-m", "mpi4py", str(script), *map(str, args)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:

@@ -23,7 +23,7 @@ from mmtp_hpc.io.trajectory_frames import open_trajectory
 
 REPO = Path(__file__).resolve().parents[1]
 POT = REPO / "inputs" / "potentials" / "fe_bcc_analytic_l16.almtp"
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(REPO))
 
 
 STEPS = 1500
