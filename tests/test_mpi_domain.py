@@ -126,7 +126,8 @@ def test_mpi_evaluation_triclinic_and_thin_cells(tmp_path, ranks):
     """Random two-species magnetic potential, triclinic cell, default and user grids, and a
     cell thinner than the cutoff along two axes (periodic self-images in the halo)."""
     out = tmp_path / "result.json"
-    _ok(run_mpi(ranks, SCRIPTS / "domain_eval.py", out, timeout=900))   # a hang guard: 4 oversubscribed ranks on a loaded 2-core machine need minutes
+    # a hang guard: 4 oversubscribed ranks on a loaded 2-core machine need minutes
+    _ok(run_mpi(ranks, SCRIPTS / "domain_eval.py", out, timeout=900))
     result = json.loads(out.read_text())
     assert "triclinic" in result and "triclinic_user_grid" in result
     if ranks == 2:
