@@ -141,7 +141,8 @@ def main() -> int:
             config.write_text(json.dumps({"workdir": str(workdir), "result": str(result),
                                           "settings": settings_dict(args.atoms, args.steps, args.frame_every,
                                                                     args.moments, workdir)}))
-            env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), OPENBLAS_NUM_THREADS="1")
+            env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                       OPENBLAS_NUM_THREADS="1")
             cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", str(Path(__file__).resolve()),
                    "--worker", str(config)]
             proc = subprocess.run(cmd, env=env, timeout=args.timeout, capture_output=True, text=True)

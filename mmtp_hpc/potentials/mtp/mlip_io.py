@@ -709,8 +709,8 @@ def _build(items: dict[str, _Item], radial: dict | None, path: str, text: str) -
         raise InputError(f"need 0 <= min_dist < max_dist, got {min_dist}, {max_dist}", path=path,
                          line=line_of("max_dist"), field="max_dist")
     if max_dist > MAX_CUTOFF:
-        raise InputError(f"max_dist = {max_dist:g} Å: an interatomic cutoff is at most {MAX_CUTOFF:g} Å", path=path,
-                         line=line_of("max_dist"), field="max_dist")
+        raise InputError(f"max_dist = {max_dist:g} Å: an interatomic cutoff is at most {MAX_CUTOFF:g} Å",
+                         path=path, line=line_of("max_dist"), field="max_dist")
 
     def count_check(list_key: str, count_key: str, n: int, what: str) -> None:
         if n != int(get(count_key)):

@@ -30,7 +30,8 @@ from mmtp_hpc.errors import InputError
 
 
 _MAX_TENSOR_RANK = 32
-MAX_CUTOFF = 100.0      # Å: far beyond any interatomic potential's range; a larger max_dist is a damaged file
+# Å: far beyond any interatomic potential's range; a larger max_dist is a damaged file
+MAX_CUTOFF = 100.0
 _MAX_COUNT = {"species_count": 128, "radial_funcs_count": 10_000, "radial_basis_size": 1_000,
               "mag_basis_size": 100, "alpha_moments_count": 10_000_000}
 
@@ -189,7 +190,8 @@ class MTPPotential:
         if not (0 <= self.min_dist < self.max_dist):
             raise InputError(f"need 0 <= min_dist < max_dist, got {self.min_dist}, {self.max_dist}")
         if self.max_dist > MAX_CUTOFF:
-            raise InputError(f"max_dist = {self.max_dist:g} Å: an interatomic cutoff is at most {MAX_CUTOFF:g} Å")
+            raise InputError(f"max_dist = {self.max_dist:g} Å: an interatomic cutoff is at most "
+                             f"{MAX_CUTOFF:g} Å")
         # the kernels size all scratch from C, K, R, M (any size); they need each to be >= 1
         if self.radial_basis_size < 1:
             raise InputError(f"radial basis_size must be >= 1, got {self.radial_basis_size}")
