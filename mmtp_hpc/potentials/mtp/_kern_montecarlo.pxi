@@ -223,6 +223,21 @@ cdef void add_pair_change(Tables* t, const double* H, int nsets, int zk, double 
                       mu_start[mu + 1] - mu_start[mu])
 
 
+cdef inline int64_t moved_owner(const double[:, ::1] pos, const int64_t[::1] nbrs,
+                                const int64_t[::1] entry_owner, Py_ssize_t k, Py_ssize_t p,
+                                int64_t n_atoms, double rc2) noexcept nogil:
+    """The atom a (≠ k) whose move changes the term of centre k with its entry p inside the
+    cutoff, or −1."""
+    cdef int64_t j = nbrs[p], a = entry_owner[j]
+    cdef double dx, dy, dz
+    if a < 0 or a == k or a >= n_atoms:
+        return -1
+    dx = pos[j, 0] - pos[k, 0]
+    dy = pos[j, 1] - pos[k, 1]
+    dz = pos[j, 2] - pos[k, 2]
+    return -1 if dx * dx + dy * dy + dz * dz >= rc2 else a
+
+
 def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, double[::1] mag,
                      const int64_t[::1] offsets, const int64_t[::1] nbrs, Py_ssize_t n_centres,
                      const int64_t[::1] entry_owner, const int64_t[::1] image_entries,
@@ -334,13 +349,8 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
         with nogil:
             for k in range(n_centres):
                 for p in range(offsets[k], offsets[k + 1]):
-                    a2 = entry_owner[nbrs[p]]
-                    if a2 < 0 or a2 == k or a2 >= n_atoms:
-                        continue
-                    dx = pos[nbrs[p], 0] - pos[k, 0]
-                    dy = pos[nbrs[p], 1] - pos[k, 1]
-                    dz = pos[nbrs[p], 2] - pos[k, 2]
-                    if dx * dx + dy * dy + dz * dz >= rc2:
+                    a2 = moved_owner(pos, nbrs, entry_owner, k, p, n_atoms, rc2)
+                    if a2 < 0:
                         continue
                     pair_off[a2 + 2] += 1
             for a2 in range(n_atoms):
@@ -357,13 +367,8 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
         with nogil:
             for k in range(n_centres):
                 for p in range(offsets[k], offsets[k + 1]):
-                    a2 = entry_owner[nbrs[p]]
-                    if a2 < 0 or a2 == k or a2 >= n_atoms:
-                        continue
-                    dx = pos[nbrs[p], 0] - pos[k, 0]
-                    dy = pos[nbrs[p], 1] - pos[k, 1]
-                    dz = pos[nbrs[p], 2] - pos[k, 2]
-                    if dx * dx + dy * dy + dz * dz >= rc2:
+                    a2 = moved_owner(pos, nbrs, entry_owner, k, p, n_atoms, rc2)
+                    if a2 < 0:
                         continue
                     q = pair_off[a2 + 1]
                     pair_k[q] = k
