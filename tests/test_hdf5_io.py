@@ -16,7 +16,7 @@ from mmtp_hpc.io.atomic import atomic_path
 from mmtp_hpc.io.cfg import read_cfg
 from mmtp_hpc.io.formats import (detect_format, read_configurations,
                                  read_configurations_and_species, write_configurations)
-from mmtp_hpc.io.potential_h5 import read_potential_h5, write_potential_h5
+from mmtp_hpc.potentials.mtp.hdf5_io import read_potential_h5, write_potential_h5
 from mmtp_hpc.io.trainingset import (read_trainingset_h5, read_trainingset_info,
                                      read_trainingset_provenance, write_trainingset_h5)
 from mmtp_hpc.potentials.mtp.parameters import MTPPotential

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from md_potential import MDPotential, fe_model_potential, md_settings, write_model_potential
 
-from mmtp_hpc.active.grades import ActiveSet
+from mmtp_hpc.potentials.mtp.grades import ActiveSet
 from mmtp_hpc.cli import main
 from mmtp_hpc.dynamics import Simulation
 from mmtp_hpc.errors import InputError

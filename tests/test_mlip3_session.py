@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 
-from mmtp_hpc.active.grades import ActiveSet
+from mmtp_hpc.potentials.mtp.grades import ActiveSet
 from mmtp_hpc.active.selection import grade_configurations
 from mmtp_hpc.cli import main
 from mmtp_hpc.io.cfg import read_cfg

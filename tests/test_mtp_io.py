@@ -307,7 +307,7 @@ def test_load_save_dispatch(tmp_path: Path) -> None:
 
 
 def test_load_save_hdf5(tmp_path: Path) -> None:
-    pytest.importorskip("mmtp_hpc.io.potential_h5")
+    pytest.importorskip("mmtp_hpc.potentials.mtp.hdf5_io")
     pot = read_mtp(MLIP3 / "reference" / "li06_pot.almtp")
     save_potential(pot, tmp_path / "p.h5")
     assert_same_potential(pot, load_potential(tmp_path / "p.h5"))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mmtp_hpc.active.oracles import CommandOracle
-from mmtp_hpc.analysis.validate import validate
+from mmtp_hpc.active.validate import validate
 from mmtp_hpc.cli import main
 from mmtp_hpc.potentials.analytic import AnalyticMagneticModel
 from mmtp_hpc.potentials.mtp.engine import MTPEngine

@@ -52,7 +52,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,8 @@ import numpy as np
 
 from mmtp_hpc.active.dft_common import DFTCodeError, SCFNotConverged, constrained_inputs
 from mmtp_hpc.errors import InputError
+from mmtp_hpc.settings import integer, int_list, optional, path_with, per_species, positive, table, text
+from mmtp_hpc.settings import key as _key
 from mmtp_hpc.system.configuration import Configuration
 
 HARTREE_EV = 27.211386245988        # eV (CODATA 2018)
@@ -70,11 +72,7 @@ OUTPUT_NAME = "run.abo"
 EFS_BY = "abinit"
 
 _VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
-
-
-def _doc(text: str, kind: str, **extra: Any) -> dict:
-    """Field metadata: a one-line description and the kind of value (checked by the TOML loader)."""
-    return {"doc": text, "kind": kind, **extra}
+_path = path_with()
 
 
 @dataclass
@@ -86,33 +84,34 @@ class AbinitSettings:
     exists there, else a name in the run directory (copied from the template directory).
     """
 
-    pseudos: dict[str, str] = field(default_factory=dict, metadata=_doc(
+    pseudos: dict[str, str] = _key({},
         "PAW dataset per species, e.g. {Fe = \"/usr/share/abinit/psp/Fe.xml\"}: absolute, a name in "
         "pp_dirpath, a path relative to the TOML file, or a name copied in from the template",
-        "species_dataset"))
-    pp_dirpath: str | None = field(default=None, metadata=_doc(
-        "directory of the datasets named in pseudos (written as pp_dirpath)", "path"))
-    ecut: float = field(default=12.0, metadata=_doc("plane-wave cutoff (Ha)", "positive"))
-    pawecutdg: float | None = field(default=None, metadata=_doc(
-        "cutoff of the PAW double grid (Ha); default 2·ecut", "positive"))
-    ngkpt: list[int] | None = field(default=None, metadata=_doc(
-        "Γ-centred Monkhorst–Pack grid (3 integers); default from kspacing", "ints3"))
-    kspacing: float = field(default=0.25, metadata=_doc(
+        per_species(text(optional=False, nonempty=True), '"dataset"', single=False))
+    pp_dirpath: str | None = _key(None,
+        "directory of the datasets named in pseudos (written as pp_dirpath)", _path, resolve=True)
+    ecut: float = _key(12.0, "plane-wave cutoff (Ha)", positive)
+    pawecutdg: float | None = _key(None,
+        "cutoff of the PAW double grid (Ha); default 2·ecut", optional(positive))
+    ngkpt: list[int] | None = _key(None,
+        "Γ-centred Monkhorst–Pack grid (3 integers); default from kspacing", optional(int_list(3, 1)))
+    kspacing: float = _key(0.25,
         "k spacing (Å⁻¹, VASP's definition with 2π): n_i = max(1, ceil(2π|b_i|/kspacing))",
-        "positive"))
-    occopt: int = field(default=3, metadata=_doc("occupation option (3: Fermi–Dirac)", "int"))
-    tsmear: float = field(default=0.01, metadata=_doc("smearing (Ha)", "positive"))
-    nstep: int = field(default=100, metadata=_doc("maximum SCF steps", "posint"))
-    toldfe: float = field(default=1e-8, metadata=_doc("SCF energy tolerance (Ha)", "positive"))
-    ratsph: float | dict[str, float] | None = field(default=None, metadata=_doc(
+        positive)
+    occopt: int = _key(3, "occupation option (3: Fermi–Dirac)", integer())
+    tsmear: float = _key(0.01, "smearing (Ha)", positive)
+    nstep: int = _key(100, "maximum SCF steps", integer(1))
+    toldfe: float = _key(1e-8, "SCF energy tolerance (Ha)", positive)
+    ratsph: float | dict[str, float] | None = _key(None,
         "integration-sphere radius (bohr), one value or per species; default the PAW radius "
-        "rounded up to 0.01 bohr", "species_float"))
-    constraint_kind: int | dict[str, int] = field(default=1, metadata=_doc(
-        "ABINIT constraint_kind, one value or per species (1: constrain the moment)", "species_int"))
-    iscf: int = field(default=7, metadata=_doc("SCF algorithm (7: Pulay mixing of the potential, "
-                                               "needed by constraint_kind)", "int"))
-    extra: dict[str, Any] = field(default_factory=dict, metadata=_doc(
-        "further ABINIT variables written verbatim, e.g. {ixc = 11, nband = 24}", "table"))
+        "rounded up to 0.01 bohr", optional(per_species(positive, "radius")))
+    constraint_kind: int | dict[str, int] = _key(1,
+        "ABINIT constraint_kind, one value or per species (1: constrain the moment)",
+        per_species(integer(), "kind"))
+    iscf: int = _key(7, "SCF algorithm (7: Pulay mixing of the potential, needed by constraint_kind)",
+                     integer())
+    extra: dict[str, Any] = _key({},
+        "further ABINIT variables written verbatim, e.g. {ixc = 11, nband = 24}", table)
 
 
 # =====================================================================================

@@ -55,7 +55,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,37 +63,37 @@ import numpy as np
 
 from mmtp_hpc.active.dft_common import SCFNotConverged, constrained_inputs
 from mmtp_hpc.errors import InputError
+from mmtp_hpc.settings import integer, int_list, optional, path_with, per_species, positive, table
+from mmtp_hpc.settings import key as _key
 from mmtp_hpc.system.configuration import EV_PER_A3_TO_GPA, Configuration
 
 EFS_BY = "vasp"
 ZERO_TARGET = 1e-4          # μB written for a target of exactly 0 (a zero M_CONSTR means "free")
 KBAR_TO_GPA = 0.1
-
-
-def _doc(text: str, kind: str, **extra: Any) -> dict:
-    return {"doc": text, "kind": kind, **extra}
+_path = path_with(optional=False)
 
 
 @dataclass
 class VaspSettings:
     """Settings of the VASP writer (the ``[oracle.vasp]`` table). Units: eV, Å."""
 
-    rwigs: float | dict[str, float] | None = field(default=None, metadata=_doc(
-        "integration-sphere radius RWIGS (Å), one value or per species (required)", "species_float"))
-    encut: float = field(default=400.0, metadata=_doc("plane-wave cutoff ENCUT (eV)", "positive"))
-    kpoints: list[int] | None = field(default=None, metadata=_doc(
-        "Γ-centred grid (3 integers); default from kspacing", "ints3"))
-    kspacing: float = field(default=0.25, metadata=_doc(
-        "k spacing (Å⁻¹, with 2π): n_i = max(1, ceil(2π|b_i|/kspacing))", "positive"))
-    ismear: int = field(default=1, metadata=_doc("ISMEAR", "int"))
-    sigma: float = field(default=0.1, metadata=_doc("SIGMA (eV)", "positive"))
-    ediff: float = field(default=1e-6, metadata=_doc("EDIFF (eV)", "positive"))
-    nelm: int = field(default=200, metadata=_doc("NELM (maximum SCF steps)", "posint"))
-    potcars: dict[str, str] = field(default_factory=dict, metadata=_doc(
+    rwigs: float | dict[str, float] | None = _key(None,
+        "integration-sphere radius RWIGS (Å), one value or per species (required)",
+        optional(per_species(positive, "radius")))
+    encut: float = _key(400.0, "plane-wave cutoff ENCUT (eV)", positive)
+    kpoints: list[int] | None = _key(None,
+        "Γ-centred grid (3 integers); default from kspacing", optional(int_list(3, 1)))
+    kspacing: float = _key(0.25,
+        "k spacing (Å⁻¹, with 2π): n_i = max(1, ceil(2π|b_i|/kspacing))", positive)
+    ismear: int = _key(1, "ISMEAR", integer())
+    sigma: float = _key(0.1, "SIGMA (eV)", positive)
+    ediff: float = _key(1e-6, "EDIFF (eV)", positive)
+    nelm: int = _key(200, "NELM (maximum SCF steps)", integer(1))
+    potcars: dict[str, str] = _key({},
         "POTCAR file per species, concatenated into POTCAR (else the template directory must "
-        "provide POTCAR)", "species_path"))
-    extra: dict[str, Any] = field(default_factory=dict, metadata=_doc(
-        "further INCAR tags written verbatim, e.g. {GGA = \"PE\", NCORE = 4}", "table"))
+        "provide POTCAR)", per_species(_path, '"path"', single=False), resolve=True)
+    extra: dict[str, Any] = _key({},
+        "further INCAR tags written verbatim, e.g. {GGA = \"PE\", NCORE = 4}", table)
 
 
 def poscar_order(cfg: Configuration) -> np.ndarray:

@@ -338,7 +338,8 @@ class Learner:
             from mmtp_hpc.active.oracles import oracle_from_settings
 
             self._oracle = oracle_from_settings(self.settings.oracle, Path(self.settings.base_dir),
-                                                self.species(), source=self.settings.source or "")
+                                                self.species(), source=self.settings.source or "",
+                                                text=self.settings.text)
         return self._oracle
 
     def _bcast(self, value: Any) -> Any:

@@ -1,8 +1,8 @@
 """``mmtp learn`` input settings: dataclasses loaded from TOML and validated with clear messages.
 
 This module's single job is turning an active-learning input file into validated
-:class:`LearnSettings` (CONVENTIONS item 7), declared and checked the way
-:mod:`mmtp_hpc.dynamics.settings` does it (its declaration helpers are reused). Errors name
+:class:`LearnSettings` (CONVENTIONS item 7), declared and checked with
+:mod:`mmtp_hpc.settings`, the machinery that ``mmtp md`` and the oracle tables share. Errors name
 the file, the line, the key, what was expected and what was found. Relative paths are
 relative to the directory of the input file.
 
@@ -28,79 +28,44 @@ file (the current potential), the extrapolation thresholds and ``save_to`` (from
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import itertools
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmtp_hpc.dynamics.settings import (
-    _Bad,
-    _key,
-    _magmoms,
-    _number,
-    _species,
-    _toml_name,
-    _type_name,
+from mmtp_hpc.dynamics.settings import _magmoms, _species, settings_from_dict
+from mmtp_hpc.errors import InputError
+from mmtp_hpc.settings import (
+    Bad,
+    Fail,
     boolean,
     build_section,
+    check_sections,
     choice,
+    describe_section,
+    failer,
+    float_list,
     integer,
-    real,
-    settings_from_dict,
+    interval,
+    key as _key,
+    optional,
+    path_with,
     read_toml,
+    real,
     resolve_path,
+    section_dict,
+    section_table,
     text,
+    type_name,
 )
-from mmtp_hpc.errors import InputError
 
 POTENTIAL_SUFFIXES = (".mtp", ".almtp", ".mtpr", ".h5", ".hdf5")
 CONFIG_SUFFIXES = (".cfg", ".xyz", ".extxyz", ".h5", ".hdf5")
 
 
 # --------------------------------------------------------------------------- checkers
-def _float_list(what: str, lo: float | None = None, lo_open: bool = False, optional: bool = True,
-                ) -> Callable[[Any], list[float] | None]:
-    """One number or a list of numbers (returned as a list)."""
-    def check(value: Any) -> list[float] | None:
-        if value is None and optional:
-            return None
-        values = value if isinstance(value, list) else [value]
-        if not values:
-            raise _Bad(f"expected {what} or a non-empty list of them, got an empty list")
-        out = [_number(v, what) for v in values]
-        if lo is not None:
-            for x in out:
-                if x < lo or (lo_open and x == lo):
-                    raise _Bad(f"expected {what} {'>' if lo_open else '>='} {lo:g}, got {x:g}")
-        return out
-    return check
-
-
-def _interval(value: Any) -> list[float]:
-    if not (isinstance(value, list) and len(value) == 2):
-        raise _Bad(f"expected [min, max] in μB, got {value!r}")
-    lo, hi = (_number(v, "a moment in μB") for v in value)
-    if not lo < hi:
-        raise _Bad(f"expected [min, max] with min < max, got {value}")
-    return [lo, hi]
-
-
-def _path_with(*suffixes: str) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if value is None or value == "":
-            return None
-        if not isinstance(value, str):
-            raise _Bad(f"expected a file name, got {_type_name(value)} {value!r}")
-        if suffixes and Path(value).suffix.lower() not in suffixes:
-            raise _Bad(f"expected a file name ending in {' or '.join(suffixes)}, got {value!r}")
-        return value
-    return check
-
-
 def _limit(value: Any) -> int | None:
     if value is None:
         return None
@@ -128,14 +93,14 @@ class PotentialSpec:
     """[potential]: an existing file, or a new untrained potential of a given level."""
 
     file: str | None = _key(None, "potential to start from (.mtp, .almtp, .h5), trained or a template; "
-                            "or give level", _path_with(*POTENTIAL_SUFFIXES))
+                            "or give level", path_with(*POTENTIAL_SUFFIXES))
     level: int | None = _key(None, "level of a new potential (MLIP-3 template levels 2–28)",
-                             lambda v: None if v is None else integer(2, 28)(v))
+                             optional(integer(2, 28)))
     radial_basis_size: int = _key(8, "radial basis size R of a new potential", integer(2, 32))
     mag_basis_size: int = _key(3, "magnetic basis size M of a new potential (1: non-magnetic)",
                                integer(1, 8))
     mag_interval: list[float] = _key([-3.0, 3.0], "initial magnetic interval [min, max] μB of a new "
-                                     "potential (see train.magnetic_interval)", _interval)
+                                     "potential (see train.magnetic_interval)", interval())
     min_dist: float = _key(2.0, "R_min (Å) of a new potential (see train.min_dist)", real(0.0, lo_open=True))
     max_dist: float = _key(5.0, "cutoff R_cut (Å) of a new potential", real(0.0, lo_open=True))
 
@@ -145,11 +110,11 @@ class InitialSettings:
     """[initial]: the pre-training set, read from a file or generated and labelled by the oracle."""
 
     file: str | None = _key(None, "configurations (.cfg, .xyz, .h5); unlabelled ones go to the oracle; "
-                            "or generate with lattice", _path_with(*CONFIG_SUFFIXES))
+                            "or generate with lattice", path_with(*CONFIG_SUFFIXES))
     lattice: str | None = _key(None, "generated cells: bcc, fcc, b2, sc, l12",
-                               lambda v: None if v is None else choice("bcc", "fcc", "b2", "sc", "l12")(v))
+                               optional(choice("bcc", "fcc", "b2", "sc", "l12")))
     a: list[float] | None = _key(None, "lattice parameter(s) (Å) of the generated cells",
-                                 _float_list("a lattice parameter in Å", 0.0, lo_open=True))
+                                 float_list("a lattice parameter in Å", 0.0, lo_open=True))
     repeat: int = _key(2, "repeats of the conventional cell", integer(1, 10))
     per_a: int = _key(4, "generated configurations per lattice parameter", integer(1))
     jitter: float = _key(0.05, "Gaussian displacement (Å)", real(0.0))
@@ -214,9 +179,9 @@ class ReportSettings:
     """[report]: magnetisation vs lattice parameter, potential vs oracle (analytic oracles)."""
 
     lattice: str | None = _key(None, "cubic lattice of the check (none: no check)",
-                               lambda v: None if v is None else choice("bcc", "fcc", "b2", "sc", "l12")(v))
+                               optional(choice("bcc", "fcc", "b2", "sc", "l12")))
     a: list[float] | None = _key(None, "lattice parameters (Å)",
-                                 _float_list("a lattice parameter in Å", 0.0, lo_open=True))
+                                 float_list("a lattice parameter in Å", 0.0, lo_open=True))
     repeat: int = _key(1, "repeats of the conventional cell", integer(1, 10))
     tolerance: float = _key(0.05, "largest acceptable |Δ⟨m⟩| (μB/atom), reported as pass/fail",
                             real(0.0, lo_open=True))
@@ -276,6 +241,7 @@ class LearnSettings:
     runs: list[MDRun] = field(default_factory=list)
     source: str | None = None
     base_dir: str = "."
+    text: str | None = field(default=None, repr=False)   # the input file's text (error lines)
 
     def path(self, value: str | None) -> Path | None:
         """A path from the input resolved against the input file's directory."""
@@ -289,8 +255,7 @@ class LearnSettings:
         """Resolved settings as a TOML-shaped dict (echoed into the log, the state and HDF5)."""
         out: dict[str, Any] = {}
         for name in SECTIONS:
-            section = getattr(self, name)
-            out[name] = {_toml_name(f): getattr(section, f.name) for f in dataclasses.fields(section)}
+            out[name] = section_dict(getattr(self, name))
         out["learn"]["md"] = copy.deepcopy(self.explorations)
         out["oracle"] = copy.deepcopy(self.oracle)
         return out
@@ -321,31 +286,12 @@ def load_learn_settings(path: str | Path) -> LearnSettings:
 def learn_settings_from_dict(data: dict, source: str | None = None, base_dir: str = ".",
                              text: str | None = None) -> LearnSettings:
     """Validate a TOML-shaped dict into :class:`LearnSettings`."""
-    where = source or "<settings>"
-
-    def fail(message: str, section: str | None = None, key: str | None = None,
-             index: int | None = None) -> InputError:
-        line = find_line(text, section, key, index) if text is not None else None
-        name = None if section is None else (section if key is None else f"{section}.{key}")
-        if index is not None and name is not None and name.startswith("learn.md"):
-            name = f"learn.md[{index}]" + name[len("learn.md"):]
-        return InputError(message, path=where, line=line, field=name)
-
-    if not isinstance(data, dict):
-        raise fail("expected a table of sections")
-    allowed = list(SECTIONS) + list(TABLE_SECTIONS)
-    for name in data:
-        if name not in allowed:
-            hint = difflib.get_close_matches(name, allowed, n=1)
-            raise fail(f"unknown section [{name}]; allowed sections: "
-                       f"{', '.join('[' + s + ']' for s in allowed)}"
-                       + (f" (did you mean [{hint[0]}]?)" if hint else ""), name)
-    out = LearnSettings(source=source, base_dir=base_dir)
+    fail = failer(source, text, array="learn.md")
+    check_sections(data, list(SECTIONS) + list(TABLE_SECTIONS), fail)
+    out = LearnSettings(source=source, base_dir=base_dir, text=text)
     explorations_raw: Any = []
     for name, cls in SECTIONS.items():
-        values = data.get(name, {})
-        if not isinstance(values, dict):
-            raise fail(f"[{name}] must be a table, got {_type_name(values)}", name)
+        values = section_table(data, name, fail)
         if name == "learn":
             values = dict(values)
             explorations_raw = values.pop("md", [])
@@ -354,12 +300,12 @@ def learn_settings_from_dict(data: dict, source: str | None = None, base_dir: st
     if oracle is None:
         raise fail("an [oracle] table is required, e.g. [oracle] kind = \"analytic\", model = \"default\"")
     if not isinstance(oracle, dict):
-        raise fail(f"[oracle] must be a table, got {_type_name(oracle)}", "oracle")
+        raise fail(f"[oracle] must be a table, got {type_name(oracle)}", "oracle")
     if "kind" not in oracle:
         raise fail("the oracle needs kind = \"analytic\", \"ase\" or \"command\"", "oracle")
     try:
         choice(*ORACLE_KINDS)(oracle["kind"])
-    except _Bad as exc:
+    except Bad as exc:
         raise fail(str(exc), "oracle", "kind") from None
     out.oracle = dict(oracle)
     _cross_check(out, fail)
@@ -367,7 +313,7 @@ def learn_settings_from_dict(data: dict, source: str | None = None, base_dir: st
     return out
 
 
-def _cross_check(s: LearnSettings, fail: Callable[..., InputError]) -> None:
+def _cross_check(s: LearnSettings, fail: Fail) -> None:
     p = s.potential
     if (p.file is None) == (p.level is None):
         raise fail("give either file = \"pot.almtp\" (a potential to start from) or level = 10 (a new "
@@ -409,7 +355,7 @@ def _cross_check(s: LearnSettings, fail: Callable[..., InputError]) -> None:
                    "a" if r.a is None else "lattice")
 
 
-def _explorations(raw: Any, s: LearnSettings, fail: Callable[..., InputError]
+def _explorations(raw: Any, s: LearnSettings, fail: Fail
                   ) -> tuple[list[dict], list[MDRun]]:
     """Validate the [[learn.md]] tables and expand their condition lists into MD runs."""
     if isinstance(raw, dict):
@@ -437,7 +383,7 @@ def _explorations(raw: Any, s: LearnSettings, fail: Callable[..., InputError]
         for sub in MD_SUBTABLES:
             value = ex.get(sub, {})
             if not isinstance(value, dict):
-                raise fail(f"must be a table, got {_type_name(value)}", f"learn.md.{sub}", None, i)
+                raise fail(f"must be a table, got {type_name(value)}", f"learn.md.{sub}", None, i)
             for key in value:
                 if (sub, key) in MD_OWNED:
                     raise fail(f"{key!r} is set by the loop: {MD_OWNED[(sub, key)]}", f"learn.md.{sub}",
@@ -446,12 +392,12 @@ def _explorations(raw: Any, s: LearnSettings, fail: Callable[..., InputError]
         conditions: dict[str, list[float]] = {}
         for key in CONDITION_KEYS:
             if key in ex:
-                check = (_float_list("a lattice parameter in Å", 0.0, lo_open=True) if key == "a" else
-                         _float_list("a temperature in K", 0.0) if key == "temperature_K" else
-                         _float_list("a pressure in GPa"))
+                check = (float_list("a lattice parameter in Å", 0.0, lo_open=True) if key == "a" else
+                         float_list("a temperature in K", 0.0) if key == "temperature_K" else
+                         float_list("a pressure in GPa"))
                 try:
                     conditions[key] = check(ex[key])
-                except _Bad as exc:
+                except Bad as exc:
                     raise fail(str(exc), "learn.md", key, i) from None
         if "a" in conditions and "a" in table["system"]:
             raise fail("give the lattice parameter(s) once: as a = [...] of the exploration or in "
@@ -520,43 +466,12 @@ def md_run_settings(run: MDRun, s: LearnSettings, potential: str | Path, run_dir
     return settings_from_dict(table, source=str(run_dir / "input.toml"), base_dir=str(run_dir))
 
 
-# --------------------------------------------------------------------------- help, lines
-def find_line(text: str | None, section: str | None, key: str | None, index: int | None = None
-              ) -> int | None:
-    """Line (1-based) of ``key = …`` in ``[section]`` (the ``index``-th ``[[learn.md]]`` for
-    exploration sections), or of the section header when ``key`` is None."""
-    if text is None or section is None:
-        return None
-    current, count = None, -1
-    for lineno, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        m = re.match(r"^(\[\[?)\s*([A-Za-z0-9_.-]+)\s*\]\]?", stripped)
-        if m:
-            current = m.group(2)
-            if m.group(1) == "[[" and current == "learn.md":
-                count += 1
-            inside = index is None or not current.startswith("learn.md") or count == index
-            if key is None and current == section and inside:
-                return lineno
-            continue
-        inside = index is None or (current or "").startswith("learn.md") and count == index
-        if current == section and key is not None and inside:
-            if re.match(rf"^[\"']?{re.escape(key)}[\"']?\s*=", stripped):
-                return lineno
-    return None
-
-
+# --------------------------------------------------------------------------- help
 def describe() -> str:
     """The input format as text: every section and key with default and description."""
     lines = ["mmtp learn input (TOML). Paths are relative to the input file.", ""]
     for name, cls in SECTIONS.items():
-        lines.append(f"[{name}]")
-        for f in dataclasses.fields(cls):
-            default = (f.default_factory() if f.default is dataclasses.MISSING  # type: ignore[misc]
-                       else f.default)
-            shown = ("(none)" if default is None else str(default).lower() if isinstance(default, bool)
-                     else repr(default).replace("'", '"'))
-            lines.append(f"  {_toml_name(f):<20} = {shown:<14} # {f.metadata['doc']}")
+        lines += describe_section(name, cls)
         lines.append("")
     from mmtp_hpc.active.oracles import describe_oracle
 

@@ -107,6 +107,21 @@ from mmtp_hpc.active.dft_common import DFTCodeError, SCFNotConverged
 from mmtp_hpc.active.dft_vasp import VaspSettings, label_from_vasp, write_vasp_inputs
 from mmtp_hpc.errors import InputError, MMTPError
 from mmtp_hpc.io.cfg import read_cfg, write_cfg
+from mmtp_hpc.settings import (
+    Bad,
+    boolean,
+    build_section,
+    check_value,
+    describe_section,
+    failer,
+    integer,
+    path_with,
+    positive,
+    resolve_path,
+    type_name,
+)
+from mmtp_hpc.settings import text as _text
+from mmtp_hpc.settings import table as table_
 from mmtp_hpc.system.configuration import Configuration
 
 WRITERS = ("cfg", "vasp", "abinit")
@@ -443,7 +458,7 @@ def _as_settings(cls: type, value: Any, what: str) -> Any:
     if isinstance(value, cls):
         return value
     if isinstance(value, Mapping):
-        return _settings_from_table(cls, dict(value), what, "", Path("."))
+        return build_section(cls, what, dict(value), failer(None), Path("."))
     raise InputError(f"expected {cls.__name__} or a table, got {type(value).__name__}", field=what)
 
 
@@ -976,99 +991,6 @@ def label_all(oracle: Oracle, configs: Sequence[Configuration], workdir: Path,
 # =====================================================================================
 # settings
 # =====================================================================================
-def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-            dict: "a table"}.get(type(value), type(value).__name__)
-
-
-class _Bad(ValueError):
-    """A value of the wrong kind; the loader adds file and key."""
-
-
-def _number(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-        raise _Bad(f"expected a finite number, got {_type_name(v)} {v!r}")
-    return float(v)
-
-
-def _integer(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise _Bad(f"expected an integer, got {_type_name(v)} {v!r}")
-    return int(v)
-
-
-def _check_kind(kind: str, v: Any, base_dir: Path) -> Any:
-    if kind == "positive":
-        x = _number(v)
-        if x <= 0:
-            raise _Bad(f"expected a positive number, got {v!r}")
-        return x
-    if kind == "number":
-        return _number(v)
-    if kind == "int":
-        return _integer(v)
-    if kind == "posint":
-        x = _integer(v)
-        if x < 1:
-            raise _Bad(f"expected a positive integer, got {v!r}")
-        return x
-    if kind == "bool":
-        if not isinstance(v, bool):
-            raise _Bad(f"expected true or false, got {_type_name(v)} {v!r}")
-        return v
-    if kind == "str":
-        if not isinstance(v, str):
-            raise _Bad(f"expected a string, got {_type_name(v)} {v!r}")
-        return v
-    if kind == "path":
-        if not isinstance(v, str) or not v:
-            raise _Bad(f"expected a path string, got {_type_name(v)} {v!r}")
-        p = Path(v).expanduser()
-        return str(p if p.is_absolute() else (base_dir / p))
-    if kind == "ints3":
-        if not isinstance(v, list) or len(v) != 3:
-            raise _Bad(f"expected a list of 3 positive integers, got {_type_name(v)} {v!r}")
-        out = [_integer(x) for x in v]
-        if min(out) < 1:
-            raise _Bad(f"expected 3 positive integers, got {v!r}")
-        return out
-    if kind == "species_dataset":      # resolved by oracle_from_settings (depends on pp_dirpath)
-        if not isinstance(v, dict) or not all(isinstance(x, str) and x for x in v.values()):
-            raise _Bad(f"expected a table {{Symbol = \"dataset\"}}, got {_type_name(v)} {v!r}")
-        return {str(s): x for s, x in v.items()}
-    if kind in ("species_float", "species_int", "species_path"):
-        single = {"species_float": "positive", "species_int": "int", "species_path": "path"}[kind]
-        if isinstance(v, dict):
-            return {str(s): _check_kind(single, x, base_dir) for s, x in v.items()}
-        if kind == "species_path":
-            raise _Bad(f"expected a table {{Symbol = \"path\"}}, got {_type_name(v)} {v!r}")
-        return _check_kind(single, v, base_dir)
-    if kind == "table":
-        if not isinstance(v, dict):
-            raise _Bad(f"expected a table, got {_type_name(v)} {v!r}")
-        return dict(v)
-    raise AssertionError(kind)
-
-
-def _settings_from_table(cls: type, table: dict, where: str, source: str, base_dir: Path) -> Any:
-    """Build the settings dataclass ``cls`` from a TOML table, checking every key's kind."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    if not isinstance(table, dict):
-        raise InputError(f"expected a table, got {_type_name(table)}", path=source or None, field=where)
-    kwargs = {}
-    for key, value in table.items():
-        if key not in fields:
-            hint = difflib.get_close_matches(key, list(fields), n=1)
-            raise InputError(f"unknown key {key!r}; allowed: {', '.join(fields)}"
-                             + (f" (did you mean {hint[0]!r}?)" if hint else ""),
-                             path=source or None, field=f"{where}.{key}")
-        try:
-            kwargs[key] = _check_kind(fields[key].metadata["kind"], value, base_dir)
-        except _Bad as exc:
-            raise InputError(str(exc), path=source or None, field=f"{where}.{key}") from None
-    return cls(**kwargs)
-
-
 _COMMON = {"kind", "name"}
 _ALLOWED = {
     "analytic": _COMMON | {"model", "relax"},
@@ -1078,40 +1000,45 @@ _ALLOWED = {
 }
 
 
-def oracle_from_settings(table: dict, base_dir: Path, species: list[str], source: str = "") -> Oracle:
+def oracle_from_settings(table: dict, base_dir: Path, species: list[str], source: str = "",
+                         text: str | None = None) -> Oracle:
     """The oracle described by a TOML ``[oracle]`` table (see the module doc).
 
     Relative paths are relative to ``base_dir`` (the TOML file's directory); ``species`` are the
     symbols of types 0, 1, …. Unknown keys and wrong types raise :class:`InputError` naming
-    ``source``, the key, what was expected and what was found.
+    ``source`` (and the line, when ``text``, the input file's text, is given), the key, what was
+    expected and what was found. Checked with :mod:`mmtp_hpc.settings`, as ``mmtp md`` and
+    ``mmtp learn`` inputs are.
     """
     base_dir = Path(base_dir)
     path = source or None
+    located = failer(path, text)
 
     def fail(message: str, key: str | None = None) -> InputError:
-        return InputError(message, path=path, field="oracle" if key is None else f"oracle.{key}")
+        return located(message, "oracle", key)
 
-    def get(key: str, kind: str, default: Any = None) -> Any:
+    def get(key: str, check: Callable[[Any], Any], default: Any = None, resolve: bool = False) -> Any:
         if key not in table:
             return default
         try:
-            return _check_kind(kind, table[key], base_dir)
-        except _Bad as exc:
+            value = check(table[key])
+        except Bad as exc:
             raise fail(str(exc), key) from None
+        return str(resolve_path(base_dir, value)) if resolve and value is not None else value
 
     if not isinstance(table, dict):
-        raise fail(f"expected a table, got {_type_name(table)}")
+        raise fail(f"expected a table, got {type_name(table)}")
     kind = table.get("kind")
     if kind not in KINDS:
         raise fail(f"expected kind = one of {', '.join(repr(k) for k in KINDS)}, got "
-                   + ("nothing" if kind is None else f"{_type_name(kind)} {kind!r}"), "kind")
+                   + ("nothing" if kind is None else f"{type_name(kind)} {kind!r}"), "kind")
     allowed = _ALLOWED[kind]
     for key in table:
         if key not in allowed:
             hint = difflib.get_close_matches(key, sorted(allowed), n=1)
             raise fail(f"unknown key {key!r} for kind = {kind!r}; allowed: {', '.join(sorted(allowed))}"
                        + (f" (did you mean {hint[0]!r}?)" if hint else ""), key)
-    name = get("name", "str")
+    name = get("name", _text())
     species = [str(s) for s in species]
 
     if kind == "analytic":
@@ -1119,20 +1046,20 @@ def oracle_from_settings(table: dict, base_dir: Path, species: list[str], source
 
         model = table.get("model", "default")
         if not isinstance(model, str):
-            raise fail(f"expected \"default\" or a JSON file path, got {_type_name(model)} {model!r}",
+            raise fail(f"expected \"default\" or a JSON file path, got {type_name(model)} {model!r}",
                        "model")
         spec = model if model.lower() in ("default", "builtin") else str(base_dir / Path(model).expanduser())
         try:
             m = AnalyticMagneticModel.load(spec, species=species or None)
         except FileNotFoundError as exc:
             raise fail(str(exc), "model") from None
-        return AnalyticOracle(m, relax=get("relax", "bool", False), name=name or "analytic")
+        return AnalyticOracle(m, relax=get("relax", boolean(), False), name=name or "analytic")
 
     if kind == "ase":
         target = table.get("calculator")
         if not isinstance(target, str) or not re.fullmatch(r"[\w.]+:[\w.]+", target):
             raise fail("expected \"package.module:ClassOrFactory\", got "
-                       + ("nothing" if target is None else f"{_type_name(target)} {target!r}"),
+                       + ("nothing" if target is None else f"{type_name(target)} {target!r}"),
                        "calculator")
         module_name, attr = target.split(":", 1)
         try:
@@ -1145,66 +1072,66 @@ def oracle_from_settings(table: dict, base_dir: Path, species: list[str], source
             obj = getattr(obj, part)
         if not callable(obj):
             raise fail(f"{target!r} is not a class or factory", "calculator")
-        params = get("parameters", "table", {})
+        params = get("parameters", table_, {})
         path_params = table.get("path_parameters", [])
         if not isinstance(path_params, list) or not all(isinstance(p, str) for p in path_params):
-            raise fail(f"expected a list of parameter names, got {_type_name(path_params)} "
+            raise fail(f"expected a list of parameter names, got {type_name(path_params)} "
                        f"{path_params!r}", "path_parameters")
         for p in path_params:
             if p not in params:
                 raise fail(f"{p!r} is not in parameters", "path_parameters")
             if not isinstance(params[p], str):
                 raise fail(f"parameters.{p} must be a path string to be resolved, got "
-                           f"{_type_name(params[p])}", "path_parameters")
+                           f"{type_name(params[p])}", "path_parameters")
             params[p] = str(base_dir / Path(params[p]).expanduser())
         try:
             calc = obj(**params)
         except (TypeError, ValueError, MMTPError, OSError) as exc:
             raise fail(f"{target}(**parameters) failed: {exc}", "parameters") from None
-        return ASEOracle(calc, magnetic=get("magnetic", "bool", True), species=species or None,
+        return ASEOracle(calc, magnetic=get("magnetic", boolean(), True), species=species or None,
                          name=name or "ase")
 
     # command
     command = table.get("command")
     writer = table.get("writer", "cfg")
     if writer not in WRITERS:
-        raise fail(f"expected one of {', '.join(repr(w) for w in WRITERS)}, got {_type_name(writer)} "
+        raise fail(f"expected one of {', '.join(repr(w) for w in WRITERS)}, got {type_name(writer)} "
                    f"{writer!r}", "writer")
     if command is None and writer == "abinit":
         command = ["abinit", dft_abinit.INPUT_NAME]
     if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
         raise fail("expected a non-empty list of strings (argv, no shell), got "
-                   + ("nothing" if command is None else f"{_type_name(command)} {command!r}"), "command")
+                   + ("nothing" if command is None else f"{type_name(command)} {command!r}"), "command")
     command = list(command)
     first = Path(command[0])
     if not first.is_absolute() and len(first.parts) > 1 and (base_dir / first).exists():
         command[0] = str(base_dir / first)    # a script beside the TOML file
-    template_dir = get("template_dir", "path")
+    template_dir = get("template_dir", path_with(optional=False), resolve=True)
     if template_dir is not None and not Path(template_dir).is_dir():
         raise fail(f"no such directory: {template_dir}", "template_dir")
-    timeout = get("timeout", "positive", 3600.0)
-    tol = get("moment_tolerance", "positive", 0.05)
+    timeout = get("timeout", positive, 3600.0)
+    tol = get("moment_tolerance", positive, 0.05)
     lambdas = table.get("lambdas")
     if lambdas is not None:
         if not isinstance(lambdas, list) or not lambdas:
             raise fail(f"expected a non-empty list of increasing positive numbers, got "
-                       f"{_type_name(lambdas)} {lambdas!r}", "lambdas")
+                       f"{type_name(lambdas)} {lambdas!r}", "lambdas")
         try:
-            lambdas = [_check_kind("positive", x, base_dir) for x in lambdas]
-        except _Bad as exc:
+            lambdas = [positive(x) for x in lambdas]
+        except Bad as exc:
             raise fail(str(exc), "lambdas") from None
         if any(b <= a for a, b in zip(lambdas[:-1], lambdas[1:], strict=True)):
             raise fail(f"expected increasing values, got {lambdas}", "lambdas")
-    env = get("env", "table", {})
+    env = get("env", table_, {})
     for k, v in env.items():
         if not isinstance(v, (str, int, float)) or isinstance(v, bool):
-            raise fail(f"expected string values, got {_type_name(v)} {v!r} for {k!r}", "env")
+            raise fail(f"expected string values, got {type_name(v)} {v!r} for {k!r}", "env")
     vasp = abinit = None
     for sub, cls in (("vasp", VaspSettings), ("abinit", AbinitSettings)):
         if sub in table:
             if writer != sub:
                 raise fail(f"[oracle.{sub}] is only used with writer = {sub!r} (writer is {writer!r})", sub)
-            settings = _settings_from_table(cls, table[sub], f"oracle.{sub}", source, base_dir)
+            settings = build_section(cls, f"oracle.{sub}", table[sub], located, base_dir)
             if sub == "vasp":
                 vasp = settings
             else:
@@ -1217,31 +1144,34 @@ def oracle_from_settings(table: dict, base_dir: Path, species: list[str], source
     if retry is not None:
         if not isinstance(retry, list) or not all(isinstance(r, dict) for r in retry):
             raise fail("expected a list of tables of writer settings, e.g. [{nstep = 200}, "
-                       f"{{nstep = 200, diemix = 0.3}}], got {_type_name(retry)} {retry!r}", "retry")
-        fields = {f.name: f for f in dataclasses.fields(AbinitSettings if writer == "abinit" else VaspSettings)} \
-            if writer in ("abinit", "vasp") else {}
+                       f"{{nstep = 200, diemix = 0.3}}], got {type_name(retry)} {retry!r}", "retry")
+        fields = ({f.name: f for f in dataclasses.fields(AbinitSettings if writer == "abinit" else VaspSettings)}
+                  if writer in ("abinit", "vasp") else {})
         checked = []
+
+        def fail_row(message: str, *_: Any) -> InputError:
+            return InputError(message)
         for r in retry:
             row = {}
             for key, value in r.items():
                 if key in fields and key not in ("extra", "pseudos", "potcars"):
                     try:
-                        row[key] = _check_kind(fields[key].metadata["kind"], value, base_dir)
-                    except _Bad as exc:
-                        raise fail(f"{key}: {exc}", "retry") from None
+                        row[key] = check_value(fields[key], value, "oracle.retry", fail_row, base_dir)
+                    except InputError as exc:
+                        raise fail(f"{key}: {exc.reason}", "retry") from None
                 elif isinstance(value, (str, int, float, bool, list)):
                     row[key] = value
                 else:
-                    raise fail(f"{key}: expected a number, string or list, got {_type_name(value)}",
+                    raise fail(f"{key}: expected a number, string or list, got {type_name(value)}",
                                "retry")
             checked.append(row)
         retry = checked
     missed = table.get("missed_constraint")
     if missed is not None and missed not in ("keep", "reject"):
-        raise fail(f"expected \"keep\" or \"reject\", got {_type_name(missed)} {missed!r}",
+        raise fail(f"expected \"keep\" or \"reject\", got {type_name(missed)} {missed!r}",
                    "missed_constraint")
-    workers = get("workers", "posint", 1)
-    cores = get("cores", "posint", None)
+    workers = get("workers", integer(1), 1)
+    cores = get("cores", integer(1), None)
     try:
         return CommandOracle(command, writer=writer, template_dir=template_dir, timeout=timeout,
                              lambdas=lambdas, moment_tolerance=tol, species=species or None,
@@ -1288,9 +1218,5 @@ def describe_oracle() -> list[str]:
     for kind, key, default, doc in ORACLE_KEYS:
         lines.append(f"  {key:<20} = {default:<14} # {'' if kind == 'all' else kind + ': '}{doc}")
     for table, cls in (("oracle.abinit", AbinitSettings), ("oracle.vasp", VaspSettings)):
-        lines += ["", f"[{table}]"]
-        for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-            shown = "(none)" if default is None else repr(default).replace("'", '"')
-            lines.append(f"  {f.name:<20} = {shown:<14} # {f.metadata['doc']}")
+        lines += ["", *describe_section(table, cls)]
     return lines

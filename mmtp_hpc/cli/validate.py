@@ -21,7 +21,7 @@ from mmtp_hpc.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from mmtp_hpc.analysis.validate import CRITERIA
+    from mmtp_hpc.active.validate import CRITERIA
 
     p = sub.add_parser("validate", help="compare a potential with direct DFT (E, P, moments vs a; E(m))",
                        description=__doc__.split("\n\n", 1)[1].strip())
@@ -58,8 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mmtp_hpc.active.oracles import oracle_from_settings
-    from mmtp_hpc.analysis.validate import CRITERIA, plot_validation, validate
-    from mmtp_hpc.dynamics.settings import read_toml
+    from mmtp_hpc.active.validate import CRITERIA, plot_validation, validate
+    from mmtp_hpc.settings import read_toml
     from mmtp_hpc.io.atomic import atomic_path
     from mmtp_hpc.potentials.mtp.engine import MTPEngine
     from mmtp_hpc.potentials.mtp.mlip_io import load_potential
@@ -74,11 +74,11 @@ def run(args: argparse.Namespace) -> int:
         a_values = np.linspace(args.a[0], args.a[1], args.points)
     else:
         a_values = np.array(args.a)
-    data, _ = read_toml(args.oracle)
+    data, text = read_toml(args.oracle)
     if "oracle" not in data:
         raise InputError("no [oracle] table", path=args.oracle)
     oracle = oracle_from_settings(data["oracle"], Path(args.oracle).resolve().parent, list(species),
-                                  source=args.oracle)
+                                  source=args.oracle, text=text)
     members = [MTPEngine(load_potential(m)) for m in args.ensemble]
     curve = None
     if args.curve is not None:

@@ -31,14 +31,16 @@ import numpy as np
 from mmtp_hpc.dynamics.forcefield import ForceField
 from mmtp_hpc.dynamics.moments import NativeMetropolis
 from mmtp_hpc.dynamics.state import Evaluation, MDState
+from mmtp_hpc.system.atoms import AtomSet
 from mmtp_hpc.parallel.comm import allreduce_sum, max_op
 from mmtp_hpc.parallel.decomposition import Decomposition
 from mmtp_hpc.parallel.halo import Halo, gather_rows, migrate
 from mmtp_hpc.system.neighbors import NeighborList, find_pairs
 
-# the per-atom state that travels with an atom: MDState attribute → values per atom
-_ATOM_FIELDS = {"positions": 3, "velocities": 3, "masses": 1, "types": 1, "ids": 1, "magmoms": 1}
+# per-atom arrays that travel with an atom: the atom set's ATOM_FIELDS (AtomSet: positions,
+# types, ids, magmoms; MDState: those plus velocities and masses)
 _INTEGER_FIELDS = ("types", "ids")
+Atoms = AtomSet | MDState     # what the force field evaluates (the same per-atom arrays)
 
 
 class AtomRows:
@@ -54,8 +56,8 @@ class AtomRows:
         self.width = c
 
     @classmethod
-    def for_state(cls, extra: dict[str, np.ndarray] | None = None) -> AtomRows:
-        widths = dict(_ATOM_FIELDS)
+    def for_state(cls, atom_fields: dict[str, int], extra: dict[str, np.ndarray] | None = None) -> AtomRows:
+        widths = dict(atom_fields)
         for name, value in (extra or {}).items():
             if name in widths:
                 raise ValueError(f"extra per-atom field {name!r} shadows a state field")
@@ -73,29 +75,30 @@ class AtomRows:
         return rows[:, self.slices[name]]
 
 
-def pack_atoms(state: MDState, extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, AtomRows]:
-    """(n, k) float64 rows of the per-atom state and ``extra`` arrays, and their layout."""
-    layout = AtomRows.for_state(extra)
-    fields = {name: getattr(state, name) for name in _ATOM_FIELDS}
+def pack_atoms(state: Atoms, extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, AtomRows]:
+    """(n, k) float64 rows of the per-atom arrays of ``state`` (its ``ATOM_FIELDS``) and of
+    ``extra``, and their layout."""
+    layout = AtomRows.for_state(state.ATOM_FIELDS, extra)
+    fields = {name: getattr(state, name) for name in state.ATOM_FIELDS}
     fields.update(extra or {})
     return layout.pack(state.n_atoms, fields), layout
 
 
-def unpack_atoms(state: MDState, rows: np.ndarray, layout: AtomRows) -> dict[str, np.ndarray]:
+def unpack_atoms(state: Atoms, rows: np.ndarray, layout: AtomRows) -> dict[str, np.ndarray]:
     """Set the state's per-atom arrays from ``rows``; returns the extra fields by name."""
     out = {}
     for name in layout.slices:
         block = layout.field(rows, name)
         if name in _INTEGER_FIELDS:
             setattr(state, name, np.rint(block[:, 0]).astype(np.int64))
-        elif name in _ATOM_FIELDS:
+        elif name in state.ATOM_FIELDS:
             setattr(state, name, np.ascontiguousarray(block[:, 0] if block.shape[1] == 1 else block))
         else:
             out[name] = np.ascontiguousarray(block)
     return out
 
 
-def _select_atoms(state: MDState, index: np.ndarray) -> None:
+def _select_atoms(state: Atoms, index: np.ndarray) -> None:
     """Keep (or reorder to) the atoms ``index`` of the state."""
     rows, layout = pack_atoms(state)
     unpack_atoms(state, rows[index], layout)
@@ -122,7 +125,7 @@ class DomainForceField(ForceField):
         self.time = {"neighbor": 0.0, "comm": 0.0, "force": 0.0}
 
     # ------------------------------------------------------------------ set-up / rebuild
-    def setup(self, state: MDState, replicated: bool = True) -> None:
+    def setup(self, state: Atoms, replicated: bool = True) -> None:
         """First build. ``replicated``: every rank holds all atoms (as read or generated), and
         keeps its own; else every rank holds a part of the atoms (a distributed set-up: its
         share of a lattice, a chunk of a file), and they go to their owners. Atoms moved here
@@ -155,16 +158,16 @@ class DomainForceField(ForceField):
         else:
             self.decomp.set_cell(cell)
 
-    def _global_count(self, state: MDState) -> int:
+    def _global_count(self, state: Atoms) -> int:
         return int(round(float(allreduce_sum(self.comm, np.array([float(state.n_atoms)]))[0])))
 
     @staticmethod
-    def _sort(state: MDState) -> None:
+    def _sort(state: Atoms) -> None:
         order = np.argsort(state.ids, kind="stable")
         if np.any(order != np.arange(len(order))):
             _select_atoms(state, order)
 
-    def _send_to_owners(self, state: MDState, carry: dict[str, np.ndarray],
+    def _send_to_owners(self, state: Atoms, carry: dict[str, np.ndarray],
                         owners: np.ndarray) -> dict[str, np.ndarray]:
         """Atoms (with the per-atom arrays ``carry``) to ranks ``owners``; sorted by id after."""
         rows, layout = pack_atoms(state, carry)
@@ -173,7 +176,7 @@ class DomainForceField(ForceField):
         extra = unpack_atoms(state, rows, layout)
         return {k: extra[k].reshape((len(rows), *np.shape(carry[k])[1:])) for k in carry}
 
-    def _migrate(self, state: MDState, carry: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def _migrate(self, state: Atoms, carry: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Atoms to their owners; ``carry``: more per-atom arrays that travel with them."""
         carry = carry or {}
         frac, _ = self.decomp.wrap(state.positions)
@@ -183,7 +186,7 @@ class DomainForceField(ForceField):
         self.migrations += int(allreduce_sum(self.comm, np.array([float(moving)]))[0])
         return out
 
-    def rebuild_now(self, state: MDState, carry: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def rebuild_now(self, state: Atoms, carry: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Migrate (with ``carry``) and rebuild now, whatever the displacements (parallel MC needs
         every atom inside its owner's subdomain)."""
         import time
@@ -194,7 +197,7 @@ class DomainForceField(ForceField):
         self.time["neighbor"] += time.perf_counter() - t0
         return out
 
-    def _build(self, build_positions: np.ndarray, state: MDState) -> None:
+    def _build(self, build_positions: np.ndarray, state: Atoms) -> None:
         """Halo and list from ``build_positions`` (the owned atoms' positions at the build)."""
         d = self.decomp
         cell = np.array(state.cell, dtype=np.float64)
@@ -226,7 +229,7 @@ class DomainForceField(ForceField):
             return bool(local)
         return bool(self.comm.allreduce(local, op=max_op()) > 0.0)
 
-    def update(self, state: MDState) -> bool:
+    def update(self, state: Atoms) -> bool:
         """Rebuild (with migration) if needed, else refresh ghost positions. True if rebuilt."""
         import time
         t0 = time.perf_counter()
@@ -276,88 +279,31 @@ class DomainForceField(ForceField):
             out[k] = np.ascontiguousarray(moved[k].reshape((state.n_atoms, *np.shape(per_atom[k])[1:])))
         return out
 
-    # ------------------------------------------------------------------ evaluation
-    def ghost_moments(self, magmoms: np.ndarray) -> np.ndarray:
-        """(n_total,) moments of owned atoms and ghosts (forward communication)."""
-        mag_all = np.zeros(self.nl.n_total)
-        mag_all[:self.nl.n_local] = magmoms
-        self.halo.forward(mag_all)
-        return mag_all
+    # ------------------------------------------------------------------ layout (see ForceField)
+    fold_timer = "comm"
 
-    def evaluate(self, state: MDState, magmoms: np.ndarray | None = None,
-                 derivatives: bool = True) -> Evaluation:
-        import time
-        t0 = time.perf_counter()
-        mag = state.magmoms if magmoms is None else magmoms
-        mag_all = self.ghost_moments(mag)
-        t1 = time.perf_counter()
-        self.evaluations += 1
-        if self.symmetric and self.engine.one_pass_symmetric():
-            # ½[E(M) + E(−M)] in one neighbour pass (symmetric intervals): already combined
-            plus = self._local(mag_all, derivatives, symmetric=True)
-            minus = None
-        else:
-            plus = self._local(mag_all, derivatives)
-            minus = self._local(-mag_all, derivatives) if self.symmetric else None
-        t2 = time.perf_counter()
-        if minus is not None:
-            site = 0.5 * (plus[0] + minus[0])
-        else:
-            site = plus[0]
-        energy = float(allreduce_sum(self.comm, np.array([site.sum()]))[0])
-        if not derivatives:
-            self.time["comm"] += (t1 - t0) + (time.perf_counter() - t2)
-            self.time["force"] += t2 - t1
-            return Evaluation(energy, site, None, None, None)
-        if minus is not None:
-            per_entry = 0.5 * (plus[1] + minus[1])
-            per_entry[:, 3] = 0.5 * (plus[1][:, 3] - minus[1][:, 3])
-            virial = 0.5 * (plus[2] + minus[2])
-        else:
-            per_entry, virial = plus[1], plus[2]
+    def spread(self, values: np.ndarray) -> np.ndarray:
+        """Per-atom values of the owned atoms → values of owned atoms and ghosts (forward
+        communication)."""
+        out = np.zeros(self.nl.n_total)
+        out[:self.nl.n_local] = values
+        self.halo.forward(out)
+        return out
+
+    def fold(self, per_entry: np.ndarray) -> np.ndarray:
+        """Ghost contributions sent back and added to their owners (reverse communication)."""
         self.halo.reverse(per_entry)
-        n = self.nl.n_local
-        forces = np.ascontiguousarray(per_entry[:n, :3])
-        grad = np.ascontiguousarray(per_entry[:n, 3]) if self.magnetic else np.zeros(n)
-        virial = allreduce_sum(self.comm, virial)
-        self.time["comm"] += (t1 - t0) + (time.perf_counter() - t2)
-        self.time["force"] += t2 - t1
-        return Evaluation(energy, site, forces, virial, grad)
+        return per_entry[:self.nl.n_local]
 
-    def _local(self, mag_all: np.ndarray, derivatives: bool, symmetric: bool = False) -> tuple:
-        res = self.engine.compute_local(self.nl, self.types_all, mag_all, derivatives=derivatives,
-                                        symmetric=symmetric)
-        if not derivatives:
-            return (res.site_energies,)
-        per_entry = np.empty((self.nl.n_total, 4))
-        per_entry[:, :3] = res.forces
-        per_entry[:, 3] = res.magnetic_gradient if self.magnetic else 0.0
-        return res.site_energies, per_entry, res.virial
+    def reduce(self, value: np.ndarray) -> np.ndarray:
+        return allreduce_sum(self.comm, value)
 
-    def grade(self, active_set, state: MDState, evaluation: Evaluation, mode: str):
-        """Grades with the atoms spread over ranks: per-neighbourhood rows of the owned atoms
-        (ghost moments from the halo); the configuration grade and the worst atom (its id) over
-        all ranks; in configuration mode the row Σ_i ∂E_i/∂θ is summed over ranks."""
-        from mmtp_hpc.errors import InputError
-        from mmtp_hpc.potentials.mtp.grades import GradeResult
+    def max_over_ranks(self, value: tuple) -> tuple:
+        return max(self.comm.allgather(value))
 
-        g = self.engine.param_gradients_on_list(self.nl, self.types_all, self.ghost_moments(state.magmoms),
-                                                symmetric=self.symmetric)
-        comm = state.comm
-        if mode == "nbh":
-            nbh = active_set.row_grades(g["site_param_grad"]) if state.n_atoms else np.zeros(0)
-            k = int(np.argmax(nbh)) if len(nbh) else -1
-            mine = (float(nbh[k]), int(state.ids[k])) if k >= 0 else (-1.0, -1)
-            best = max(comm.allgather(mine))
-            return GradeResult(max(best[0], 0.0), nbh, best[1])
-        if active_set.force_weight != 0.0 or active_set.stress_weight != 0.0:
-            raise InputError("configuration grades with force/stress rows are not available with domain "
-                             "decomposition (they need O(N) parameter Jacobians); use an active set of "
-                             "energy or neighbourhood rows", field="extrapolation.mode")
-        row = state.global_sum(g["energy_param_grad"])
-        n = state.n_global
-        row = active_set.energy_weight * row / (float(n) ** (active_set.weight_scaling / 2.0) if n else 1.0)
-        return GradeResult(float(active_set.row_grades(row)[0]))
+    def param_gradients(self, state: Atoms) -> dict:
+        return self.engine.param_gradients_on_list(self.nl, self.types_all, self.spread(state.magmoms),
+                                                   symmetric=self.symmetric)
 
     def monte_carlo_layout(self, state: MDState, evaluation: Evaluation,
                            previous=None) -> "DomainSweepLayout":
@@ -365,7 +311,7 @@ class DomainForceField(ForceField):
         return DomainSweepLayout(self, state, evaluation)
 
     # ------------------------------------------------------------------ gathering
-    def gather(self, state: MDState, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    def gather(self, state: Atoms, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """Per-atom arrays of all ranks on rank 0, in global id order (None on other ranks)."""
         names = list(columns)
         widths = [int(np.prod(np.shape(columns[k])[1:])) for k in names]
@@ -386,18 +332,17 @@ class DomainForceField(ForceField):
 def evaluate_distributed(engine, cfg, comm, magmoms: np.ndarray | None = None, symmetric: bool | None = None,
                          grid: list[int] | None = None) -> dict | None:
     """Energy, site energies, forces, virial, stress and ∂E/∂m of ``cfg`` computed
-    domain-decomposed over ``comm``; every rank passes the whole configuration, rank 0 gets
-    the results (in the configuration's atom order), the others None."""
+    domain-decomposed over ``comm`` (the force field on an :class:`AtomSet`, no MD); every
+    rank passes the whole configuration, rank 0 gets the results (in the configuration's atom
+    order), the others None."""
     from mmtp_hpc.potentials.mtp.engine import EV_PER_A3_TO_GPA
 
-    mag = engine.check_configuration(cfg, magmoms)
-    n = len(cfg)
-    state = MDState(positions=cfg.positions, velocities=np.zeros((n, 3)), masses=np.ones(n), types=cfg.types,
-                    ids=np.arange(n), magmoms=mag, cell=cfg.cell, pbc=cfg.pbc, species=[])
+    atoms = AtomSet.from_configuration(cfg, engine.check_configuration(cfg, magmoms))
+    n = atoms.n_atoms
     ff = DomainForceField(engine, comm, symmetric=symmetric, skin=0.0, grid=grid)
-    ff.setup(state)
-    ev = ff.evaluate(state)
-    table = ff.gather(state, {"site_energies": ev.site_energies, "forces": ev.forces,
+    ff.setup(atoms)
+    ev = ff.evaluate(atoms)
+    table = ff.gather(atoms, {"site_energies": ev.site_energies, "forces": ev.forces,
                               "magnetic_gradient": ev.magnetic_gradient})
     if table is None:
         return None
@@ -467,7 +412,7 @@ class DomainSiteModel(NativeMetropolis):
 
     def refresh(self, magmoms: np.ndarray) -> None:
         """Moments of all entries from their owners (forward communication)."""
-        self.mag = np.ascontiguousarray(self.ff.ghost_moments(magmoms)[self.order])
+        self.mag = np.ascontiguousarray(self.ff.spread(magmoms)[self.order])
         self._cache_valid = False
 
     def all_site_energies(self) -> np.ndarray:

@@ -14,8 +14,15 @@ that is not in the list:
 The rebuild decision and the list itself depend only on the state, so a restart that
 rebuilds the list from the stored build positions and cell continues bit for bit.
 
-Ghost contributions are folded onto their owners here ("reverse sum" in the MD step;
-the future ``parallel/halo`` replaces it with an MPI reverse communication).
+This class is the one force field: evaluation, grades and the Monte Carlo hooks are
+written once, over a *layout* of atoms and neighbour entries. The serial layout (here)
+makes ghosts periodic images: :meth:`ForceField.spread` copies per-atom values to the
+entries, :meth:`ForceField.fold` sums entry contributions onto their owners,
+:meth:`ForceField.reduce` is the identity. The MPI layout
+(:class:`~mmtp_hpc.dynamics.domain.DomainForceField`) overrides those with the halo's
+forward and reverse communication and sums over ranks. The atoms are an
+:class:`~mmtp_hpc.system.atoms.AtomSet` (a single point) or the MD state, which carries
+the same arrays.
 """
 
 from __future__ import annotations
@@ -105,67 +112,108 @@ class ForceField:
             nl.cell = np.array(cell, dtype=np.float64)
         nl.update_positions(positions)
 
+    # ------------------------------------------------------------------ layout
+    # What differs between the serial layout (periodic images) and the MPI one (halo, see
+    # DomainForceField): how per-atom values reach the neighbour entries, how entry
+    # contributions return to their owners, and the sums over ranks. Everything else is
+    # written once, below.
+    fold_timer = "force"     # where spread/fold time is counted (the MPI layout: "comm")
+
+    def spread(self, values: np.ndarray) -> np.ndarray:
+        """Per-atom values (n_local,) → per-entry values (n_total,): ghosts are images."""
+        return np.ascontiguousarray(np.asarray(values)[self.nl.image_of])
+
+    def fold(self, per_entry: np.ndarray) -> np.ndarray:
+        """Entry contributions (n_total, k) summed onto their owners (n_local, k)."""
+        nl = self.nl
+        n = nl.n_local
+        out = per_entry[:n].copy()
+        owners = nl.image_of[n:]
+        if len(owners):
+            for d in range(per_entry.shape[1]):
+                out[:, d] += np.bincount(owners, weights=per_entry[n:, d], minlength=n)
+        return out
+
+    def reduce(self, value: np.ndarray) -> np.ndarray:
+        """Σ over ranks of a float64 array (itself: one rank holds every atom)."""
+        return value
+
+    def max_over_ranks(self, value: tuple) -> tuple:
+        """The largest of the ranks' ``value`` tuples."""
+        return value
+
+    def param_gradients(self, state: MDState) -> dict:
+        """∂E_i/∂θ of the owned centres (``site_param_grad``) and their sum on this rank
+        (``energy_param_grad``), on the current list."""
+        return self.engine.param_gradients(state.configuration(), site=True, nl=self.nl,
+                                           symmetric=self.symmetric)
+
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, state: MDState, magmoms: np.ndarray | None = None,
                  derivatives: bool = True) -> Evaluation:
-        """Energy, site energies, forces, virial and ∂E/∂m at the list's current positions.
+        """Energy, site energies, forces, virial and ∂E/∂m at the list's current positions, for
+        the atoms of this layout (all of them serially; the owned ones of this rank under MPI).
 
-        ``magmoms`` (N,) overrides the state's moments (used by the relaxation).
+        ``magmoms`` (n_atoms,) overrides the state's moments (used by the relaxation). A
+        spin-symmetrised potential gives ½[E(M) + E(−M)] (combined by the engine).
         """
-        nl = self.nl
-        mag = state.magmoms if magmoms is None else magmoms
-        mag_all = mag[nl.image_of]
-        self.evaluations += 1
         t0 = time.perf_counter()
-        if self.symmetric and self.engine.one_pass_symmetric():
-            # ½[E(M) + E(−M)] and its derivatives in one neighbour pass (symmetric intervals)
-            plus = self._local(mag_all, derivatives, symmetric=True)
-            self.time["force"] += time.perf_counter() - t0
-            if not derivatives:
-                return Evaluation(float(plus[0].sum()), plus[0], None, None, None)
-            return Evaluation(float(plus[0].sum()), plus[0], plus[1], plus[3], plus[2])
-        plus = self._local(mag_all, derivatives)
-        minus = self._local(-mag_all, derivatives) if self.symmetric else None
-        self.time["force"] += time.perf_counter() - t0
-        if minus is not None:
-            site = 0.5 * (plus[0] + minus[0])
-            if not derivatives:
-                return Evaluation(float(site.sum()), site, None, None, None)
-            forces = 0.5 * (plus[1] + minus[1])
-            grad = 0.5 * (plus[2] - minus[2])
-            virial = 0.5 * (plus[3] + minus[3])
-        else:
-            site = plus[0]
-            if not derivatives:
-                return Evaluation(float(site.sum()), site, None, None, None)
-            forces, grad, virial = plus[1], plus[2], plus[3]
-        return Evaluation(float(site.sum()), site, forces, virial, grad)
-
-    def _local(self, mag_all: np.ndarray, derivatives: bool, symmetric: bool = False) -> tuple:
+        mag = state.magmoms if magmoms is None else magmoms
+        mag_all = self.spread(mag)
+        t1 = time.perf_counter()
+        self.evaluations += 1
         nl = self.nl
         res = self.engine.compute_local(nl, self.types_all, mag_all, derivatives=derivatives,
-                                        symmetric=symmetric)
+                                        symmetric=self.symmetric)
+        t2 = time.perf_counter()
+        site = res.site_energies
+        energy = float(self.reduce(np.array([site.sum()]))[0])
         if not derivatives:
-            return (res.site_energies,)
-        n = nl.n_local
-        # reverse sum: ghost entries are periodic images of locals
-        owners = nl.image_of[n:]
-        forces = res.forces[:n].copy()
-        if len(owners):
-            for d in range(3):
-                forces[:, d] += np.bincount(owners, weights=res.forces[n:, d], minlength=n)
-        if self.magnetic:
-            grad = res.magnetic_gradient[:n].copy()
-            if len(owners):
-                grad += np.bincount(owners, weights=res.magnetic_gradient[n:], minlength=n)
-        else:
-            grad = np.zeros(n)
-        return res.site_energies, forces, grad, res.virial
+            self.time[self.fold_timer] += (t1 - t0) + (time.perf_counter() - t2)
+            self.time["force"] += t2 - t1
+            return Evaluation(energy, site, None, None, None)
+        per_entry = np.empty((nl.n_total, 4))
+        per_entry[:, :3] = res.forces
+        per_entry[:, 3] = res.magnetic_gradient if self.magnetic else 0.0
+        owned = self.fold(per_entry)
+        forces = np.ascontiguousarray(owned[:, :3])
+        grad = np.ascontiguousarray(owned[:, 3]) if self.magnetic else np.zeros(nl.n_local)
+        virial = self.reduce(res.virial)
+        self.time[self.fold_timer] += (t1 - t0) + (time.perf_counter() - t2)
+        self.time["force"] += t2 - t1
+        return Evaluation(energy, site, forces, virial, grad)
 
     def grade(self, active_set, state: MDState, evaluation: Evaluation, mode: str):
-        """Extrapolation grade of the current configuration (``active_set.grade`` on this list)."""
-        cfg = state.configuration(evaluation)
-        return active_set.grade(self.engine, cfg, mode, nl=self.nl, symmetric=self.symmetric)
+        """Extrapolation grade of the current configuration, from the parameter gradients of
+        the list's centres: per neighbourhood (``nbh``: each owned atom's row; the worst atom
+        by id over all ranks) or per configuration (``cfg``: the energy row Σ_i ∂E_i/∂θ summed
+        over ranks). Configuration grades with force/stress rows need the whole configuration's
+        parameter Jacobians: serial only."""
+        from mmtp_hpc.errors import InputError
+        from mmtp_hpc.potentials.mtp.grades import GradeResult
+
+        mode = active_set.resolve_mode(mode)
+        if active_set.n_params != self.engine.pot.n_params:
+            raise InputError(f"active set has {active_set.n_params} rows but the potential has "
+                             f"{self.engine.pot.n_params} parameters", field="extrapolation")
+        if mode == "cfg" and (active_set.force_weight != 0.0 or active_set.stress_weight != 0.0):
+            if self.distributed:
+                raise InputError("configuration grades with force/stress rows are not available with "
+                                 "domain decomposition (they need O(N) parameter Jacobians); use an "
+                                 "active set of energy or neighbourhood rows", field="extrapolation.mode")
+            return active_set.grade(self.engine, state.configuration(evaluation), mode, nl=self.nl,
+                                    symmetric=self.symmetric)
+        g = self.param_gradients(state)
+        if mode == "nbh":
+            nbh = active_set.row_grades(g["site_param_grad"]) if state.n_atoms else np.zeros(0)
+            k = int(np.argmax(nbh)) if len(nbh) else -1
+            mine = (float(nbh[k]), int(state.ids[k])) if k >= 0 else (-1.0, -1)
+            best = self.max_over_ranks(mine)
+            return GradeResult(max(best[0], 0.0), nbh, best[1])
+        row = self.reduce(np.asarray(g["energy_param_grad"], dtype=np.float64))
+        n = state.n_global
+        row = active_set.energy_weight * row / (float(n) ** (active_set.weight_scaling / 2.0) if n else 1.0)
+        return GradeResult(float(active_set.row_grades(row)[0]))
 
     def monte_carlo_layout(self, state: MDState, evaluation: Evaluation, previous=None):
         """What a Monte Carlo sweep needs on this layout

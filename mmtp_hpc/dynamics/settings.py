@@ -4,7 +4,8 @@ This module's single job is turning an ``mmtp md`` input file into validated
 :class:`RunSettings` (CONVENTIONS item 7). Every key is declared once, in the dataclasses
 below, with its type, default, allowed values and a one-line description; the same
 declarations drive validation, ``mmtp md --help-input`` and :meth:`RunSettings.to_dict`
-(the resolved settings echoed into logs and HDF5 files).
+(the resolved settings echoed into logs and HDF5 files). The declaring, reading and checking
+machinery is :mod:`mmtp_hpc.settings`, shared with ``mmtp learn`` and the oracle tables.
 
 Errors name the file, the line, the key, what was expected and what was found; an
 unknown or mistyped key names the allowed keys of its section (and the closest match).
@@ -26,110 +27,37 @@ the declarations)::
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import math
-import re
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmtp_hpc.errors import InputError
+from mmtp_hpc.settings import (
+    Bad as _Bad,
+    Fail,
+    boolean,
+    build_section,
+    check_sections,
+    choice,
+    describe_section,
+    failer,
+    integer,
+    key as _key,
+    number as _number,
+    path_with as _path_with,
+    read_toml,
+    real,
+    resolve_path,
+    section_dict,
+    section_table,
+    text,
+)
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-
-# --------------------------------------------------------------------------- declarations
-def _key(default: Any, doc: str, check: Callable[[Any], Any] | None = None, **extra: Any) -> Any:
-    """Declare a settings key: default, one-line doc and a checker returning the normalised value."""
-    meta = {"doc": doc, "check": check, **extra}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-class _Bad(ValueError):
-    """Raised by checkers; the loader adds file, line and key."""
-
-
-def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-            dict: "a table"}.get(type(value), type(value).__name__)
-
-
-def _number(value: Any, what: str = "a number") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Bad(f"expected {what}, got {_type_name(value)} {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise _Bad(f"expected a finite number, got {value}")
-    return value
+__all__ = ["RunSettings", "SECTIONS", "describe", "load_settings", "read_toml", "resolve_path",
+           "settings_from_dict"]
 
 
-def real(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-         optional: bool = False) -> Callable[[Any], Any]:
-    def check(value: Any) -> float | None:
-        if value is None and optional:
-            return None
-        x = _number(value)
-        if lo is not None and (x < lo or (lo_open and x == lo)):
-            raise _Bad(f"expected a number {'>' if lo_open else '>='} {lo:g}, got {x:g}")
-        if hi is not None and x > hi:
-            raise _Bad(f"expected a number <= {hi:g}, got {x:g}")
-        return x
-    return check
-
-
-def integer(lo: int | None = None, hi: int | None = None) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Bad(f"expected an integer, got {_type_name(value)} {value!r}")
-        if lo is not None and value < lo:
-            raise _Bad(f"expected an integer >= {lo}, got {value}")
-        if hi is not None and value > hi:
-            raise _Bad(f"expected an integer <= {hi}, got {value}")
-        return int(value)
-    return check
-
-
-def choice(*options: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if not isinstance(value, str):
-            raise _Bad(f"expected one of {', '.join(map(repr, options))}, got {_type_name(value)} {value!r}")
-        v = value.lower()
-        if v not in options:
-            hint = difflib.get_close_matches(v, options, n=1)
-            raise _Bad(f"expected one of {', '.join(map(repr, options))}, got {value!r}"
-                       + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-        return v
-    return check
-
-
-def boolean(optional: bool = False) -> Callable[[Any], bool | None]:
-    def check(value: Any) -> bool | None:
-        if value is None and optional:
-            return None
-        if not isinstance(value, bool):
-            raise _Bad(f"expected true or false, got {_type_name(value)} {value!r}")
-        return value
-    return check
-
-
-def text(optional: bool = True) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if value is None and optional:
-            return None
-        if not isinstance(value, str):
-            raise _Bad(f"expected a string, got {_type_name(value)} {value!r}")
-        return value
-    return check
-
-
+# --------------------------------------------------------------------------- checkers
 def _repeat(value: Any) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value] * 3
@@ -214,20 +142,6 @@ def _store(value: Any) -> list[str]:
             raise _Bad(f"unknown quantity {v!r}; allowed: {', '.join(TRAJECTORY_QUANTITIES)}"
                        + (f" (did you mean {hint[0]!r}?)" if hint else ""))
     return list(dict.fromkeys(value))
-
-
-def _path_with(*suffixes: str, optional: bool = True) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if value is None or value == "":
-            if optional:
-                return None
-            raise _Bad("a file name is required")
-        if not isinstance(value, str):
-            raise _Bad(f"expected a file name, got {_type_name(value)} {value!r}")
-        if suffixes and Path(value).suffix.lower() not in suffixes:
-            raise _Bad(f"expected a file name ending in {' or '.join(suffixes)}, got {value!r}")
-        return value
-    return check
 
 
 # --------------------------------------------------------------------------- sections
@@ -367,14 +281,6 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def resolve_path(base_dir: str | Path, value: str | None) -> Path | None:
-    """``value`` from an input file (``~`` expanded) resolved against ``base_dir``; None stays None."""
-    if value is None:
-        return None
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else Path(base_dir) / p
-
-
 @dataclass
 class RunSettings:
     """All settings of one MD run; ``source`` is the input file, ``base_dir`` resolves paths."""
@@ -397,8 +303,7 @@ class RunSettings:
         """Resolved settings as a TOML-shaped dict (key names as written in the input)."""
         out: dict[str, dict] = {}
         for name in SECTIONS:
-            section = getattr(self, name)
-            out[name] = {_toml_name(f): getattr(section, f.name) for f in dataclasses.fields(section)}
+            out[name] = section_dict(getattr(self, name))
         return out
 
     @property
@@ -407,29 +312,7 @@ class RunSettings:
         return self.md.temperature_K if t is None else t
 
 
-def _toml_name(f: dataclasses.Field) -> str:
-    return f.metadata.get("toml_name", f.name)
-
-
 # --------------------------------------------------------------------------- loading
-def read_toml(path: str | Path) -> tuple[dict, str]:
-    """The parsed TOML of an input file and its text; errors name the file (and line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("input file not found", path=str(path))
-    raw = path.read_bytes()
-    try:
-        text_ = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text: {exc}", path=str(path)) from None
-    try:
-        return tomllib.loads(text_), text_
-    except tomllib.TOMLDecodeError as exc:
-        m = re.search(r"line (\d+)", str(exc))
-        raise InputError(f"TOML syntax error: {exc}", path=str(path),
-                         line=int(m.group(1)) if m else None) from None
-
-
 def load_settings(path: str | Path) -> RunSettings:
     """Read and validate an ``mmtp md`` input file."""
     data, text_ = read_toml(path)
@@ -439,51 +322,16 @@ def load_settings(path: str | Path) -> RunSettings:
 def settings_from_dict(data: dict, source: str | None = None, base_dir: str = ".",
                        text: str | None = None) -> RunSettings:
     """Validate a TOML-shaped dict (``{"md": {"steps": 10}, ...}``) into :class:`RunSettings`."""
-    where = source or "<settings>"
-
-    def fail(message: str, section: str | None = None, key: str | None = None) -> InputError:
-        line = _find_line(text, section, key) if text is not None else None
-        name = None if section is None else (section if key is None else f"{section}.{key}")
-        return InputError(message, path=where, line=line, field=name)
-
-    if not isinstance(data, dict):
-        raise fail("expected a table of sections")
-    for name in data:
-        if name not in SECTIONS:
-            hint = difflib.get_close_matches(name, list(SECTIONS), n=1)
-            raise fail(f"unknown section [{name}]; allowed sections: "
-                       f"{', '.join('[' + s + ']' for s in SECTIONS)}"
-                       + (f" (did you mean [{hint[0]}]?)" if hint else ""), name)
+    fail = failer(source, text)
+    check_sections(data, SECTIONS, fail)
     out = RunSettings(source=source, base_dir=base_dir)
     for name, cls in SECTIONS.items():
-        values = data.get(name, {})
-        if not isinstance(values, dict):
-            raise fail(f"[{name}] must be a table, got {_type_name(values)}", name)
-        setattr(out, name, build_section(cls, name, values, fail))
+        setattr(out, name, build_section(cls, name, section_table(data, name, fail), fail))
     _cross_check(out, fail)
     return out
 
 
-def build_section(cls: type, name: str, values: dict, fail: Callable[..., InputError]) -> Any:
-    """The settings dataclass ``cls`` of section ``[name]`` from its TOML table: unknown keys
-    (with a close match suggested) and bad values fail through ``fail(message, section, key)``."""
-    fields = {_toml_name(f): f for f in dataclasses.fields(cls)}
-    for key in values:
-        if key not in fields:
-            hint = difflib.get_close_matches(key, list(fields), n=1)
-            raise fail(f"unknown key {key!r}; allowed keys in [{name}]: {', '.join(fields)}"
-                       + (f" (did you mean {hint[0]!r}?)" if hint else ""), name, key)
-    kwargs = {}
-    for key, f in fields.items():
-        if key in values:
-            try:
-                kwargs[f.name] = f.metadata["check"](values[key])
-            except _Bad as exc:
-                raise fail(str(exc), name, key) from None
-    return cls(**kwargs)
-
-
-def _cross_check(s: RunSettings, fail: Callable[..., InputError]) -> None:
+def _cross_check(s: RunSettings, fail: Fail) -> None:
     """Checks that involve more than one key."""
     sy = s.system
     if (sy.structure is None) == (sy.lattice is None):
@@ -520,33 +368,10 @@ def _cross_check(s: RunSettings, fail: Callable[..., InputError]) -> None:
                        "save_to")
 
 
-def _find_line(text: str | None, section: str | None, key: str | None) -> int | None:
-    """Line (1-based) of ``key = …`` inside ``[section]`` (or of the section header)."""
-    if text is None or section is None:
-        return None
-    current = None
-    for lineno, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        m = re.match(r"^\[\s*([A-Za-z0-9_.-]+)\s*\]", stripped)
-        if m:
-            current = m.group(1)
-            if key is None and current == section:
-                return lineno
-            continue
-        if current == section and key is not None:
-            if re.match(rf"^[\"']?{re.escape(key)}[\"']?\s*=", stripped):
-                return lineno
-    return None
-
-
 def describe() -> str:
     """The input format as text: every section and key with default and description."""
     lines = ["mmtp md input (TOML). Paths are relative to the input file.", ""]
     for name, cls in SECTIONS.items():
-        lines.append(f"[{name}]")
-        for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-            shown = "(none)" if default is None else repr(default).replace("'", '"')
-            lines.append(f"  {_toml_name(f):<24} = {shown:<22} # {f.metadata['doc']}")
+        lines += describe_section(name, cls, key_width=24, default_width=22)
         lines.append("")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ the cell, so displacements and diffusion are continuous); ``velocities`` (N, 3) 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -61,6 +61,11 @@ class MDState:
     comm: Any = field(default=None, repr=False, compare=False)
     """Under MPI domain decomposition the arrays hold this rank's atoms only and the sums
     below (kinetic energy, ...) are over all ranks; None = all atoms here."""
+
+    # the per-atom arrays that travel with a migrating atom (see mmtp_hpc.system.atoms.AtomSet,
+    # of which this is the MD extension: the same arrays plus velocities and masses)
+    ATOM_FIELDS: ClassVar[dict[str, int]] = {"positions": 3, "velocities": 3, "masses": 1, "types": 1,
+                                             "ids": 1, "magmoms": 1}
 
     def __post_init__(self) -> None:
         n = len(self.positions)
