@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mmtp_hpc.dynamics.units import GPA_PER_EV_A3, KB_EV_PER_K, MVV2E
+from mmtp_hpc.system.atoms import RankAtoms
 from mmtp_hpc.system.configuration import Configuration
 
 
@@ -41,7 +42,7 @@ class Evaluation:
 
 
 @dataclass
-class MDState:
+class MDState(RankAtoms):
     positions: np.ndarray
     velocities: np.ndarray
     masses: np.ndarray
@@ -80,18 +81,6 @@ class MDState:
         self.species = [str(s) for s in self.species]
         self.n_global = n
         """Number of atoms over all ranks (= n_atoms without domain decomposition)."""
-
-    @property
-    def n_atoms(self) -> int:
-        return len(self.positions)
-
-    @property
-    def volume(self) -> float:
-        return float(abs(np.linalg.det(self.cell)))
-
-    @property
-    def distributed(self) -> bool:
-        return self.comm is not None and self.comm.Get_size() > 1
 
     def global_sum(self, value: np.ndarray | float) -> np.ndarray | float:
         """Σ over ranks of a float or float64 array (itself without domain decomposition)."""

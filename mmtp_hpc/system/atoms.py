@@ -20,8 +20,28 @@ from typing import Any, ClassVar
 import numpy as np
 
 
+class CellAtoms:
+    """What every set of atoms in a cell answers (Configuration, AtomSet, MDState)."""
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.positions)
+
+    @property
+    def volume(self) -> float:
+        return float(abs(np.linalg.det(self.cell)))
+
+
+class RankAtoms(CellAtoms):
+    """A set of atoms that may be this rank's part of a domain-decomposed cell (``comm``)."""
+
+    @property
+    def distributed(self) -> bool:
+        return self.comm is not None and self.comm.Get_size() > 1
+
+
 @dataclass
-class AtomSet:
+class AtomSet(RankAtoms):
     positions: np.ndarray
     types: np.ndarray
     ids: np.ndarray
@@ -50,15 +70,3 @@ class AtomSet:
         mag = cfg.magmoms if magmoms is None else magmoms
         return cls(positions=cfg.positions, types=cfg.types, ids=np.arange(n),
                    magmoms=np.zeros(n) if mag is None else mag, cell=cfg.cell, pbc=cfg.pbc)
-
-    @property
-    def n_atoms(self) -> int:
-        return len(self.positions)
-
-    @property
-    def volume(self) -> float:
-        return float(abs(np.linalg.det(self.cell)))
-
-    @property
-    def distributed(self) -> bool:
-        return self.comm is not None and self.comm.Get_size() > 1

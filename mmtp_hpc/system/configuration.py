@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mmtp_hpc.system.atoms import CellAtoms
+
 EV_PER_A3_TO_GPA = 160.21766208
 
 
@@ -44,7 +46,7 @@ def stress_gpa_to_virial(stress: np.ndarray, volume: float) -> np.ndarray:
 
 
 @dataclass
-class Configuration:
+class Configuration(CellAtoms):
     cell: np.ndarray
     positions: np.ndarray
     types: np.ndarray
@@ -86,14 +88,6 @@ class Configuration:
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
         return len(self.positions)
-
-    @property
-    def n_atoms(self) -> int:
-        return len(self.positions)
-
-    @property
-    def volume(self) -> float:
-        return float(abs(np.linalg.det(self.cell)))
 
     @property
     def is_magnetic(self) -> bool:
