@@ -10,6 +10,10 @@ upkeep, thermostat random numbers and a log observer), and their ratio.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # as the mmtp command: no spinning BLAS threads
+
 import argparse
 import statistics
 import sys

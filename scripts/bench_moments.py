@@ -14,6 +14,10 @@ plain step. Under MPI the block time is the slowest rank's. Targets (issue 13): 
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # as the mmtp command: no spinning BLAS threads
+
 import argparse
 import statistics
 import sys

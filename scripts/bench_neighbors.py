@@ -28,6 +28,10 @@ longer than ``--eval-budget`` seconds (never fewer than 3, or ``--repeat`` if sm
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # as the mmtp command: no spinning BLAS threads
+
 import argparse
 import gc
 import json

@@ -12,6 +12,10 @@ motep is installed into its own virtualenv (not a dependency of this package)::
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # as the mmtp command: no spinning BLAS threads
+
 import argparse
 import json
 import os

@@ -339,7 +339,7 @@ class MTPSiteModel(NativeMetropolis):
         self.ff = forcefield
         nl = forcefield.nl
         self.generation = forcefield.generation
-        self.mag_all = np.ascontiguousarray(np.asarray(magmoms)[nl.image_of], dtype=np.float64)
+        self.mag_all = np.ascontiguousarray(forcefield.spread(np.asarray(magmoms, dtype=np.float64)))
         self.engine, self.nl, self.types, self.mag = forcefield.engine, nl, forcefield.types_all, self.mag_all
         self.symmetric = bool(forcefield.symmetric)
         n = nl.n_local
