@@ -79,15 +79,17 @@ class Batch:
         self.volumes = np.array([s.cfg.volume if np.all(s.cfg.pbc) else 1.0 for s in samples])
 
     # ------------------------------------------------------------------ predictions
-    def predict(self, engine: MTPEngine, sign: float) -> dict:
-        """Energies (K,), forces (N,3), virials (K,3,3), ∂E/∂m (N,) at moments sign·m."""
+    def predict(self, engine: MTPEngine, sign: float, symmetric: bool = False) -> dict:
+        """Energies (K,), forces (N,3), virials (K,3,3), ∂E/∂m (N,) at moments sign·m;
+        ``symmetric``: those of ½[E(M) + E(−M)] in one pass (needs :meth:`MTPEngine.one_pass_symmetric`)."""
         N, K = self.n_local, len(self.samples)
         mag_all = np.ascontiguousarray(sign * self.magmoms[self.image_of])
         site = np.zeros(N)
         pair_grad = np.zeros((len(self.neighbors), 3))
         pair_dmj = np.zeros(len(self.neighbors))
         dmi = np.zeros(N)
-        _kernels.site_terms(engine.tables(), self.positions, self.types_all, mag_all, self.offsets,
+        kernel = _kernels.site_terms_symmetric if symmetric else _kernels.site_terms
+        kernel(engine.tables(), self.positions, self.types_all, mag_all, self.offsets,
                             self.neighbors, N, site, pair_grad, pair_dmj, dmi, np.zeros((0, 1)), True,
                             False, engine.num_threads)
         forces_all = np.zeros((self.n_total, 3))
@@ -105,9 +107,13 @@ class Batch:
     def rows(self, engine: MTPEngine, symmetric: bool, gradient: bool, sum_keys: tuple) -> np.ndarray:
         """(K, 1 + len(sum_keys) + P): loss, error sums and loss gradient per configuration."""
         K, N = len(self.samples), self.n_local
-        signs = (1.0, -1.0) if symmetric else (1.0,)
-        preds = [self.predict(engine, s) for s in signs]
-        pred = combine_symmetric(*preds) if symmetric else preds[0]
+        one_pass = bool(symmetric and engine.param_one_pass())
+        signs = (1.0, -1.0) if symmetric and not one_pass else (1.0,)
+        if one_pass:
+            pred = self.predict(engine, 1.0, symmetric=True)
+        else:
+            preds = [self.predict(engine, s) for s in signs]
+            pred = combine_symmetric(*preds) if symmetric else preds[0]
         g = self.group
         d_e = np.where(self.has_energy, pred["energy"] - self.e_ref, 0.0)
         d_f = np.where(self.has_forces[g][:, None], pred["forces"] - self.f_ref, 0.0)
@@ -146,11 +152,14 @@ class Batch:
         grads = []
         for sign in signs:
             t_grad = np.zeros((K, P))
-            _kernels.param_terms(engine.tables(), self.positions, self.types_all,
-                                 np.ascontiguousarray(sign * self.magmoms[self.image_of]), self.offsets,
-                                 self.neighbors, N, np.zeros(N), np.zeros((0, P)), False, t_pos,
-                                 np.ascontiguousarray(sign * t_mag_local[self.image_of]), True, np.zeros(N),
-                                 t_grad, 1, group=self.group, e_weight=e_weight)
+            args = (engine.tables(), self.positions, self.types_all,
+                    np.ascontiguousarray(sign * self.magmoms[self.image_of]), self.offsets,
+                    self.neighbors, N, np.zeros(N), np.zeros((0, P)), False, t_pos,
+                    np.ascontiguousarray(sign * t_mag_local[self.image_of]), True, np.zeros(N), t_grad, 1)
+            if one_pass:        # ½[E(M) + E(−M)] in one pass (column kernel, two coefficient sets)
+                _kernels.param_terms(*args, group=self.group, e_weight=e_weight, symmetric=True)
+            else:
+                engine.param_kernel()(*args, group=self.group, e_weight=e_weight)
             grads.append(t_grad)
-        out[:, 1 + len(sum_keys):] = 0.5 * (grads[0] + grads[1]) if symmetric else grads[0]
+        out[:, 1 + len(sum_keys):] = 0.5 * (grads[0] + grads[1]) if len(grads) == 2 else grads[0]
         return out

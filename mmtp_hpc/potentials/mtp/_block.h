@@ -19,6 +19,7 @@
 #define MMTP_BLOCK_H
 
 #include <math.h>
+#include <string.h>
 
 /* Explicit SIMD with GCC/Clang vector extensions, so the register blocking does not depend on
  * the auto-vectoriser: MMTP_VW doubles per vector (4 with AVX, 2 otherwise), blocks of
@@ -303,6 +304,310 @@ static inline void mmtp_combine_cols(const double *G, const double *f, const dou
             for (j = 0; j < n; j++) {
                 Dj[j] += g0[j] * fj[j];
                 Di[j] += g0[j] * fi[j];
+            }
+        }
+    }
+}
+
+/* ---- parameter-gradient kernel (_kern_paramcols.pxi) ---------------------------------- */
+
+/* Monomial tangents along per-column direction rates p (3 rows of ld):
+ * tmono[q] = tmono[parent_q]·u[dir_q] + mono[parent_q]·p[dir_q], tmono[0] = 0 */
+static inline void mmtp_tmono_cols(const int *parent, const int *dir, int nm, const double *u,
+                                   const double *p, const double *mono, int n, int ld,
+                                   double *tmono)
+{
+    int q, j;
+    #pragma omp simd
+    for (j = 0; j < n; j++)
+        tmono[j] = 0.0;
+    for (q = 1; q < nm; q++) {
+        const double *tp = tmono + parent[q] * ld, *mp = mono + parent[q] * ld;
+        const double *d = u + dir[q] * ld, *pd = p + dir[q] * ld;
+        double *o = tmono + q * ld;
+        #pragma omp simd
+        for (j = 0; j < n; j++)
+            o[j] = tp[j] * d[j] + mp[j] * pd[j];
+    }
+}
+
+/* out[q] = Σ_{j<n} (f[j]·x[q·ldx + j] + g[j]·y[q·ldx + j]) for q < nq (n a multiple of MMTP_NB) */
+static inline void mmtp_rowdots2(const double *f, const double *x, const double *g, const double *y,
+                                 int ldx, int nq, int n, double *out)
+{
+    int q = 0, j;
+    const mmtp_vd z = mmtp_bc(0.0);
+    for (; q + 2 <= nq; q += 2) {
+        const double *x0 = x + q * ldx, *x1 = x0 + ldx, *y0 = y + q * ldx, *y1 = y0 + ldx;
+        mmtp_vd c0 = z, d0 = z, c1 = z, d1 = z, e0 = z, h0 = z, e1 = z, h1 = z;
+        for (j = 0; j < n; j += MMTP_NB) {
+            const mmtp_vd f0 = mmtp_ld(f + j), f1 = mmtp_ld(f + j + MMTP_VW);
+            const mmtp_vd g0 = mmtp_ld(g + j), g1 = mmtp_ld(g + j + MMTP_VW);
+            c0 += f0 * mmtp_ld(x0 + j); d0 += f1 * mmtp_ld(x0 + j + MMTP_VW);
+            c1 += f0 * mmtp_ld(x1 + j); d1 += f1 * mmtp_ld(x1 + j + MMTP_VW);
+            e0 += g0 * mmtp_ld(y0 + j); h0 += g1 * mmtp_ld(y0 + j + MMTP_VW);
+            e1 += g0 * mmtp_ld(y1 + j); h1 += g1 * mmtp_ld(y1 + j + MMTP_VW);
+        }
+        out[q] = mmtp_hsum((c0 + d0) + (e0 + h0));
+        out[q + 1] = mmtp_hsum((c1 + d1) + (e1 + h1));
+    }
+    for (; q < nq; q++) {
+        const double *x0 = x + q * ldx, *y0 = y + q * ldx;
+        mmtp_vd c0 = z, d0 = z, e0 = z, h0 = z;
+        for (j = 0; j < n; j += MMTP_NB) {
+            c0 += mmtp_ld(f + j) * mmtp_ld(x0 + j);
+            d0 += mmtp_ld(f + j + MMTP_VW) * mmtp_ld(x0 + j + MMTP_VW);
+            e0 += mmtp_ld(g + j) * mmtp_ld(y0 + j);
+            h0 += mmtp_ld(g + j + MMTP_VW) * mmtp_ld(y0 + j + MMTP_VW);
+        }
+        out[q] = mmtp_hsum((c0 + d0) + (e0 + h0));
+    }
+}
+
+/* One column block of the adjoint dots of one radial function:
+ *   G[k] = Σ_{q<len} gm[q]·mono[q·ldx + k]
+ *   A[k] = Σ_{q<len} hm[q]·mono[q·ldx + k] + gm[q]·tmono[q·ldx + k]     (when tangent)
+ * for k < MMTP_NB. */
+static inline void mmtp_ga_block(const double *gm, const double *hm, int len, const double *mono,
+                                 const double *tmono, int ldx, double *G, double *A, int tangent)
+{
+    const mmtp_vd z = mmtp_bc(0.0);
+    mmtp_vd g0 = z, g1 = z, a0 = z, a1 = z, b0 = z, b1 = z;
+    int q;
+    if (tangent) {
+        for (q = 0; q < len; q++) {
+            const mmtp_vd m0 = mmtp_ld(mono + q * ldx), m1 = mmtp_ld(mono + q * ldx + MMTP_VW);
+            const mmtp_vd s = mmtp_bc(gm[q]), h = mmtp_bc(hm[q]);
+            g0 += s * m0; g1 += s * m1;
+            a0 += h * m0; a1 += h * m1;
+            b0 += s * mmtp_ld(tmono + q * ldx); b1 += s * mmtp_ld(tmono + q * ldx + MMTP_VW);
+        }
+        mmtp_st(A, a0 + b0); mmtp_st(A + MMTP_VW, a1 + b1);
+    } else {
+        for (q = 0; q < len; q++) {
+            const mmtp_vd s = mmtp_bc(gm[q]);
+            g0 += s * mmtp_ld(mono + q * ldx); g1 += s * mmtp_ld(mono + q * ldx + MMTP_VW);
+        }
+    }
+    mmtp_st(G, g0); mmtp_st(G + MMTP_VW, g1);
+}
+
+/* Reduction over columns (a product A·Bᵀ, the columns of one species group):
+ *   out[i·ldo + k] += Σ_{j<n} a[i·lda + j]·b[k·ldb + j] (+ a2[i·lda + j]·b2[k·ldb + j] when a2)
+ * for i < na, k < nbr; n a multiple of MMTP_NB. Blocks of 4 rows of a × 2 rows of b; each
+ * output is one sum (fixed order: vector lanes, then the horizontal sum). */
+static inline void mmtp_rowgemm(const double *a, const double *a2, int lda, int na,
+                                const double *b, const double *b2, int ldb, int nbr, int n,
+                                double *out, int ldo)
+{
+    const mmtp_vd z = mmtp_bc(0.0);
+    int i, k, j, ii, kk;
+    for (i = 0; i < na; i += 4) {
+        const int ni = na - i < 4 ? na - i : 4;
+        for (k = 0; k < nbr; k += 2) {
+            const int nk = nbr - k < 2 ? nbr - k : 2;
+            if (ni == 4 && nk == 2) {
+                const double *A0 = a + i * lda, *A1 = A0 + lda, *A2 = A1 + lda, *A3 = A2 + lda;
+                const double *B0 = b + k * ldb, *B1 = B0 + ldb;
+                mmtp_vd c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z;
+                for (j = 0; j < n; j += MMTP_VW) {
+                    const mmtp_vd y0 = mmtp_ld(B0 + j), y1 = mmtp_ld(B1 + j);
+                    mmtp_vd x = mmtp_ld(A0 + j);
+                    c00 += x * y0; c01 += x * y1;
+                    x = mmtp_ld(A1 + j);
+                    c10 += x * y0; c11 += x * y1;
+                    x = mmtp_ld(A2 + j);
+                    c20 += x * y0; c21 += x * y1;
+                    x = mmtp_ld(A3 + j);
+                    c30 += x * y0; c31 += x * y1;
+                }
+                if (a2) {
+                    const double *E0 = a2 + i * lda, *E1 = E0 + lda, *E2 = E1 + lda, *E3 = E2 + lda;
+                    const double *D0 = b2 + k * ldb, *D1 = D0 + ldb;
+                    for (j = 0; j < n; j += MMTP_VW) {
+                        const mmtp_vd y0 = mmtp_ld(D0 + j), y1 = mmtp_ld(D1 + j);
+                        mmtp_vd x = mmtp_ld(E0 + j);
+                        c00 += x * y0; c01 += x * y1;
+                        x = mmtp_ld(E1 + j);
+                        c10 += x * y0; c11 += x * y1;
+                        x = mmtp_ld(E2 + j);
+                        c20 += x * y0; c21 += x * y1;
+                        x = mmtp_ld(E3 + j);
+                        c30 += x * y0; c31 += x * y1;
+                    }
+                }
+                out[i * ldo + k] += mmtp_hsum(c00); out[i * ldo + k + 1] += mmtp_hsum(c01);
+                out[(i + 1) * ldo + k] += mmtp_hsum(c10); out[(i + 1) * ldo + k + 1] += mmtp_hsum(c11);
+                out[(i + 2) * ldo + k] += mmtp_hsum(c20); out[(i + 2) * ldo + k + 1] += mmtp_hsum(c21);
+                out[(i + 3) * ldo + k] += mmtp_hsum(c30); out[(i + 3) * ldo + k + 1] += mmtp_hsum(c31);
+            } else {
+                for (ii = i; ii < i + ni; ii++) {
+                    for (kk = k; kk < k + nk; kk++) {
+                        const double *A0 = a + ii * lda, *B0 = b + kk * ldb;
+                        mmtp_vd c = z;
+                        for (j = 0; j < n; j += MMTP_VW)
+                            c += mmtp_ld(A0 + j) * mmtp_ld(B0 + j);
+                        if (a2) {
+                            const double *E0 = a2 + ii * lda, *D0 = b2 + kk * ldb;
+                            for (j = 0; j < n; j += MMTP_VW)
+                                c += mmtp_ld(E0 + j) * mmtp_ld(D0 + j);
+                        }
+                        out[ii * ldo + kk] += mmtp_hsum(c);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Rates of the radial functions of one set along a tangent, K rows:
+ * fdot[μ] = f'_μ·tr + ∂f_μ/∂m_i·δm_i + ∂f_μ/∂m_j·δm_j */
+static inline void mmtp_fdot_cols(const double *fr, const double *fmi, const double *fmj,
+                                  const double *tr, double tmi, const double *tmj, int K, int n,
+                                  int ld, double *fdot)
+{
+    int mu, j;
+    for (mu = 0; mu < K; mu++) {
+        const double *a = fr + mu * ld, *b = fmi + mu * ld, *c = fmj + mu * ld;
+        double *o = fdot + mu * ld;
+        #pragma omp simd
+        for (j = 0; j < n; j++)
+            o[j] = a[j] * tr[j] + b[j] * tmi + c[j] * tmj[j];
+    }
+}
+
+/* Left factors of the radial-coefficient reductions of one set, rows (μ, c) (K·M rows of ld),
+ * columns [w0, w1):
+ *   lz = G_μ ψ_c,   la = A_μ ψ_c + G_μ δm_j ψ'_c,   lb = G_μ tr ψ_c   (la, lb when tangent) */
+static inline void mmtp_lrows_cols(const double *G, const double *A, const double *psi,
+                                   const double *dpsi, const double *tr, const double *tmj, int K,
+                                   int M, int w0, int w1, int ld, double *la, double *lb,
+                                   double *lz, int tangent)
+{
+    int mu, c, j;
+    for (mu = 0; mu < K; mu++) {
+        const double *g = G + mu * ld, *a = A + mu * ld;
+        for (c = 0; c < M; c++) {
+            const double *p = psi + c * ld, *dp = dpsi + c * ld;
+            const int row = (mu * M + c) * ld;
+            double *oz = lz + row, *oa = la + row, *ob = lb + row;
+            #pragma omp simd
+            for (j = w0; j < w1; j++)
+                oz[j] = g[j] * p[j];
+            if (tangent) {
+                #pragma omp simd
+                for (j = w0; j < w1; j++) {
+                    oa[j] = a[j] * p[j] + g[j] * tmj[j] * dp[j];
+                    ob[j] = g[j] * tr[j] * p[j];
+                }
+            }
+        }
+    }
+}
+
+/* Forward tangent sweep and reverse sweep of Ė over the product table, L interleaved lanes
+ * (coefficient sets; arrays indexed [x·L + l]):
+ *   ṁ_x += w (ṁ_a M_b + M_a ṁ_b);   h_a += w (g_x ṁ_b + h_x M_b),  h_b += w (g_x ṁ_a + h_x M_a) */
+static inline void mmtp_tangent_sweeps_L(const int *times, const double *weights, int n_times,
+                                         const double *mom, const double *g, double *mdot,
+                                         double *h, const int L)
+{
+    int k, l;
+    for (k = 0; k < n_times; k++) {
+        const int a = times[3 * k] * L, b = times[3 * k + 1] * L, x = times[3 * k + 2] * L;
+        const double w = weights[k];
+        for (l = 0; l < L; l++)
+            mdot[x + l] += w * (mdot[a + l] * mom[b + l] + mom[a + l] * mdot[b + l]);
+    }
+    for (k = n_times - 1; k >= 0; k--) {
+        const int a = times[3 * k] * L, b = times[3 * k + 1] * L, x = times[3 * k + 2] * L;
+        const double w = weights[k];
+        for (l = 0; l < L; l++) {
+            const double gk = w * g[x + l], hk = w * h[x + l];
+            h[a + l] += gk * mdot[b + l] + hk * mom[b + l];
+            h[b + l] += gk * mdot[a + l] + hk * mom[a + l];
+        }
+    }
+}
+
+static inline void mmtp_tangent_sweeps(const int *times, const double *weights, int n_times,
+                                       const double *mom, const double *g, double *mdot, double *h,
+                                       int L)
+{
+    if (L == 2)
+        mmtp_tangent_sweeps_L(times, weights, n_times, mom, g, mdot, h, 2);
+    else
+        mmtp_tangent_sweeps_L(times, weights, n_times, mom, g, mdot, h, 1);
+}
+
+/* Product-table sweeps of the parameter kernel, fused over E and its tangent rate Ė and over
+ * L = 1 or 2 interleaved coefficient sets (arrays indexed [x·L + l]; with L = 2 both sets run
+ * in one 2-wide vector, the same operations on each lane):
+ *   forward   M_x += w M_a M_b,   Ṁ_x += w (Ṁ_a M_b + M_a Ṁ_b)                 (Ṁ when tangent)
+ *   reverse   g = ∂E/∂M seeded with the moment coefficients, h = ∂Ė/∂M seeded with 0:
+ *             g_a += w g_x M_b,  h_a += w (g_x Ṁ_b + h_x M_b)   (and a ↔ b)
+ * On entry mom and mdot hold the basic moments and zeros above them. */
+typedef double mmtp_v2 __attribute__((vector_size(2 * sizeof(double)), aligned(8), may_alias));
+
+static inline mmtp_v2 mmtp_ld2(const double *p) { return *(const mmtp_v2 *)p; }
+static inline void mmtp_st2(double *p, mmtp_v2 v) { *(mmtp_v2 *)p = v; }
+
+static inline void mmtp_param_sweeps(const int *times, const double *weights, int n_times,
+                                     const int *mapping, const double *moment, int n_basis,
+                                     int n_moments, double *mom, double *mdot, double *g,
+                                     double *h, int L, int tangent)
+{
+    int k;
+    memset(g, 0, (size_t)L * n_moments * sizeof(double));
+    if (tangent)
+        memset(h, 0, (size_t)L * n_moments * sizeof(double));
+    if (L == 2) {
+        for (k = 0; k < n_times; k++) {
+            const int a = 2 * times[3 * k], b = 2 * times[3 * k + 1], x = 2 * times[3 * k + 2];
+            const double w = weights[k];
+            const mmtp_v2 ma = mmtp_ld2(mom + a), mb = mmtp_ld2(mom + b);
+            mmtp_st2(mom + x, mmtp_ld2(mom + x) + w * (ma * mb));
+            if (tangent)
+                mmtp_st2(mdot + x, mmtp_ld2(mdot + x) + w * (mmtp_ld2(mdot + a) * mb + ma * mmtp_ld2(mdot + b)));
+        }
+        for (k = 0; k < n_basis; k++) {
+            g[2 * mapping[k]] += moment[k];
+            g[2 * mapping[k] + 1] += moment[k];
+        }
+        for (k = n_times - 1; k >= 0; k--) {
+            const int a = 2 * times[3 * k], b = 2 * times[3 * k + 1], x = 2 * times[3 * k + 2];
+            const double w = weights[k];
+            const mmtp_v2 gk = w * mmtp_ld2(g + x);
+            const mmtp_v2 ma = mmtp_ld2(mom + a), mb = mmtp_ld2(mom + b);
+            mmtp_st2(g + a, mmtp_ld2(g + a) + gk * mb);
+            mmtp_st2(g + b, mmtp_ld2(g + b) + gk * mmtp_ld2(mom + a));
+            if (tangent) {
+                const mmtp_v2 hk = w * mmtp_ld2(h + x);
+                mmtp_st2(h + a, mmtp_ld2(h + a) + (gk * mmtp_ld2(mdot + b) + hk * mb));
+                mmtp_st2(h + b, mmtp_ld2(h + b) + (gk * mmtp_ld2(mdot + a) + hk * mmtp_ld2(mom + a)));
+            }
+            (void)ma;
+        }
+    } else {
+        for (k = 0; k < n_times; k++) {
+            const int a = times[3 * k], b = times[3 * k + 1], x = times[3 * k + 2];
+            const double w = weights[k];
+            mom[x] += w * mom[a] * mom[b];
+            if (tangent)
+                mdot[x] += w * (mdot[a] * mom[b] + mom[a] * mdot[b]);
+        }
+        for (k = 0; k < n_basis; k++)
+            g[mapping[k]] += moment[k];
+        for (k = n_times - 1; k >= 0; k--) {
+            const int a = times[3 * k], b = times[3 * k + 1], x = times[3 * k + 2];
+            const double w = weights[k];
+            const double gk = w * g[x];
+            g[a] += gk * mom[b];
+            g[b] += gk * mom[a];
+            if (tangent) {
+                const double hk = w * h[x];
+                h[a] += gk * mdot[b] + hk * mom[b];
+                h[b] += gk * mdot[a] + hk * mom[a];
             }
         }
     }

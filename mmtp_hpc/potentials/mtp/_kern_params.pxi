@@ -1,5 +1,5 @@
-# Kernel module, part 5: parameter terms (training gradients, grades) and the basis Jacobian,
-# on the per-neighbour layout of part 1.
+# Kernel module, part 5: the per-neighbour parameter terms (the reference of part 6,
+# ``param_terms_neighbours``) and the basis Jacobian, on the per-neighbour layout of part 1.
 
 cdef void tangent_atom(Tables* t, Work* w, int nn, int zi, double t_mi, double* t_out,
                        double* grad_radial, double* grad_moment, double* grad_site,
@@ -114,13 +114,15 @@ cdef void tangent_atom(Tables* t, Work* w, int nn, int zi, double t_mi, double* 
                         gsite[k * MM + bc] += q_[k] * S[bc]
 
 
-def param_terms(dict tab, const double[:, ::1] pos, const int[::1] types, const double[::1] mag,
+def param_terms_neighbours(dict tab, const double[:, ::1] pos, const int[::1] types, const double[::1] mag,
                 const int64_t[::1] offsets, const int64_t[::1] nbrs, Py_ssize_t n_local,
                 double[::1] site_en, double[:, ::1] site_grad, bint want_site_grad,
                 const double[:, ::1] t_pos, const double[::1] t_mag, bint want_tangent,
                 double[::1] t_site, double[:, ::1] t_grad, int num_threads=0,
                 const int64_t[::1] group=None, const double[::1] e_weight=None):
-    """Parameter gradients.
+    """Parameter gradients on the per-neighbour layout (the older kernel; :func:`param_terms`
+    computes the same on the column layout, also spin-symmetrised in one pass). Kept as the
+    reference of the column kernel in the tests.
 
     ``site_grad`` (n_local, n_params): ∂E_i/∂θ in MLIP-3 order (when ``want_site_grad``).
     With a tangent (``t_pos`` (n_total, 3) already including the strain part, ``t_mag``

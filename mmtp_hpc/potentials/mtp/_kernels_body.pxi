@@ -3,10 +3,12 @@
 # one at import time. See the module docstring in `_kernels.pyx`.
 #
 # The code is split by job (issue 13): tables and per-neighbour helpers, the column site kernel,
-# the site terms, Monte Carlo, the parameter terms. Cython includes them in this order.
+# the site terms, Monte Carlo, the per-neighbour parameter terms and
+# basis Jacobian, the column parameter terms. Cython includes them in this order.
 
 include "_kern_tables.pxi"
 include "_kern_columns.pxi"
 include "_kern_site.pxi"
 include "_kern_montecarlo.pxi"
 include "_kern_params.pxi"
+include "_kern_paramcols.pxi"

@@ -75,6 +75,10 @@ class MTPEngine:
         # spin-symmetrised evaluation in one neighbour pass where the magnetic intervals allow it
         # (see one_pass_symmetric); False forces the two-pass path (tests, benchmarks)
         self.symmetric_one_pass = True
+        # parameter gradients on the column layout (``_kernels.param_terms``); False uses the
+        # older per-neighbour kernel (``param_terms_neighbours``, two passes when symmetrised):
+        # the reference of the tests
+        self.param_columns = True
 
     # ------------------------------------------------------------------ tables
     def tables(self) -> dict:
@@ -290,16 +294,28 @@ class MTPEngine:
         return out
 
     # ------------------------------------------------------------------ parameter gradients
+    def param_one_pass(self) -> bool:
+        """Whether symmetrised parameter gradients take one neighbour pass (column kernel and
+        :meth:`one_pass_symmetric`)."""
+        return self.param_columns and self.one_pass_symmetric()
+
+    def param_kernel(self):
+        """The parameter-gradient kernel in use (same arguments and results)."""
+        return _kernels.param_terms if self.param_columns else _kernels.param_terms_neighbours
+
     def param_gradients(self, cfg: Configuration, magmoms: np.ndarray | None = None, *,
                         site: bool = True, tangent: tuple | None = None,
                         symmetric: bool | None = None, nl: NeighborList | None = None) -> dict:
         """∂E_i/∂θ (``site_param_grad`` (N, P)) and ∂E/∂θ (``energy_param_grad``); with
         ``tangent=(δpositions (N,3), δstrain (3,3), δmagmoms (N,))`` also the directional
         derivative T (``tangent``) and ∂T/∂θ (``tangent_param_grad``), as in ``reference.evaluate``.
+        Symmetrised: one neighbour pass when :meth:`param_one_pass`, else two (M and −M).
         """
         mag = self.check_configuration(cfg, magmoms)
         symmetric = self.pot.symmetric if symmetric is None else symmetric
         nl = self.neighbor_list(cfg) if nl is None else nl
+        if symmetric and self.pot.magnetic and self.param_one_pass():
+            return self._param_raw(nl, cfg, mag, site, tangent, symmetric=True)
         out = self._param_raw(nl, cfg, mag, site, tangent)
         if symmetric and self.pot.magnetic:
             flipped = None if tangent is None else (tangent[0], tangent[1], -np.asarray(tangent[2]))
@@ -317,13 +333,15 @@ class MTPEngine:
         mag_all = np.asarray(magmoms_all, dtype=np.float64)
         if not np.array_equal(nl.image_of, np.arange(nl.n_total)):
             raise ValueError("param_gradients_on_list needs a list whose image_of is the identity")
+        if symmetric and self.pot.magnetic and self.param_one_pass():
+            return self._param_raw(nl, entries, mag_all, True, None, symmetric=True)
         out = self._param_raw(nl, entries, mag_all, True, None)
         if symmetric and self.pot.magnetic:
             out = combine_symmetric(out, self._param_raw(nl, entries, -mag_all, True, None))
         return out
 
     def _param_raw(self, nl: NeighborList, cfg: Configuration, mag: np.ndarray, site: bool,
-                   tangent: tuple | None) -> dict:
+                   tangent: tuple | None, symmetric: bool = False) -> dict:
         pot = self.pot
         n_local, P = nl.n_local, pot.n_params
         pos = np.ascontiguousarray(nl.positions, dtype=np.float64)
@@ -346,9 +364,12 @@ class MTPEngine:
             t_mag_all = np.zeros(0)
             t_site = np.zeros(0)
             t_grad = np.zeros((0, P))
-        _kernels.param_terms(self.tables(), pos, types_all, mag_all, offsets, nbrs, n_local,
-                             site_en, site_grad, site, t_pos, t_mag_all, tangent is not None,
-                             t_site, t_grad, threads)
+        args = (self.tables(), pos, types_all, mag_all, offsets, nbrs, n_local, site_en, site_grad, site,
+                t_pos, t_mag_all, tangent is not None, t_site, t_grad, threads)
+        if symmetric:
+            _kernels.param_terms(*args, symmetric=True)
+        else:
+            self.param_kernel()(*args)
         out = {"site_energies": site_en, "energy": float(site_en.sum())}
         if site:
             out["site_param_grad"] = site_grad
