@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the compiled modules with AddressSanitizer (setup.py: MMTP_DEBUG=asan) in a scratch copy
 # of the source tree and run the kernel tests against that copy: kernels vs the NumPy reference
-# (magnetic basis sizes 1-6, radial basis sizes up to 10), finite differences, kernel variants
-# and the neighbour list. Any out-of-bounds read or write stops the run with ASan's report.
+# (magnetic basis sizes 1-6, radial basis sizes up to 10), finite differences, kernel variants,
+# the neighbour list and the column parameter kernel against the per-neighbour one. Any
+# out-of-bounds read or write stops the run with ASan's report.
 #
 #   scripts/asan_kernels.sh [extra pytest args]      (PYTHON=... selects the interpreter)
 #
@@ -29,7 +30,8 @@ echo "building with AddressSanitizer in $work ..."
     || { tail -40 "$work/build.log"; exit 1; }
 
 tests=(tests/test_kernels_vs_reference.py tests/test_finite_differences.py
-       tests/test_kernel_variants.py tests/test_symmetric_onepass.py tests/test_neighbors.py)
+       tests/test_kernel_variants.py tests/test_symmetric_onepass.py tests/test_neighbors.py
+       tests/test_param_kernel.py)
 echo "running ${tests[*]} under ASan ..."
 cd "$work"
 MMTP_SHARED_DATA=${MMTP_SHARED_DATA:-$repo/../shared/data} \
