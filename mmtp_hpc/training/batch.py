@@ -89,9 +89,8 @@ class Batch:
         pair_dmj = np.zeros(len(self.neighbors))
         dmi = np.zeros(N)
         kernel = _kernels.site_terms_symmetric if symmetric else _kernels.site_terms
-        kernel(engine.tables(), self.positions, self.types_all, mag_all, self.offsets,
-                            self.neighbors, N, site, pair_grad, pair_dmj, dmi, np.zeros((0, 1)), True,
-                            False, engine.num_threads)
+        kernel(engine.tables(), self.positions, self.types_all, mag_all, self.offsets, self.neighbors, N,
+               site, pair_grad, pair_dmj, dmi, np.zeros((0, 1)), True, False, engine.num_threads)
         forces_all = np.zeros((self.n_total, 3))
         dedm_all = np.zeros(self.n_total)
         virials = np.zeros((K, 3, 3))
