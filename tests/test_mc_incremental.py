@@ -26,8 +26,12 @@ def _cases():
     shipped = load_potential(FE_POT)          # level 16, trained, spin-symmetrised, symmetric interval
     wide = random_potential(level=10, species=2, mag_size=5, radial_size=8, seed=21)
     wide.moment_coeffs *= 0.05                # gentle energies: many accepted moves at 3000 K
+    # a magnetic basis larger than any fixed-size scratch could hold (kernels size it from M)
+    large_m = random_potential(level=6, species=1, mag_size=17, radial_size=4, seed=22)
+    large_m.moment_coeffs *= 0.05
     return {
         "shipped_symmetric_one_pass": (shipped, True, 2),
+        "one_species_M17": (large_m, False, 2),
         "shipped_plain": (shipped, False, 2),
         "shipped_self_images": (shipped, True, 1),      # cell smaller than the cutoff: own images
         "two_species_M5": (wide, False, 2),

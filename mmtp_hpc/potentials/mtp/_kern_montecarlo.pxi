@@ -143,13 +143,13 @@ cdef inline void psi_of(Tables* t, int z, double m, bint odd, double* psi) noexc
 
 
 cdef void trial_tables(Tables* t, int za, double old, double new, int nsets, bint odd,
-                       double* H) noexcept nogil:
+                       double* H, double* ps) noexcept nogil:
     """H[s, z_k, μ, r, b] = Σ_c C[z_k, z_a, μ, r, b, c]·σ_s^c [ψ_c(m_a') − ψ_c(m_a)] for a trial
-    on an atom of species za (σ_1^c = (−1)^c: the set E(−M))."""
+    on an atom of species za (σ_1^c = (−1)^c: the set E(−M)). ``ps``: scratch of 3·M."""
     cdef int s, zk, mu, r, b, cc, C = t.C, K = t.K, R = t.R, M = t.M
-    cdef double dpsi[16]
-    cdef double p0[16]
-    cdef double p1[16]
+    cdef double* dpsi = ps
+    cdef double* p0 = ps + M
+    cdef double* p1 = ps + 2 * M
     cdef double acc
     cdef const double* cf
     cdef double* h
@@ -174,16 +174,16 @@ cdef void trial_tables(Tables* t, int za, double old, double new, int nsets, bin
 
 cdef void add_pair_change(Tables* t, const double* H, int nsets, int zk, double mk, bint odd,
                           const double* d, const int* mu_start, double* Q, double* mono, double* monoB,
-                          double* df, double* B) noexcept nogil:
+                          double* df, double* B, double* ps) noexcept nogil:
     """Adds to the basic moments B[s, β] of centre k (species zk, moment mk) the change of its
     term with a neighbour at d = r_n − r_k (inside the cutoff): Δf_μβ mono_qβ. ``mu_start``
     (K + 1): the basic rows of μ are mu_start[μ]..mu_start[μ + 1] − 1 (rows ordered by μ), or
-    NULL where they are not ordered."""
+    NULL where they are not ordered. ``ps``: scratch of 2·M."""
     cdef int s, mu, r, b, b_, R = t.R, M = t.M, K = t.K, C = t.C, nb = t.n_basic
     cdef double r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2], rr = sqrt(r2), x, e, acc
     cdef double u[3]
-    cdef double psik[16]
-    cdef double sp[16]
+    cdef double* psik = ps
+    cdef double* sp = ps + M
     cdef const double* h
     x = (2.0 * rr - t.rmin - t.rcut) / (t.rcut - t.rmin)
     e = t.rcut - rr
@@ -285,6 +285,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     cdef double* mono
     cdef double* monoB
     cdef double* df
+    cdef double* ps
     cdef LaneRuns runs
     cdef int* mu_start = NULL
     cdef int* slot_of = NULL
@@ -295,8 +296,6 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     cdef bint ordered = True
     if symmetric and t.M < 2:
         raise ValueError("symmetric Monte Carlo needs a magnetic potential (M > 1)")
-    if t.M > 16:
-        raise ValueError(f"magnetic basis size {t.M} > 16")
     if cache.shape[0] < n_centres or cache.shape[1] != width:
         raise ValueError(f"cache must be ({n_centres}, {width}), got ({cache.shape[0]}, {cache.shape[1]})")
     for k in range(n_centres):
@@ -318,17 +317,18 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     mono = <double*> malloc(t.n_mono * sizeof(double))
     monoB = <double*> malloc(nb * sizeof(double))
     df = <double*> malloc(nsets * t.K * sizeof(double))
+    ps = <double*> malloc(3 * t.M * sizeof(double))     # ψ scratch of trial_tables / add_pair_change
     mu_start = <int*> calloc(t.K + 1, sizeof(int))
     slot_of = <int*> malloc((n_centres + 1) * sizeof(int))
     pair_off = <int64_t*> calloc(n_atoms + 2, sizeof(int64_t))
     lane_runs_make(&t, &runs)          # runs.start is NULL when out of memory
     if mom == NULL or Bs == NULL or e_lane == NULL or e_new == NULL or zl == NULL or H == NULL or Q == NULL \
-            or mono == NULL or monoB == NULL or df == NULL or mu_start == NULL or slot_of == NULL \
+            or mono == NULL or monoB == NULL or df == NULL or ps == NULL or mu_start == NULL or slot_of == NULL \
             or pair_off == NULL or runs.start == NULL:
         free_cols(c)
         lane_runs_free(&runs)
         free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
-        free(df); free(mu_start); free(slot_of); free(pair_off)
+        free(df); free(ps); free(mu_start); free(slot_of); free(pair_off)
         raise MemoryError("Monte Carlo: out of memory for the lane buffers")
     # basic rows of each radial function μ: one range when the rows are ordered by μ
     for q in range(nb):
@@ -361,7 +361,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
         if pair_k == NULL or pair_p == NULL:
             free_cols(c)
             free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
-            free(df); free(mu_start); free(slot_of); free(pair_off); free(pair_k); free(pair_p)
+            free(df); free(ps); free(mu_start); free(slot_of); free(pair_off); free(pair_k); free(pair_p)
             lane_runs_free(&runs)
             raise MemoryError("Monte Carlo: out of memory for the pair lists")
         with nogil:
@@ -412,7 +412,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                 L = lanes_for(n_aff * nsets)
                 memset(Bs + n_aff * width, 0, (L - n_aff * nsets) * nb * sizeof(double))
                 if incremental and t.M > 1:
-                    trial_tables(&t, types[a], old, new, nsets, symmetric, H)
+                    trial_tables(&t, types[a], old, new, nsets, symmetric, H, ps)
                 for slot in range(n_aff):
                     k = aff_centres[aff_offsets[a] + slot]
                     zl[slot] = types[k]
@@ -435,7 +435,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                         d[1] = pos[j, 1] - pos[k, 1]
                         d[2] = pos[j, 2] - pos[k, 2]
                         add_pair_change(&t, H, nsets, types[k], mag[k], symmetric, d, mu_start, Q, mono,
-                                        monoB, df, Bs + slot * width)
+                                        monoB, df, Bs + slot * width, ps)
                 for slot in range(n_aff):
                     slot_of[aff_centres[aff_offsets[a] + slot]] = -1
                 to_lanes(Bs, nb, mom, L)
@@ -460,6 +460,6 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     finally:
         free_cols(c)
         free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
-        free(df); free(mu_start); free(slot_of); free(pair_off); free(pair_k); free(pair_p)
+        free(df); free(ps); free(mu_start); free(slot_of); free(pair_off); free(pair_k); free(pair_p)
         lane_runs_free(&runs)
     return accepted
