@@ -31,7 +31,7 @@ echo "building with AddressSanitizer in $work ..."
 
 tests=(tests/test_kernels_vs_reference.py tests/test_finite_differences.py
        tests/test_kernel_variants.py tests/test_symmetric_onepass.py tests/test_neighbors.py
-       tests/test_param_kernel.py)
+       tests/test_param_kernel.py tests/test_mc_incremental.py)
 echo "running ${tests[*]} under ASan ..."
 cd "$work"
 MMTP_SHARED_DATA=${MMTP_SHARED_DATA:-$repo/../shared/data} \
