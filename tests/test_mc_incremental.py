@@ -116,3 +116,36 @@ def test_kernel_sweep_makes_the_python_sweeps_decisions(name):
     # the same moves; a magnitude proposal m + δ may round differently in C (FMA) than in Python
     assert np.abs(m1 - m2).max() < 1e-12
     assert np.abs(s1 - s2).max() < 1e-10 * np.abs(s2).max()
+
+
+def _affected_by_sorting(nl, entry_owner, n_atoms):
+    """The reference of the kernels' affected lists: every (owner, centre) key inside the
+    cutoff, plus (a, a), sorted and made unique."""
+    centres = nl.pair_centers()
+    d = nl.positions[nl.neighbors] - nl.positions[centres]
+    inside = np.einsum("ij,ij->i", d, d) < nl.cutoff ** 2 * (1.0 + 1e-9)
+    owners = entry_owner[nl.neighbors[inside]]
+    keep = (owners >= 0) & (owners < n_atoms)
+    n = nl.n_local
+    key = np.unique(np.concatenate([owners[keep] * n + centres[inside][keep],
+                                    np.arange(n_atoms, dtype=np.int64) * (n + 1)]))
+    return key % n, np.concatenate([[0], np.cumsum(np.bincount(key // n, minlength=n_atoms))])
+
+
+@pytest.mark.parametrize("repeat, skin", [(1, 0.5), (2, 0.0), (3, 1.0)])
+def test_affected_centres_match_sorting(repeat, skin):
+    """Self images (repeat 1), several images of one atom per centre, pairs in the skin (left
+    out), and owners that are not atoms (−1 and ≥ n_atoms: ignored)."""
+    pot = load_potential(FE_POT)
+    cfg = bcc(a=2.84, repeat=repeat, species=1, seed=4, jitter=0.1, moment=2.0)
+    ff = ForceField(MTPEngine(pot), symmetric=True, skin=skin)
+    ff.build(cfg.positions, cfg.cell, cfg.pbc, cfg.types)
+    nl, n = ff.nl, len(cfg)
+    for owner, n_atoms in ((nl.image_of, n), (np.where(nl.image_of % 3 == 1, -1, nl.image_of), n),
+                           (nl.image_of, max(n - 2, 1))):
+        got = MTPEngine.affected_centres(nl, owner, n_atoms)
+        want = _affected_by_sorting(nl, np.asarray(owner, dtype=np.int64), n_atoms)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+        if n > 1:
+            assert len(got[0]) > n_atoms        # not only the atoms themselves

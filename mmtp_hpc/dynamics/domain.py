@@ -397,12 +397,7 @@ class DomainSiteModel(NativeMetropolis):
         self.image_entries = entries[srt]
         self.image_offsets = np.concatenate([[0], np.cumsum(np.bincount(owner[entries], minlength=n))])
         # centres whose energy depends on owned atom i: those with an image of i as neighbour, and i
-        centres = np.repeat(np.arange(self.n_centres, dtype=np.int64), np.diff(offsets))
-        hit = own[neighbors]
-        key = np.unique(np.concatenate([owner[neighbors[hit]] * self.n_centres + centres[hit],
-                                        np.arange(n, dtype=np.int64) * (self.n_centres + 1)]))
-        self.affected_centres = key % self.n_centres
-        self.affected_offsets = np.concatenate([[0], np.cumsum(np.bincount(key // self.n_centres, minlength=n))])
+        self.affected_centres, self.affected_offsets = ff.engine.affected_centres(self.nl, owner, n)
         self.engine, self.symmetric = ff.engine, bool(ff.symmetric)
         self.maps = {"entry_owner": owner, "image_entries": self.image_entries,
                      "image_offsets": self.image_offsets, "affected_centres": self.affected_centres,

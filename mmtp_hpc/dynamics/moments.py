@@ -353,16 +353,7 @@ class MTPSiteModel(NativeMetropolis):
             self.image_offsets = np.concatenate([[0], np.cumsum(np.bincount(nl.image_of, minlength=n))])
         # centres that see atom i (or an image) inside the cutoff at the current positions, and i:
         # pairs in the skin change no energy (a hair's margin keeps every borderline pair)
-        centres = nl.pair_centers()
-        d = nl.positions[nl.neighbors] - nl.positions[centres]
-        r2 = d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2]
-        inside = r2 < (forcefield.cutoff ** 2) * (1.0 + 1e-9)
-        owners = nl.image_of[nl.neighbors[inside]]
-        key = np.unique(np.concatenate([owners * n + centres[inside],
-                                        np.arange(n, dtype=np.int64) * (n + 1)]))
-        owner_sorted = key // n
-        self.affected_centres = key % n
-        self.affected_offsets = np.concatenate([[0], np.cumsum(np.bincount(owner_sorted, minlength=n))])
+        self.affected_centres, self.affected_offsets = self.engine.affected_centres(nl, nl.image_of, n)
         self._set_maps()
 
     def _set_maps(self) -> None:

@@ -238,6 +238,62 @@ cdef inline int64_t moved_owner(const double[:, ::1] pos, const int64_t[::1] nbr
     return -1 if dx * dx + dy * dy + dz * dz >= rc2 else a
 
 
+def affected_centres(const double[:, ::1] pos, const int64_t[::1] offsets, const int64_t[::1] nbrs,
+                     Py_ssize_t n_centres, const int64_t[::1] entry_owner, int64_t n_atoms, double cutoff):
+    """The centres whose energy depends on the moment of each atom a < ``n_atoms``: a itself and
+    every centre k with an entry that is (an image of) a strictly inside ``cutoff`` (with a
+    relative margin of 1e-9 on r², so borderline pairs are kept). Returns (centres, offsets):
+    atom a's centres are centres[offsets[a]:offsets[a + 1]], ascending, each once. O(pairs),
+    no sorting: the centres are visited in ascending order and a marker per atom drops repeats
+    (several images of a seen by the same centre)."""
+    cdef double rc2 = cutoff * cutoff * (1.0 + 1e-9), dx, dy, dz
+    cdef Py_ssize_t k, p
+    cdef int64_t a, j, total
+    cdef int64_t[::1] count = np.zeros(n_atoms + 1, dtype=np.int64)
+    cdef int64_t[::1] last = np.full(n_atoms, -1, dtype=np.int64)
+    cdef int64_t[::1] out_off = np.zeros(n_atoms + 1, dtype=np.int64)
+    cdef int64_t[::1] out
+    cdef int pass_
+    if n_atoms > n_centres:
+        raise ValueError(f"{n_atoms} atoms but only {n_centres} centres: every atom must be a centre")
+    for pass_ in range(2):
+        if pass_ == 1:
+            total = 0
+            for a in range(n_atoms):
+                out_off[a] = total
+                total += count[a]
+                count[a] = out_off[a]          # the fill position
+                last[a] = -1
+            out_off[n_atoms] = total
+            out = np.empty(total, dtype=np.int64)
+        with nogil:
+            for k in range(n_centres):
+                if k < n_atoms and last[k] != k:
+                    last[k] = k
+                    if pass_ == 0:
+                        count[k] += 1
+                    else:
+                        out[count[k]] = k
+                        count[k] += 1
+                for p in range(offsets[k], offsets[k + 1]):
+                    j = nbrs[p]
+                    a = entry_owner[j]
+                    if a < 0 or a >= n_atoms or last[a] == k:
+                        continue
+                    dx = pos[j, 0] - pos[k, 0]
+                    dy = pos[j, 1] - pos[k, 1]
+                    dz = pos[j, 2] - pos[k, 2]
+                    if dx * dx + dy * dy + dz * dz >= rc2:
+                        continue
+                    last[a] = k
+                    if pass_ == 0:
+                        count[a] += 1
+                    else:
+                        out[count[a]] = k
+                        count[a] += 1
+    return np.asarray(out), np.asarray(out_off)
+
+
 def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, double[::1] mag,
                      const int64_t[::1] offsets, const int64_t[::1] nbrs, Py_ssize_t n_centres,
                      const int64_t[::1] entry_owner, const int64_t[::1] image_entries,

@@ -229,6 +229,17 @@ class MTPEngine:
         width = (2 if symmetric else 1) * len(tab["basic"])
         return np.zeros((n_centres, width))
 
+    @staticmethod
+    def affected_centres(nl: NeighborList, entry_owner: np.ndarray, n_atoms: int) -> tuple[np.ndarray, np.ndarray]:
+        """(centres, offsets): the centres of ``nl`` whose energy depends on the moment of each
+        atom a < ``n_atoms`` (a itself, and every centre with an entry ``j`` inside the cutoff
+        where ``entry_owner[j] == a``), ascending; atom a's are centres[offsets[a]:offsets[a + 1]].
+        The ``affected_centres``/``affected_offsets`` maps of :meth:`metropolis`, in O(pairs)."""
+        return _kernels.affected_centres(
+            np.ascontiguousarray(nl.positions, dtype=np.float64), np.ascontiguousarray(nl.offsets, dtype=np.int64),
+            np.ascontiguousarray(nl.neighbors, dtype=np.int64), nl.n_local,
+            np.ascontiguousarray(entry_owner, dtype=np.int64), int(n_atoms), float(nl.cutoff))
+
     def metropolis(self, nl: NeighborList, types_all: np.ndarray, magmoms_all: np.ndarray, maps: dict,
                    moves: np.ndarray, draws: np.ndarray, col: int, lo: np.ndarray, hi: np.ndarray,
                    flip_fraction: float, max_change: float, beta: float, magmoms: np.ndarray,
