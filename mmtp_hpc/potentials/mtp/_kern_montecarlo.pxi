@@ -178,12 +178,12 @@ cdef void add_pair_change(Tables* t, const double* H, int nsets, int zk, double 
     """Adds to the basic moments B[s, β] of centre k (species zk, moment mk) the change of its
     term with a neighbour at d = r_n − r_k (inside the cutoff): Δf_μβ mono_qβ. ``mu_start``
     (K + 1): the basic rows of μ are mu_start[μ]..mu_start[μ + 1] − 1 (rows ordered by μ), or
-    NULL where they are not ordered. ``ps``: scratch of 2·M."""
+    NULL where they are not ordered. ``ps``: scratch of M + R·M."""
     cdef int s, mu, r, b, b_, R = t.R, M = t.M, K = t.K, C = t.C, nb = t.n_basic
-    cdef double r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2], rr = sqrt(r2), x, e, acc
+    cdef double r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2], rr = sqrt(r2), x, e
     cdef double u[3]
     cdef double* psik = ps
-    cdef double* sp = ps + M
+    cdef double* qs = ps + M
     cdef const double* h
     x = (2.0 * rr - t.rmin - t.rcut) / (t.rcut - t.rmin)
     e = t.rcut - rr
@@ -196,16 +196,14 @@ cdef void add_pair_change(Tables* t, const double* H, int nsets, int zk, double 
         Q[r] = t.scaling * Q[r] * (e * e)
     psi_of(t, zk, mk, odd, psik)
     for s in range(nsets):
-        # σ_s(b)·ψ_b(m_k): multiplying by ±1 is exact, so (Q·σ)·ψ = Q·(σψ) bit for bit
-        for b in range(M):
-            sp[b] = -psik[b] if (s == 1 and (b & 1)) else psik[b]
+        # qs[r, b] = Q_r·σ_s(b)·ψ_b(m_k) (multiplying by ±1 is exact); then one dot of length
+        # R·M per radial function with the contiguous block H[s, z_k, μ, :, :]
+        for r in range(R):
+            for b in range(M):
+                qs[r * M + b] = -(Q[r] * psik[b]) if (s == 1 and (b & 1)) else Q[r] * psik[b]
         for mu in range(K):
-            acc = 0.0
-            for r in range(R):
-                h = H + ((((s * C + zk) * K + mu) * R + r) * M)
-                for b in range(M):
-                    acc = acc + Q[r] * sp[b] * h[b]
-            df[s * K + mu] = acc
+            h = H + (((s * C + zk) * K + mu) * R * M)
+            df[s * K + mu] = mmtp_dot(qs, h, R * M)
     u[0] = d[0] / rr
     u[1] = d[1] / rr
     u[2] = d[2] / rr
@@ -326,8 +324,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     cdef int nb = t.n_basic, width = nsets * t.n_basic, slot, n_aff, L, Lmax, batch
     cdef Py_ssize_t n_moves = moves.shape[0], m_, q, k, p, k0
     cdef int64_t a, j, nmax = 0, max_aff = 1
-    cdef double old, new, delta, dx, dy, dz, rc2 = t.rcut * t.rcut
-    cdef double d[3]
+    cdef double old, new, delta, rc2 = t.rcut * t.rcut
     cdef bint record = trial_delta.shape[0] > 0, accept
     cdef int accepted = 0
     cdef Cols* c
@@ -347,7 +344,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     cdef int* slot_of = NULL
     cdef int64_t* pair_off = NULL
     cdef int64_t* pair_k = NULL
-    cdef int64_t* pair_p = NULL
+    cdef double* pair_d = NULL
     cdef int64_t n_atoms = magmoms.shape[0], n_pairs = 0, a2
     cdef bint ordered = True
     if symmetric and t.M < 2:
@@ -373,7 +370,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     mono = <double*> malloc(t.n_mono * sizeof(double))
     monoB = <double*> malloc(nb * sizeof(double))
     df = <double*> malloc(nsets * t.K * sizeof(double))
-    ps = <double*> malloc(3 * t.M * sizeof(double))     # ψ scratch of trial_tables / add_pair_change
+    ps = <double*> malloc((3 + t.R) * t.M * sizeof(double))   # scratch of trial_tables / add_pair_change
     mu_start = <int*> calloc(t.K + 1, sizeof(int))
     slot_of = <int*> malloc((n_centres + 1) * sizeof(int))
     pair_off = <int64_t*> calloc(n_atoms + 2, sizeof(int64_t))
@@ -413,11 +410,12 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                 pair_off[a2 + 2] += pair_off[a2 + 1]
             n_pairs = pair_off[n_atoms + 1]
         pair_k = <int64_t*> malloc((n_pairs + 1) * sizeof(int64_t))
-        pair_p = <int64_t*> malloc((n_pairs + 1) * sizeof(int64_t))
-        if pair_k == NULL or pair_p == NULL:
+        pair_d = <double*> malloc(3 * (n_pairs + 1) * sizeof(double))
+        if pair_k == NULL or pair_d == NULL:
             free_cols(c)
             free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
-            free(df); free(ps); free(mu_start); free(slot_of); free(pair_off); free(pair_k); free(pair_p)
+            free(df); free(ps); free(mu_start); free(slot_of); free(pair_off); free(pair_k)
+            free(pair_d)
             lane_runs_free(&runs)
             raise MemoryError("Monte Carlo: out of memory for the pair lists")
         with nogil:
@@ -428,7 +426,10 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                         continue
                     q = pair_off[a2 + 1]
                     pair_k[q] = k
-                    pair_p[q] = p
+                    j = nbrs[p]          # the pair's vector, stored in trial order
+                    pair_d[3 * q] = pos[j, 0] - pos[k, 0]
+                    pair_d[3 * q + 1] = pos[j, 1] - pos[k, 1]
+                    pair_d[3 * q + 2] = pos[j, 2] - pos[k, 2]
                     pair_off[a2 + 1] += 1
     try:
         with nogil:
@@ -486,12 +487,8 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                         slot = slot_of[k]
                         if slot < 0:
                             continue        # (every such centre is in the affected list)
-                        j = nbrs[pair_p[q]]
-                        d[0] = pos[j, 0] - pos[k, 0]
-                        d[1] = pos[j, 1] - pos[k, 1]
-                        d[2] = pos[j, 2] - pos[k, 2]
-                        add_pair_change(&t, H, nsets, types[k], mag[k], symmetric, d, mu_start, Q, mono,
-                                        monoB, df, Bs + slot * width, ps)
+                        add_pair_change(&t, H, nsets, types[k], mag[k], symmetric, pair_d + 3 * q, mu_start,
+                                        Q, mono, monoB, df, Bs + slot * width, ps)
                 for slot in range(n_aff):
                     slot_of[aff_centres[aff_offsets[a] + slot]] = -1
                 to_lanes(Bs, nb, mom, L)
@@ -516,6 +513,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     finally:
         free_cols(c)
         free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
-        free(df); free(ps); free(mu_start); free(slot_of); free(pair_off); free(pair_k); free(pair_p)
+        free(df); free(ps); free(mu_start); free(slot_of); free(pair_off); free(pair_k)
+        free(pair_d)
         lane_runs_free(&runs)
     return accepted
