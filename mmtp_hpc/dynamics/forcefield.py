@@ -193,10 +193,8 @@ class ForceField:
         from mmtp_hpc.potentials.mtp.grades import GradeResult
 
         mode = active_set.resolve_mode(mode)
-        if active_set.n_params != self.engine.pot.n_params:
-            raise InputError(f"active set has {active_set.n_params} rows but the potential has "
-                             f"{self.engine.pot.n_params} parameters", field="extrapolation")
-        if mode == "cfg" and (active_set.force_weight != 0.0 or active_set.stress_weight != 0.0):
+        active_set.check_parameters(self.engine.pot.n_params)
+        if mode == "cfg" and not active_set.energy_rows_only:
             if self.distributed:
                 raise InputError("configuration grades with force/stress rows are not available with "
                                  "domain decomposition (they need O(N) parameter Jacobians); use an "
@@ -211,9 +209,7 @@ class ForceField:
             best = self.max_over_ranks(mine)
             return GradeResult(max(best[0], 0.0), nbh, best[1])
         row = self.reduce(np.asarray(g["energy_param_grad"], dtype=np.float64))
-        n = state.n_global
-        row = active_set.energy_weight * row / (float(n) ** (active_set.weight_scaling / 2.0) if n else 1.0)
-        return GradeResult(float(active_set.row_grades(row)[0]))
+        return GradeResult(active_set.energy_grade(row, state.n_global))
 
     def monte_carlo_layout(self, state: MDState, evaluation: Evaluation, previous=None):
         """What a Monte Carlo sweep needs on this layout

@@ -99,6 +99,25 @@ class ActiveSet:
             raise InputError(f"mode must be 'auto', 'cfg' or 'nbh', got {mode!r}", field="extrapolation.mode")
         return mode
 
+    @property
+    def energy_rows_only(self) -> bool:
+        """Configuration rows of energies only (no force or stress rows): the configuration
+        grade needs only Σ_i ∂E_i/∂θ, which sums over MPI ranks."""
+        return self.force_weight == 0.0 and self.stress_weight == 0.0
+
+    def check_parameters(self, n_params: int) -> None:
+        """An active set grades only the potential it was built for."""
+        if n_params != self.n_params:
+            raise InputError(f"active set has {self.n_params} rows but the potential has "
+                             f"{n_params} parameters", field="extrapolation")
+
+    def energy_grade(self, energy_param_grad: np.ndarray, n_atoms: int) -> float:
+        """The configuration grade of the energy row Σ_i ∂E_i/∂θ of ``n_atoms`` atoms (weighted
+        and scaled as the rows the active set was built from)."""
+        scale = float(n_atoms) ** (self.weight_scaling / 2.0) if n_atoms else 1.0
+        row = self.energy_weight * np.asarray(energy_param_grad, dtype=np.float64) / scale
+        return float(self.row_grades(row)[0])
+
     def row_grades(self, rows: np.ndarray) -> np.ndarray:
         """γ of each row b (rows (k, n)): max_j |(A⁻ᵀ b)_j|."""
         rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
@@ -108,22 +127,17 @@ class ActiveSet:
               nl=None, symmetric: bool | None = None) -> GradeResult:
         """Grade of ``cfg`` with ``engine`` (an :class:`MTPEngine` of the same potential)."""
         mode = self.resolve_mode(mode)
-        if engine.pot.n_params != self.n_params:
-            raise InputError(f"active set has {self.n_params} rows but the potential has "
-                             f"{engine.pot.n_params} parameters", field="extrapolation")
+        self.check_parameters(engine.pot.n_params)
         n = len(cfg)
+        g = engine.param_gradients(cfg, magmoms, site=True, symmetric=symmetric, nl=nl)
         if mode == "nbh":
-            g = engine.param_gradients(cfg, magmoms, site=True, symmetric=symmetric, nl=nl)
             nbh = self.row_grades(g["site_param_grad"]) if n else np.zeros(0)
             worst = int(np.argmax(nbh)) if n else -1
             return GradeResult(float(nbh.max(initial=0.0)), nbh, worst)
+        if self.energy_rows_only:
+            return GradeResult(self.energy_grade(g["energy_param_grad"], n))
         scale = float(n) ** (self.weight_scaling / 2.0) if n else 1.0
-        if self.force_weight == 0.0 and self.stress_weight == 0.0:
-            g = engine.param_gradients(cfg, magmoms, site=True, symmetric=symmetric, nl=nl)
-            row = self.energy_weight * g["energy_param_grad"] / scale
-            return GradeResult(float(self.row_grades(row)[0]))
         rows = []
-        g = engine.param_gradients(cfg, magmoms, site=True, symmetric=symmetric, nl=nl)
         if self.energy_weight != 0.0:
             rows.append(g["energy_param_grad"][None, :])
         jac = engine.jacobians(cfg, magmoms, symmetric=symmetric)
