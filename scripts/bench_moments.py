@@ -112,6 +112,10 @@ def main() -> int:
             label = {"fixed": "plain MD step (fixed moments)", "mc": "MD step + one MC sweep",
                      "relax": "MD step with relaxed moments"}[mode]
             print(f"  {label:32s} {med:8.2f} µs/atom/step   ratio {med / base:5.2f}{extra}")
+        if "mc" in per_step:
+            sweep = statistics.median(per_step["mc"]) - base
+            print(f"  {'the MC sweep alone':32s} {sweep:8.2f} µs/atom        ratio {sweep / base:5.2f} "
+                  "(MD step + sweep, less the plain step)")
     return 0
 
 
