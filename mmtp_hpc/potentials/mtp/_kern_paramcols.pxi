@@ -332,3 +332,118 @@ def param_terms(dict tab, const double[:, ::1] pos, const int[::1] types, const 
                 t_site[i] = tval
         free_pcols(pc)
         free_cols(c)
+
+
+def basis_jacobian(dict tab, const double[:, ::1] pos, const int[::1] types, const double[::1] mag,
+                   const int64_t[::1] offsets, const int64_t[::1] nbrs, Py_ssize_t n_local,
+                   double[::1] basis_sum, double[:, :, ::1] d_forces, double[:, :, ::1] d_virial,
+                   double[:, ::1] d_magnetic, bint symmetric=False):
+    """Derivatives of every basis function summed over centres, on the column layout: the
+    design matrix of the linear coefficients (:func:`basis_jacobian_neighbours` is the older
+    per-neighbour kernel with the same results).
+
+    basis_sum (n_basis,) += Σ_i B_α(i); d_forces (n_total, 3, n_basis) += −∂(Σ_i B_α(i))/∂r;
+    d_virial (3, 3, n_basis) += −Σ (∂B_α(i)/∂r_ij)_a (r_ij)_b; d_magnetic (n_total, n_basis)
+    += ∂(Σ_i B_α(i))/∂m. Forward mode: all tangent directions of one centre (3 per neighbour,
+    plus m_j per neighbour and m_i when magnetic) are pushed through the product table together.
+    ``symmetric``: those of the spin-symmetrised basis ½[B_α(M) + B_α(−M)] in one neighbour pass
+    (the second coefficient set, as in :func:`param_terms`; symmetric intervals only).
+    """
+    cdef Tables t = make_tables(tab)
+    cdef int nmax = max_neighbors(offsets)
+    cdef int nsets = 2 if symmetric else 1
+    cdef bint magnetic = t.M > 1
+    cdef int per = 4 if magnetic else 3
+    cdef Cols* c
+    cdef double* mdot
+    cdef double* mom = NULL
+    cdef Py_ssize_t i
+    cdef int s, b_, k, z, col, dd, nd, mu, a_, b2, c_, nu, q, x, K = t.K, ld, nm = t.n_mono, ncol
+    cdef const int* row
+    cdef double wk, mi_, mj_, fm, fr, mono, r, rad, gx, gy, gz, half
+    cdef double* src_i
+    cdef double* src_j
+    cdef double* dst
+    cdef int64_t p, j
+    if symmetric and t.M < 2:
+        raise ValueError("a symmetric basis Jacobian needs a magnetic potential (M > 1)")
+    if n_local == 0:
+        return
+    c = alloc_cols(&t, nmax, nsets)
+    ld = c.ld
+    mdot = <double*> malloc(<size_t> t.n_moments * (per * ld + 1) * sizeof(double))
+    mom = <double*> malloc(t.n_moments * sizeof(double))
+    if mdot == NULL or mom == NULL:
+        free(mdot); free(mom); free_cols(c)
+        raise MemoryError("basis Jacobian: out of memory")
+    half = 0.5 if nsets == 2 else 1.0
+    try:
+        with nogil:
+            for i in range(n_local):
+                gather_cols(&t, c, i, pos, types, mag, offsets, nbrs, True, symmetric)
+                forward_cols(&t, c, types[i])
+                ncol = c.ncol
+                nd = per * ncol + (1 if magnetic else 0)
+                for s in range(nsets):
+                    for x in range(t.n_moments):
+                        mom[x] = c.mom[x] if nsets == 1 else c.mom[2 * x + s]
+                    memset(mdot, 0, <size_t> t.n_moments * nd * sizeof(double))
+                    # tangents of the basic moments: column n contributes only to its own directions
+                    for b_ in range(t.n_basic):
+                        row = t.basic + 4 * b_
+                        mu = row[0]
+                        a_ = row[1]
+                        b2 = row[2]
+                        c_ = row[3]
+                        nu = a_ + b2 + c_
+                        q = t.basic_q[b_]
+                        for z in range(t.C):
+                            for col in range(c.seg[z], c.seg[z] + c.cnt[z]):
+                                r = c.r[col]
+                                fm = c.F[(s * K + mu) * ld + col]
+                                fr = c.Fr[(s * K + mu) * ld + col]
+                                mono = c.mono[q * ld + col]
+                                rad = fr * mono - fm * nu * mono / r
+                                gx = fm * a_ * c.mono[t.mono_low[3 * q] * ld + col] / r if a_ > 0 else 0.0
+                                gy = fm * b2 * c.mono[t.mono_low[3 * q + 1] * ld + col] / r if b2 > 0 else 0.0
+                                gz = fm * c_ * c.mono[t.mono_low[3 * q + 2] * ld + col] / r if c_ > 0 else 0.0
+                                dst = mdot + b_ * nd + per * col
+                                dst[0] = rad * c.u[col] + gx
+                                dst[1] = rad * c.u[ld + col] + gy
+                                dst[2] = rad * c.u[2 * ld + col] + gz
+                                if magnetic:
+                                    dst[3] = c.Fmj[(s * K + mu) * ld + col] * mono
+                                    mdot[b_ * nd + per * ncol] += c.Fmi[(s * K + mu) * ld + col] * mono
+                    for k in range(t.n_times):
+                        row = t.times + 3 * k
+                        wk = t.weights[k]
+                        mi_ = wk * mom[row[1]]
+                        mj_ = wk * mom[row[0]]
+                        src_i = mdot + row[0] * nd
+                        src_j = mdot + row[1] * nd
+                        dst = mdot + row[2] * nd
+                        for dd in range(nd):
+                            dst[dd] += src_i[dd] * mi_ + src_j[dd] * mj_
+                    for k in range(t.n_basis):
+                        basis_sum[k] += half * mom[t.mapping[k]]
+                        src_i = mdot + t.mapping[k] * nd
+                        for z in range(t.C):
+                            for col in range(c.seg[z], c.seg[z] + c.cnt[z]):
+                                p = c.pair[col]
+                                j = nbrs[p]
+                                r = c.r[col]
+                                for dd in range(3):
+                                    gx = half * src_i[per * col + dd]
+                                    d_forces[j, dd, k] -= gx
+                                    d_forces[i, dd, k] += gx
+                                    d_virial[dd, 0, k] -= gx * r * c.u[col]
+                                    d_virial[dd, 1, k] -= gx * r * c.u[ld + col]
+                                    d_virial[dd, 2, k] -= gx * r * c.u[2 * ld + col]
+                                if magnetic:
+                                    d_magnetic[j, k] += half * src_i[per * col + 3]
+                        if magnetic:
+                            d_magnetic[i, k] += half * src_i[per * ncol]
+    finally:
+        free(mdot)
+        free(mom)
+        free_cols(c)

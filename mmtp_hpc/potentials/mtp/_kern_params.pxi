@@ -197,12 +197,13 @@ def param_terms_neighbours(dict tab, const double[:, ::1] pos, const int[::1] ty
 
 
 
-def basis_jacobian(dict tab, const double[:, ::1] pos, const int[::1] types, const double[::1] mag,
+def basis_jacobian_neighbours(dict tab, const double[:, ::1] pos, const int[::1] types, const double[::1] mag,
                    const int64_t[::1] offsets, const int64_t[::1] nbrs, Py_ssize_t n_local,
                    double[::1] basis_sum, double[:, :, ::1] d_forces, double[:, :, ::1] d_virial,
                    double[:, ::1] d_magnetic):
     """Derivatives of every basis function summed over centres: the design matrix of the
-    linear coefficients.
+    linear coefficients (the older per-neighbour kernel: the reference of
+    :func:`basis_jacobian`).
 
     basis_sum (n_basis,) += Σ_i B_α(i); d_forces (n_total, 3, n_basis) += −∂(Σ_i B_α(i))/∂r;
     d_virial (3, 3, n_basis) += −Σ (∂B_α(i)/∂r_ij)_a (r_ij)_b; d_magnetic (n_total, n_basis)

@@ -401,23 +401,29 @@ class MTPEngine:
         mag = self.check_configuration(cfg, magmoms)
         symmetric = self.pot.symmetric if symmetric is None else symmetric
         nl = self.neighbor_list(cfg) if nl is None else nl
+        if symmetric and self.pot.magnetic and self.param_one_pass():
+            return self._basis_jacobian_raw(nl, cfg, mag, symmetric=True)
         out = self._basis_jacobian_raw(nl, cfg, mag)
         if symmetric and self.pot.magnetic:
             out = combine_symmetric(out, self._basis_jacobian_raw(nl, cfg, -mag))
         return out
 
-    def _basis_jacobian_raw(self, nl: NeighborList, cfg: Configuration, mag: np.ndarray) -> dict:
+    def _basis_jacobian_raw(self, nl: NeighborList, cfg: Configuration, mag: np.ndarray,
+                            symmetric: bool = False) -> dict:
         nb, n_total, n = self.pot.n_basis, nl.n_total, nl.n_local
         basis_sum = np.zeros(nb)
         d_forces = np.zeros((n_total, 3, nb))
         d_virial = np.zeros((3, 3, nb))
         d_mag = np.zeros((n_total, nb))
-        _kernels.basis_jacobian(self.tables(), np.ascontiguousarray(nl.positions, dtype=np.float64),
-                                np.ascontiguousarray(cfg.types[nl.image_of], dtype=np.int32),
-                                np.ascontiguousarray(mag[nl.image_of], dtype=np.float64),
-                                np.ascontiguousarray(nl.offsets, dtype=np.int64),
-                                np.ascontiguousarray(nl.neighbors, dtype=np.int64), n,
-                                basis_sum, d_forces, d_virial, d_mag)
+        args = (self.tables(), np.ascontiguousarray(nl.positions, dtype=np.float64),
+                np.ascontiguousarray(cfg.types[nl.image_of], dtype=np.int32),
+                np.ascontiguousarray(mag[nl.image_of], dtype=np.float64),
+                np.ascontiguousarray(nl.offsets, dtype=np.int64),
+                np.ascontiguousarray(nl.neighbors, dtype=np.int64), n, basis_sum, d_forces, d_virial, d_mag)
+        if self.param_columns:
+            _kernels.basis_jacobian(*args, symmetric=symmetric)
+        else:           # the per-neighbour reference kernel (two passes when symmetrised)
+            _kernels.basis_jacobian_neighbours(*args)
         forces = np.zeros((n, 3, nb))
         np.add.at(forces, nl.image_of, d_forces)
         magnetic = np.zeros((n, nb))
