@@ -155,10 +155,8 @@ class Batch:
                     np.ascontiguousarray(sign * self.magmoms[self.image_of]), self.offsets,
                     self.neighbors, N, np.zeros(N), np.zeros((0, P)), False, t_pos,
                     np.ascontiguousarray(sign * t_mag_local[self.image_of]), True, np.zeros(N), t_grad, 1)
-            if one_pass:        # ½[E(M) + E(−M)] in one pass (column kernel, two coefficient sets)
-                _kernels.param_terms(*args, group=self.group, e_weight=e_weight, symmetric=True)
-            else:
-                engine.param_kernel()(*args, group=self.group, e_weight=e_weight)
+            # ½[E(M) + E(−M)] in one pass where it can (two coefficient sets), else one pass per sign
+            _kernels.param_terms(*args, group=self.group, e_weight=e_weight, symmetric=one_pass)
             grads.append(t_grad)
         out[:, 1 + len(sum_keys):] = 0.5 * (grads[0] + grads[1]) if len(grads) == 2 else grads[0]
         return out

@@ -253,8 +253,8 @@ def param_terms(dict tab, const double[:, ::1] pos, const int[::1] types, const 
                 const double[:, ::1] t_pos, const double[::1] t_mag, bint want_tangent,
                 double[::1] t_site, double[:, ::1] t_grad, int num_threads=0,
                 const int64_t[::1] group=None, const double[::1] e_weight=None, bint symmetric=False):
-    """Parameter gradients (column layout; :func:`param_terms_neighbours` is the older
-    per-neighbour kernel with the same arguments and results).
+    """Parameter gradients on the column layout (the NumPy ``reference.py`` gives the same
+    results per atom).
 
     ``site_grad`` (n_local, n_params): ∂E_i/∂θ in MLIP-3 order (when ``want_site_grad``).
     With a tangent (``t_pos`` (n_total, 3) already including the strain part, ``t_mag``
@@ -339,8 +339,7 @@ def basis_jacobian(dict tab, const double[:, ::1] pos, const int[::1] types, con
                    double[::1] basis_sum, double[:, :, ::1] d_forces, double[:, :, ::1] d_virial,
                    double[:, ::1] d_magnetic, bint symmetric=False):
     """Derivatives of every basis function summed over centres, on the column layout: the
-    design matrix of the linear coefficients (:func:`basis_jacobian_neighbours` is the older
-    per-neighbour kernel with the same results).
+    design matrix of the linear coefficients.
 
     basis_sum (n_basis,) += Σ_i B_α(i); d_forces (n_total, 3, n_basis) += −∂(Σ_i B_α(i))/∂r;
     d_virial (3, 3, n_basis) += −Σ (∂B_α(i)/∂r_ij)_a (r_ij)_b; d_magnetic (n_total, n_basis)

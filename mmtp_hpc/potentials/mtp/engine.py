@@ -75,10 +75,6 @@ class MTPEngine:
         # spin-symmetrised evaluation in one neighbour pass where the magnetic intervals allow it
         # (see one_pass_symmetric); False forces the two-pass path (tests, benchmarks)
         self.symmetric_one_pass = True
-        # parameter gradients on the column layout (``_kernels.param_terms``); False uses the
-        # older per-neighbour kernel (``param_terms_neighbours``, two passes when symmetrised):
-        # the reference of the tests
-        self.param_columns = True
 
     # ------------------------------------------------------------------ tables
     def tables(self) -> dict:
@@ -306,13 +302,9 @@ class MTPEngine:
 
     # ------------------------------------------------------------------ parameter gradients
     def param_one_pass(self) -> bool:
-        """Whether symmetrised parameter gradients take one neighbour pass (column kernel and
-        :meth:`one_pass_symmetric`)."""
-        return self.param_columns and self.one_pass_symmetric()
-
-    def param_kernel(self):
-        """The parameter-gradient kernel in use (same arguments and results)."""
-        return _kernels.param_terms if self.param_columns else _kernels.param_terms_neighbours
+        """Whether symmetrised parameter gradients take one neighbour pass
+        (:meth:`one_pass_symmetric`)."""
+        return self.one_pass_symmetric()
 
     def param_gradients(self, cfg: Configuration, magmoms: np.ndarray | None = None, *,
                         site: bool = True, tangent: tuple | None = None,
@@ -380,7 +372,7 @@ class MTPEngine:
         if symmetric:
             _kernels.param_terms(*args, symmetric=True)
         else:
-            self.param_kernel()(*args)
+            _kernels.param_terms(*args)
         out = {"site_energies": site_en, "energy": float(site_en.sum())}
         if site:
             out["site_param_grad"] = site_grad
@@ -420,10 +412,7 @@ class MTPEngine:
                 np.ascontiguousarray(mag[nl.image_of], dtype=np.float64),
                 np.ascontiguousarray(nl.offsets, dtype=np.int64),
                 np.ascontiguousarray(nl.neighbors, dtype=np.int64), n, basis_sum, d_forces, d_virial, d_mag)
-        if self.param_columns:
-            _kernels.basis_jacobian(*args, symmetric=symmetric)
-        else:           # the per-neighbour reference kernel (two passes when symmetrised)
-            _kernels.basis_jacobian_neighbours(*args)
+        _kernels.basis_jacobian(*args, symmetric=symmetric)
         forces = np.zeros((n, 3, nb))
         np.add.at(forces, nl.image_of, d_forces)
         magnetic = np.zeros((n, nb))
