@@ -2,7 +2,7 @@
 # Build the compiled modules with AddressSanitizer (setup.py: MMTP_DEBUG=asan) in a scratch copy
 # of the source tree and run the kernel tests against that copy: kernels vs the NumPy reference
 # (magnetic basis sizes 1-6, radial basis sizes up to 10), finite differences, kernel variants,
-# the neighbour list and the column parameter kernel against the per-neighbour one. Any
+# the neighbour list, the parameter kernels and Monte Carlo. Any
 # out-of-bounds read or write stops the run with ASan's report.
 #
 #   scripts/asan_kernels.sh [extra pytest args]      (PYTHON=... selects the interpreter)
