@@ -139,6 +139,7 @@ def test_break_stops_cleanly_with_checkpoint(fe_with_active_set, tmp_path, capsy
     captured = capsys.readouterr()
     assert "stopped at step" in captured.err and "extrapolation grade" in captured.err
     assert "break = 100" in captured.err and "worst neighbourhood: atom id" in captured.err
+    worst_id = int(captured.err.split("worst neighbourhood: atom id ")[1].split(";")[0].split()[0])
     assert "STOPPED EARLY" in captured.out
     ck = read_checkpoint(tmp_path / "checkpoint.h5")
     assert 0 < ck.step < 3000 and "extrapolation grade" in ck.stop_reason
@@ -147,6 +148,8 @@ def test_break_stops_cleanly_with_checkpoint(fe_with_active_set, tmp_path, capsy
     assert len(saved) >= 1 and min(grades) > 3.0 and grades[-1] > 100.0
     assert int(saved[-1].features["md_step"]) == ck.step
     assert saved[-1].nbh_grades is not None and saved[-1].nbh_grades.max() == pytest.approx(grades[-1])
+    # the message names the atom (by id) whose neighbourhood has the largest grade
+    assert worst_id == int(saved[-1].ids[int(np.argmax(saved[-1].nbh_grades))])
     assert np.array_equal(saved[-1].positions, ck.state["positions"])
     traj = read_trajectory(tmp_path / "trajectory.h5")
     assert traj["step"][-1] == ck.step and np.nanmax(traj["grade"]) > 100.0

@@ -121,9 +121,8 @@ class ExtrapolationObserver(Observer):
             self._save(sim, cfg, result)
         if grade > self.break_:
             where = ""
-            if result.worst_atom >= 0:
-                worst = result.worst_atom if sim.distributed else int(state.ids[result.worst_atom])
-                where = f", worst neighbourhood: atom id {worst}"
+            if result.worst_atom >= 0:       # the force field reports it by atom id
+                where = f", worst neighbourhood: atom id {result.worst_atom}"
             saved = f"; configuration saved to {self.save_to}" if self.save_to is not None else ""
             sim.request_stop(f"extrapolation grade {grade:.4g} > break = {self.break_:g} at step "
                              f"{state.step}{where}{saved}")

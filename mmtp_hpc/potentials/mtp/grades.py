@@ -35,7 +35,8 @@ from mmtp_hpc.errors import InputError
 @dataclass
 class GradeResult:
     """``grade``: the configuration grade; ``nbh_grades`` (N,) in nbh mode, else None;
-    ``worst_atom``: index of the largest neighbourhood grade (nbh mode), else -1."""
+    ``worst_atom``: the atom of the largest neighbourhood grade (nbh mode), else -1: its index
+    from :meth:`ActiveSet.grade`, its id from ``ForceField.grade`` (over all MPI ranks)."""
 
     grade: float
     nbh_grades: np.ndarray | None = None
