@@ -187,8 +187,8 @@ class ForceField:
         """Extrapolation grade of the current configuration, from the parameter gradients of
         the list's centres: per neighbourhood (``nbh``: each owned atom's row; the worst atom
         by id over all ranks: ``worst_atom`` is an atom id, serial or not) or per configuration
-        (``cfg``: the energy row Σ_i ∂E_i/∂θ summed over ranks). Configuration grades with force/stress rows need the whole configuration's
-        parameter Jacobians: serial only."""
+        (``cfg``: the energy row Σ_i ∂E_i/∂θ summed over ranks). Configuration grades with
+        force/stress rows need the whole configuration's parameter Jacobians: serial only."""
         from mmtp_hpc.errors import InputError
         from mmtp_hpc.potentials.mtp.grades import GradeResult
 

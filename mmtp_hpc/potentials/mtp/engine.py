@@ -226,7 +226,8 @@ class MTPEngine:
         return np.zeros((n_centres, width))
 
     @staticmethod
-    def affected_centres(nl: NeighborList, entry_owner: np.ndarray, n_atoms: int) -> tuple[np.ndarray, np.ndarray]:
+    def affected_centres(nl: NeighborList, entry_owner: np.ndarray,
+                         n_atoms: int) -> tuple[np.ndarray, np.ndarray]:
         """(centres, offsets): the centres of ``nl`` whose energy depends on the moment of each
         atom a < ``n_atoms`` (a itself, and every centre with an entry ``j`` inside the cutoff
         where ``entry_owner[j] == a``), ascending; atom a's are centres[offsets[a]:offsets[a + 1]].
