@@ -244,9 +244,9 @@ def affected_centres(const double[:, ::1] pos, const int64_t[::1] offsets, const
     atom a's centres are centres[offsets[a]:offsets[a + 1]], ascending, each once. O(pairs),
     no sorting: the centres are visited in ascending order and a marker per atom drops repeats
     (several images of a seen by the same centre)."""
-    cdef double rc2 = cutoff * cutoff * (1.0 + 1e-9), dx, dy, dz
+    cdef double rc2 = cutoff * cutoff * (1.0 + 1e-9)
     cdef Py_ssize_t k, p
-    cdef int64_t a, j, total
+    cdef int64_t a, total
     cdef int64_t[::1] count = np.zeros(n_atoms + 1, dtype=np.int64)
     cdef int64_t[::1] last = np.full(n_atoms, -1, dtype=np.int64)
     cdef int64_t[::1] out_off = np.zeros(n_atoms + 1, dtype=np.int64)
@@ -274,14 +274,8 @@ def affected_centres(const double[:, ::1] pos, const int64_t[::1] offsets, const
                         out[count[k]] = k
                         count[k] += 1
                 for p in range(offsets[k], offsets[k + 1]):
-                    j = nbrs[p]
-                    a = entry_owner[j]
-                    if a < 0 or a >= n_atoms or last[a] == k:
-                        continue
-                    dx = pos[j, 0] - pos[k, 0]
-                    dy = pos[j, 1] - pos[k, 1]
-                    dz = pos[j, 2] - pos[k, 2]
-                    if dx * dx + dy * dy + dz * dz >= rc2:
+                    a = moved_owner(pos, nbrs, entry_owner, k, p, n_atoms, rc2)   # (k itself: above)
+                    if a < 0 or last[a] == k:
                         continue
                     last[a] = k
                     if pass_ == 0:

@@ -357,7 +357,7 @@ def basis_jacobian(dict tab, const double[:, ::1] pos, const int[::1] types, con
     cdef double* mdot
     cdef double* mom = NULL
     cdef Py_ssize_t i
-    cdef int s, b_, k, z, col, dd, nd, mu, a_, b2, c_, nu, q, x, K = t.K, ld, nm = t.n_mono, ncol
+    cdef int s, b_, k, z, col, dd, nd, mu, a_, b2, c_, nu, q, x, K = t.K, ld, ncol
     cdef const int* row
     cdef double wk, mi_, mj_, fm, fr, mono, r, rad, gx, gy, gz, half
     cdef double* src_i

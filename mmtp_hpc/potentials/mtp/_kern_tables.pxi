@@ -14,9 +14,6 @@ import numpy as np
 
 cdef extern from "_simd.h" nogil:
     double mmtp_dot(const double* a, const double* b, int n)
-    void mmtp_dot4(const double* cf, const double* cfd, const double* qp, const double* dqp,
-                   const double* qdp, int n, double* s, double* w, double* wd, double* wi)
-    void mmtp_dot2(const double* cf, const double* q, const double* dq, int n, double* s, double* w)
     void mmtp_axpy(double* y, double alpha, const double* x, int n)
     void mmtp_lane_products(double* mom, const int* times, const double* weights, const int* run_start,
                             const char* fresh, int n_runs, int L)
@@ -25,7 +22,7 @@ cdef extern from "_simd.h" nogil:
 
 
 cdef struct Tables:
-    int C, K, R, M, n_basic, n_times, n_moments, n_basis, max_pow, n_mono
+    int C, K, R, M, n_basic, n_times, n_moments, n_basis, n_mono
     double rmin, rcut, scaling
     const int* basic        # (n_basic, 4): mu, a, b, c
     const int* times        # (n_times, 3): i, j, k
@@ -107,7 +104,6 @@ cdef Tables make_tables(dict tab):
     t.n_times = times.shape[0]
     t.n_moments = tab["n_moments"]
     t.n_basis = mapping.shape[0]
-    t.max_pow = tab["max_pow"]
     t.rmin = tab["rmin"]
     t.rcut = tab["rcut"]
     t.scaling = tab["scaling"]

@@ -7,22 +7,6 @@
 #ifndef MMTP_SIMD_H
 #define MMTP_SIMD_H
 
-/* s = Σ cf·qp, w = Σ cf·dqp, wd = Σ cf·qdp, wi = Σ cfd·qp over n terms */
-static inline void mmtp_dot4(const double *cf, const double *cfd, const double *qp,
-                             const double *dqp, const double *qdp, int n,
-                             double *s, double *w, double *wd, double *wi)
-{
-    double a = 0.0, b = 0.0, c = 0.0, d = 0.0;
-    #pragma omp simd reduction(+:a,b,c,d)
-    for (int k = 0; k < n; k++) {
-        a += cf[k] * qp[k];
-        b += cf[k] * dqp[k];
-        c += cf[k] * qdp[k];
-        d += cfd[k] * qp[k];
-    }
-    *s = a; *w = b; *wd = c; *wi = d;
-}
-
 /* Σ a·b */
 static inline double mmtp_dot(const double *a, const double *b, int n)
 {
@@ -31,19 +15,6 @@ static inline double mmtp_dot(const double *a, const double *b, int n)
     for (int k = 0; k < n; k++)
         x += a[k] * b[k];
     return x;
-}
-
-/* s = Σ cf·q, w = Σ cf·dq */
-static inline void mmtp_dot2(const double *cf, const double *q, const double *dq, int n,
-                             double *s, double *w)
-{
-    double a = 0.0, b = 0.0;
-    #pragma omp simd reduction(+:a,b)
-    for (int k = 0; k < n; k++) {
-        a += cf[k] * q[k];
-        b += cf[k] * dq[k];
-    }
-    *s = a; *w = b;
 }
 
 /* y += alpha·x */

@@ -69,7 +69,6 @@ class MTPEngine:
             "weights": np.ascontiguousarray(times[:, 2], dtype=np.float64),
             "mapping": np.ascontiguousarray(pot.alpha_moment_mapping, dtype=np.int32),
             "n_moments": int(pot.alpha_moments_count),
-            "max_pow": int(basic[:, 1:].max()) if len(basic) else 0,
         }
         self._structure.update(monomial_tables(basic, pot.radial_funcs_count))
         # spin-symmetrised evaluation in one neighbour pass where the magnetic intervals allow it
