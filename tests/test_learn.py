@@ -188,9 +188,19 @@ def test_final_ensemble_is_trained_once_and_spreads(tmp_path):
     from mmtp_hpc.training.ensemble import ensemble_predict
 
     path = write_input(tmp_path, max_iterations=1, steps=20, a="2.86", temperatures="300.0",
-                       max_iter=60, retrain=20, train_extra="ensemble = 2")
+                       max_iter=60, retrain=20, train_extra="ensemble = 2\nfinal_max_iter = 40")
     state = run_learning(load_learn_settings(path), stream=io.StringIO(), md_stream=None)
     assert state.finished
+    # the final refit: from the loop's last potential, lower loss, and it is what current.almtp holds
+    work = tmp_path / "work"
+    last = max(r["iteration"] for r in state.history if "training_size" in r)     # the last one trained
+    assert (work / "final" / "before.almtp").read_bytes() == \
+        (work / f"iter_{last:03d}" / "potential.almtp").read_bytes()
+    assert (work / "current.almtp").read_bytes() == (work / "final" / "potential.almtp").read_bytes()
+    fr = state.final_refit
+    assert fr["max_iter"] == 40 and fr["training_size"] == len(read_trainingset_h5(work / "trainingset.h5"))
+    assert fr["loss_end"] <= fr["loss_start"]
+    assert read_state(work).final_refit == json.loads(json.dumps(fr))
     d = tmp_path / "work" / "ensemble"
     members = sorted(d.glob("member_*.almtp"))
     assert [m.name for m in members] == ["member_00.almtp", "member_01.almtp"]
@@ -203,6 +213,7 @@ def test_final_ensemble_is_trained_once_and_spreads(tmp_path):
     summary = json.loads((d / "ensemble.json").read_text())
     assert set(summary) == {"member_00", "member_01"}
     stamp = [m.stat().st_mtime_ns for m in members]
+    final_stamp = (work / "final" / "potential.almtp").stat().st_mtime_ns
     run_learning(load_learn_settings(path), stream=io.StringIO(), md_stream=None)
     assert [m.stat().st_mtime_ns for m in members] == stamp      # a rerun trains nothing again
     # the card beside the potential states the training range and the oracle
@@ -213,6 +224,8 @@ def test_final_ensemble_is_trained_once_and_spreads(tmp_path):
     assert 2.7 < lo <= 2.84 * 1.05 and 2.84 * 0.95 < hi < 3.0          # the generated a = 2.84, 2.88 (± strain)
     m_lo, m_hi = tr["moments_uB"]["Fe"]
     assert 1.5 < m_lo < m_hi < 3.0
+    assert card["final_refit"]["max_iter"] == 40
+    assert (work / "final" / "potential.almtp").stat().st_mtime_ns == final_stamp   # not refitted again
     assert card["oracle"]["kind"] == "analytic"
     import contextlib
 

@@ -90,6 +90,7 @@ class LearnState:
     history: list[dict] = field(default_factory=list)
     settings_hash: str = ""
     report: dict | None = None
+    final_refit: dict | None = None     # what the final refit ([train] final_max_iter) did, once done
     version: int = STATE_VERSION
 
     def record(self, iteration: int) -> dict:
@@ -389,6 +390,7 @@ class Learner:
             state.stop_reason = ""
             state.phase = "md"
             self.log(f"the input changed after convergence: continuing with iteration {state.iteration}")
+            state.final_refit = None
         if state.finished and state.stop_reason.startswith("limit") \
                 and state.iteration <= s.learn.max_iterations:
             state.finished = False
@@ -396,6 +398,7 @@ class Learner:
             state.phase = "md"
             self.log(f"max_iterations is now {s.learn.max_iterations}: continuing with iteration "
                      f"{state.iteration}")
+            state.final_refit = None
         if not state.finished and state.iteration == 0:
             self.initial_potential()    # readable, species as given: checked before any work
         if self.root and not state.finished:
@@ -749,6 +752,10 @@ class Learner:
                 self.log(f"figure: {self.workdir / PLOT_FILE}")
             except ImportError:  # pragma: no cover - matplotlib is a dependency
                 self.log("note: matplotlib is not available; no figure")
+        if state.finished and self.settings.train.final_max_iter and state.final_refit is None \
+                and self.training_path.exists() and self.current_path.exists():
+            state.final_refit = self.final_refit(state)
+            self.save_state(state)
         if self.root and self.training_path.exists() and self.current_path.exists():
             self.write_card(state)
         if self.settings.train.ensemble and state.finished:
@@ -762,6 +769,44 @@ class Learner:
                 self.save_state(state)
         self.log(f"potential: {self.current_path}; training set: {self.training_path}")
 
+    def final_refit(self, state: LearnState) -> dict:
+        """``[train] final_max_iter`` iterations from the current coefficients on the final training
+        set: the loop's short warm refits stop before the fit has settled. The refit potential
+        becomes current.almtp (the loop's last one is kept as final/before.almtp)."""
+        import shutil
+
+        from mmtp_hpc.active.maxvol import attach_active_set
+        from mmtp_hpc.io.trainingset import read_trainingset_h5
+        from mmtp_hpc.potentials.mtp.mlip_io import load_potential, save_potential
+        from mmtp_hpc.training.fit import train
+
+        s = self.settings
+        training = read_trainingset_h5(self.training_path)
+        settings = s.train_settings(first=False, final=True)
+        self.log(f"final refit: {len(training)} configurations, {settings.max_iter} iterations max, "
+                 "from the current coefficients")
+        t0 = time.perf_counter()
+        result = train(load_potential(self.current_path), training, settings, comm=self.comm, log=self.log)
+        pot = result.potential
+        pot.species_names = list(self.species())
+        record = {"max_iter": settings.max_iter, "training_size": len(training),
+                  "errors": dict(result.train_errors), "wall_s": time.perf_counter() - t0,
+                  "loss_start": result.history[0]["loss"] if result.history else None,
+                  "loss_end": result.history[-1]["loss"] if result.history else None}
+        if self.root:
+            attach_active_set(pot, training, mode=s.select.mode)
+            d = self.workdir / "final"
+            d.mkdir(parents=True, exist_ok=True)
+            with atomic_path(d / "before.almtp") as tmp:
+                shutil.copyfile(self.current_path, tmp)
+            save_potential(pot, d / "potential.almtp")
+            _write_json(d / "train.json", record)
+            save_potential(pot, self.current_path)
+            errs = record["errors"]
+            self.log("final refit done: " + ", ".join(f"{k} {v:.4g}" for k, v in errs.items()
+                                                      if isinstance(v, (int, float))))
+        return self._bcast(record)
+
     def write_card(self, state: LearnState) -> None:
         """current.almtp.card.json: the training range and who labelled the data (mmtp info)."""
         from mmtp_hpc.io.potential_card import training_range, write_card
@@ -772,6 +817,15 @@ class Learner:
         card = {"description": f"mmtp learn {self.settings.source}: {state.stop_reason}",
                 "training": training_range(training, self.species()),
                 "oracle": {k: v for k, v in oracle.items() if k not in ("env", "command")}}
+        runs = sum(int(r.get("dft_runs", 0) or 0) for r in state.history)
+        if runs:
+            card["labels_computed"] = {
+                "runs": runs, "iterations": state.iteration,
+                "core_hours": round(sum(float(r.get("dft_core_s", 0.0) or 0.0) for r in state.history) / 3600, 2),
+                "failed": sum(len(r.get("label_failures", []) or []) for r in state.history)}
+        if state.final_refit:
+            card["final_refit"] = {k: state.final_refit[k] for k in ("max_iter", "training_size", "errors")
+                                   if k in state.final_refit}
         path = write_card(self.current_path, card)
         self.log(f"potential card (training range, labels' provenance): {path}")
 

@@ -137,6 +137,9 @@ class LearnTrainSettings:
     weight_scaling: int = _key(1, "divide energy and stress terms by N^k (MLIP-3)", integer(0, 2))
     max_iter: int = _key(300, "iterations of the first fit (pre-training)", integer(0))
     retrain_max_iter: int = _key(150, "iterations of each refit", integer(0))
+    final_max_iter: int = _key(0, "iterations of a final refit (from the current coefficients) when the "
+                               "loop ends, before the card and the ensemble; the short warm refits of "
+                               "the loop leave the fit unfinished (0: none)", integer(0))
     warm_start: bool = _key(True, "refit from the current coefficients (init keep); false: every refit "
                             "starts from train.init", boolean())
     init: str = _key("random", "start of the first fit: random, default, keep",
@@ -260,16 +263,18 @@ class LearnSettings:
         out["oracle"] = copy.deepcopy(self.oracle)
         return out
 
-    def train_settings(self, first: bool):
-        """:class:`TrainSettings` of the first fit (``first``) or of a refit."""
+    def train_settings(self, first: bool, final: bool = False):
+        """:class:`TrainSettings` of the first fit (``first``), of a refit, or of the final refit
+        (``final``: ``final_max_iter`` iterations from the current coefficients)."""
         from mmtp_hpc.training.fit import TrainSettings
 
         t = self.train
-        init = t.init if first or not t.warm_start else "keep"
+        init = "keep" if final else (t.init if first or not t.warm_start else "keep")
+        max_iter = t.final_max_iter if final else (t.max_iter if first else t.retrain_max_iter)
         return TrainSettings(
             energy_weight=t.energy_weight, force_weight=t.force_weight, stress_weight=t.stress_weight,
             magnetic_weight=t.magnetic_weight, weight_scaling=t.weight_scaling,
-            max_iter=t.max_iter if first else t.retrain_max_iter, tolerance=t.tolerance,
+            max_iter=max_iter, tolerance=t.tolerance,
             linear_every=t.linear_every, symmetrize=t.symmetrize, seed=t.seed, init=init,
             # the loop handles both intervals itself (see learn.prepare_intervals)
             min_dist="keep", magnetic_interval="keep", log_every=t.log_every,

@@ -87,6 +87,8 @@ def card_lines(card: Mapping[str, Any]) -> list[tuple[str, str]]:
     tr = card.get("training", {})
     if card.get("description"):
         rows.append(("description", str(card["description"])))
+    if card.get("status"):
+        rows.append(("status", str(card["status"])))
     if tr:
         rows.append(("trained on", f"{tr.get('configurations')} configurations, {tr.get('atoms')} atoms "
                                    f"({', '.join(map(str, tr.get('atoms_per_configuration', [])))} per cell)"))
@@ -106,6 +108,19 @@ def card_lines(card: Mapping[str, Any]) -> list[tuple[str, str]]:
         for k, v in o.items():
             if isinstance(v, dict):
                 rows.append((f"  {k}", ", ".join(f"{kk} = {vv}" for kk, vv in v.items())))
+    if card.get("labels_computed"):
+        lc = card["labels_computed"]
+        rows.append(("DFT runs", f"{lc.get('runs')} ({lc.get('failed', 0)} failed), "
+                                 f"{lc.get('core_hours')} core-hours"))
+    if card.get("final_refit"):
+        fr = card["final_refit"]
+        errs = fr.get("errors", {})
+        parts = [f"{name} {errs[key]:.3g} {unit}" for key, name, unit in (
+            ("energy_rmse", "E", "meV/atom"), ("force_rmse", "F", "eV/Å"), ("stress_rmse", "S", "GPa"),
+            ("magnetic_rmse", "dE/dm", "eV/μB")) if isinstance(errs.get(key), (int, float))]
+        rows.append(("training RMSE", ", ".join(parts) + f" (final refit, {fr.get('max_iter')} iterations)"))
+    for text in card.get("limits", []) or []:
+        rows.append(("limits", str(text)))
     if card.get("validation"):
         rows.append(("validation", str(card["validation"])))
     return rows
