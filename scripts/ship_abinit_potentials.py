@@ -12,10 +12,11 @@ For each campaign (``inputs/learn_fe_abinit`` → ``fe_bcc_abinit.almtp``,
 - its card (``<name>.almtp.card.json``, printed by ``mmtp info``) states the training range,
   the DFT settings, how many DFT runs and core-hours the campaign took, whether it converged
   (or at which iteration it stands), and the limits of what it was trained on;
-- the final ensemble (``work/ensemble/member_*.almtp``), when the loop has made it, goes to
-  ``<name>_ensemble/`` for ``mmtp validate --ensemble``.
+- the final ensemble (``work/ensemble/member_*.almtp``) goes to ``<name>_ensemble/`` for
+  ``mmtp validate --ensemble``; before the loop has made it, the same ``[train] ensemble``
+  members are trained here on the current training set.
 
-Deterministic for a given campaign state; seconds per system.
+Deterministic for a given campaign state; a few minutes per system.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mmtp_hpc.active.learn import read_state  # noqa: E402
+from mmtp_hpc.active.learn import read_state, train_ensemble  # noqa: E402
 from mmtp_hpc.active.learn_settings import load_learn_settings  # noqa: E402
 from mmtp_hpc.active.maxvol import attach_active_set  # noqa: E402
 from mmtp_hpc.io.atomic import atomic_path  # noqa: E402
@@ -106,9 +107,18 @@ def ship(key: str, log=print) -> Path:
         "validation": f"inputs/{spec['campaign']}/README.md (mmtp validate against direct ABINIT)",
     }
     write_card(dest, card)
-    members = sorted((work / "ensemble").glob("member_*.almtp"))
     ens = OUT / f"{spec['name']}_ensemble"
-    if members:
+    members = sorted((work / "ensemble").glob("member_*.almtp")) if state.finished else []
+    if len(members) < settings.train.ensemble and settings.train.ensemble:
+        # the loop has not made its ensemble yet: the same members, trained here afresh
+        tmp_dir = ens.with_name(ens.name + ".tmp")
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        log(f"{spec['name']}: training an ensemble of {settings.train.ensemble} (fresh random starts)")
+        train_ensemble(dest, training, settings, species, tmp_dir, log=lambda s: None)
+        shutil.rmtree(ens, ignore_errors=True)
+        tmp_dir.rename(ens)
+        members = sorted(ens.glob("member_*.almtp"))
+    elif members:
         ens.mkdir(exist_ok=True)
         for m in members:
             with atomic_path(ens / m.name) as tmp:

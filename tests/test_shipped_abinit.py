@@ -63,15 +63,19 @@ def test_card_states_the_range_and_the_dft(name, capsys):
 @pytest.mark.filterwarnings("ignore::mmtp_hpc.potentials.mtp.engine.MagneticRangeWarning")
 def test_fe_agrees_with_the_stored_abinit_results(tmp_path):
     """Nine unconstrained ground states (2.70–3.02 Å), six constrained E(m) at 2.86 Å and the
-    antiparallel pair, as `inputs/learn_fe_abinit/README.md` runs them."""
+    antiparallel pair, as `inputs/learn_fe_abinit/README.md` runs them; the shipped ensemble's
+    spread."""
     cache = tmp_path / "validation"
     shutil.copytree(FE / "validation", cache, ignore=shutil.ignore_patterns("*.png", "fe.*"))
     data, text = read_toml(FE / "input.toml")
     oracle = oracle_from_settings(data["oracle"], FE, ["Fe"], source=str(FE / "input.toml"), text=text)
     engine = MTPEngine(load_potential(POT / "fe_bcc_abinit.almtp"))
     a = np.linspace(2.70, 3.02, 9)
+    members = [MTPEngine(load_potential(m)) for m in sorted((POT / "fe_bcc_abinit_ensemble").glob("member_*.almtp"))]
+    assert len(members) == 5
     v = validate(engine, oracle, ["Fe"], "bcc", a, a_ref=2.86, start=[3.0], workdir=cache,
-                 moment_values=[1.0, 1.5, 1.75, 2.25, 2.75, 3.0], a_moment=2.86, antiparallel_m=2.0)
+                 moment_values=[1.0, 1.5, 1.75, 2.25, 2.75, 3.0], a_moment=2.86, antiparallel_m=2.0,
+                 members=members, curve=np.linspace(2.55, 3.17, 16), trained_a=(2.70, 3.02))
     assert not v.failures                                    # every DFT point read back, none run
     errors, passed = v.errors(), v.passed()
     for key in ("moment", "energy", "pressure", "gradient_m", "antiparallel"):
@@ -82,5 +86,8 @@ def test_fe_agrees_with_the_stored_abinit_results(tmp_path):
     assert np.all(dm[v.m_values > 1.01] <= 10.0), dm
     # the DFT side is what the README's table quotes: ferromagnetic, moment rising with a
     assert np.all(np.diff(v.dft_moments["Fe"]) > 0) and 1.7 < v.dft_moments["Fe"][0] < v.dft_moments["Fe"][-1] < 2.8
+    # the ensemble agrees inside the trained lattice range and spreads outside it
+    inside, outside = v.spread_inside_outside()
+    assert inside < 2.0 and outside > 3 * inside, (inside, outside)
     saved = json.loads((FE / "validation" / "fe.json").read_text())
     assert set(saved["passed"]) == set(passed)

@@ -830,43 +830,11 @@ class Learner:
         self.log(f"potential card (training range, labels' provenance): {path}")
 
     def train_ensemble(self, state: LearnState) -> None:
-        """``[train] ensemble`` members fitted afresh (random starts) to the final training set,
-        with the current potential's basis and intervals; each saved as it is done, so a rerun
-        trains only the missing ones."""
-        import dataclasses as dc
-
-        from mmtp_hpc.active.maxvol import attach_active_set
+        """``[train] ensemble`` members in workdir/ensemble (see :func:`train_ensemble`)."""
         from mmtp_hpc.io.trainingset import read_trainingset_h5
-        from mmtp_hpc.potentials.mtp.mlip_io import load_potential, save_potential
-        from mmtp_hpc.training.fit import train
 
-        s = self.settings
-        n = s.train.ensemble
-        d = self.workdir / "ensemble"
-        training = read_trainingset_h5(self.training_path)
-        base = dc.replace(s.train_settings(first=True), init="random")
-        errors = {}
-        for i in range(n):
-            path = d / f"member_{i:02d}.almtp"
-            if path.exists():
-                continue
-            settings = dc.replace(base, seed=s.train.seed + 1 + i)
-            self.log(f"ensemble member {i + 1}/{n} (seed {settings.seed}): {len(training)} configurations, "
-                     f"{settings.max_iter} iterations max")
-            result = train(load_potential(self.current_path), training, settings, comm=self.comm, log=self.log)
-            pot = result.potential
-            pot.species_names = list(self.species())
-            errors[f"member_{i:02d}"] = dict(result.train_errors)
-            if self.root:
-                attach_active_set(pot, training, mode=s.select.mode)
-                d.mkdir(parents=True, exist_ok=True)
-                save_potential(pot, path)
-        if self.root:
-            summary = d / "ensemble.json"
-            old = json.loads(summary.read_text(encoding="utf-8")) if summary.exists() else {}
-            old.update(errors)
-            _write_json(summary, old)
-            self.log(f"ensemble: {n} members in {d} (training errors in {summary.name})")
+        train_ensemble(self.current_path, read_trainingset_h5(self.training_path), self.settings,
+                       self.species(), self.workdir / "ensemble", comm=self.comm, log=self.log)
 
     def magnetisation_report(self) -> dict | None:
         """⟨m⟩ vs lattice parameter, moments relaxed, with the potential and with the oracle's
@@ -1004,6 +972,48 @@ def plot_history(history: list[dict], path: Path, select: float, break_: float) 
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
+
+
+def train_ensemble(current: Path, training: list[Configuration], settings: LearnSettings,
+                   species: list[str], directory: Path, comm: Any = None,
+                   log: Callable[[str], None] = print) -> None:
+    """``[train] ensemble`` members fitted afresh (random starts, seeds seed+1, seed+2, …) to
+    ``training`` with the basis and intervals of the potential ``current``, in ``directory``
+    (member_NN.almtp, training errors in ensemble.json); each is saved as it is done, so a rerun
+    trains only the missing ones."""
+    import dataclasses as dc
+
+    from mmtp_hpc.active.maxvol import attach_active_set
+    from mmtp_hpc.parallel.comm import get_comm
+    from mmtp_hpc.potentials.mtp.mlip_io import load_potential, save_potential
+    from mmtp_hpc.training.fit import train
+
+    comm = get_comm(comm)
+    root = comm.Get_rank() == 0
+    n = settings.train.ensemble
+    base = dc.replace(settings.train_settings(first=True), init="random")
+    errors = {}
+    for i in range(n):
+        path = directory / f"member_{i:02d}.almtp"
+        if path.exists():
+            continue
+        ts = dc.replace(base, seed=settings.train.seed + 1 + i)
+        log(f"ensemble member {i + 1}/{n} (seed {ts.seed}): {len(training)} configurations, "
+            f"{ts.max_iter} iterations max")
+        result = train(load_potential(current), training, ts, comm=comm, log=log)
+        pot = result.potential
+        pot.species_names = list(species)
+        errors[f"member_{i:02d}"] = dict(result.train_errors)
+        if root:
+            attach_active_set(pot, training, mode=settings.select.mode)
+            directory.mkdir(parents=True, exist_ok=True)
+            save_potential(pot, path)
+    if root:
+        summary = directory / "ensemble.json"
+        old = json.loads(summary.read_text(encoding="utf-8")) if summary.exists() else {}
+        old.update(errors)
+        _write_json(summary, old)
+        log(f"ensemble: {n} members in {directory} (training errors in {summary.name})")
 
 def read_state(workdir: str | Path) -> LearnState:
     """The loop state of a work directory (for scripts and tests)."""
