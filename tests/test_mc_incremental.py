@@ -35,6 +35,10 @@ def _cases():
         "shipped_plain": (shipped, False, 2),
         "shipped_self_images": (shipped, True, 1),      # cell smaller than the cutoff: own images
         "two_species_M5": (wide, False, 2),
+        # cells wider than two cutoffs: every centre sees one image of the moved atom, so the
+        # trials take the lane path (all pair changes of a trial at once, lane_pair_changes)
+        "shipped_symmetric_large": (shipped, True, 4),
+        "two_species_M5_large": (wide, False, 4),
     }
 
 
@@ -94,7 +98,7 @@ def test_incremental_trials_equal_full_recomputation(name):
     assert np.abs(site_inc - fresh).max() < 1e-10 * np.abs(fresh).max()
 
 
-@pytest.mark.parametrize("name", ["shipped_symmetric_one_pass", "two_species_M5"])
+@pytest.mark.parametrize("name", ["shipped_symmetric_one_pass", "two_species_M5", "shipped_symmetric_large"])
 def test_kernel_sweep_makes_the_python_sweeps_decisions(name):
     """MonteCarloMoments.sweep through the kernels and through the Python loop on
     site_energies_of (the previous implementation), same random numbers: same moves."""

@@ -200,3 +200,34 @@ def test_npt_log_has_a_volume_column_and_average(fe_potential, tmp_path):
     volume = sim.state.volume / sim.state.n_global
     assert float(rows[-1][header.index("V_A3/at")]) == pytest.approx(volume, abs=1e-4)
     assert "V = " in next(x for x in lines if "logged averages" in x)
+
+
+@pytest.mark.parametrize("mode", ["mc", "langevin", "relax"])
+def test_moments_of_listed_species_only(tmp_path, mode):
+    """[moments] species = ["Fe"]: every updater moves the Fe moments and leaves Al's as they were."""
+    from mmtp_hpc.dynamics.settings import settings_from_dict
+    from mmtp_hpc.errors import InputError
+
+    from conftest import REPO
+
+    def settings(species):
+        return settings_from_dict({
+            "system": {"lattice": "b2", "a": 2.88, "repeat": 3, "species": ["Fe", "Al"], "magmoms": [1.8, 0.05],
+                       "jitter": 0.03},
+            "potential": {"file": str(REPO / "inputs" / "potentials" / "feal_b2_analytic_l16.almtp")},
+            "md": {"steps": 6, "timestep_fs": 1.0, "ensemble": "nvt", "temperature_K": 600.0, "seed": 4},
+            "moments": {"mode": mode, "species": species},
+            "output": {"trajectory": "", "checkpoint": "", "log_every": 10 ** 9},
+        }, source=str(tmp_path / "input.toml"), base_dir=str(tmp_path))
+
+    sim = Simulation.from_settings(settings(["Fe"]), stream=None)
+    al = sim.state.types == 1
+    before = sim.state.magmoms.copy()
+    sim.run()
+    after = sim.state.magmoms
+    assert np.array_equal(after[al], before[al])                     # Al: untouched, bit for bit
+    assert np.abs(after[~al] - before[~al]).max() > 1e-3             # Fe: moved
+    if mode == "mc":
+        assert sim.moments.tried == 6 * int((~al).sum())             # trials of Fe atoms only
+    with pytest.raises(InputError, match="moments.species"):
+        Simulation.from_settings(settings(["Fe", "Ni"]), stream=None)

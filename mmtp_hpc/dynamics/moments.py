@@ -67,14 +67,28 @@ from mmtp_hpc.dynamics.units import KB_EV_PER_K
 
 class _TypeBounds:
     """Per-atom moment bounds ``lo``/``hi`` that follow the atoms' types (they change on an
-    MPI rank when atoms migrate): ``type_bounds = (lo_t, hi_t)`` per type, or fixed arrays."""
+    MPI rank when atoms migrate): ``type_bounds = (lo_t, hi_t)`` per type, or fixed arrays.
+
+    ``frozen_types`` (per type, ``[moments] species``): atoms of these types keep their moments;
+    ``moving`` is the per-atom mask (None: every atom moves). :meth:`pin` sets their bounds to
+    their moments (relax, langevin); Monte Carlo leaves them out of its sweeps."""
 
     type_bounds: tuple[np.ndarray, np.ndarray] | None = None
+    frozen_types: np.ndarray | None = None
+    moving: np.ndarray | None = None
 
     def set_types(self, types: np.ndarray) -> None:
         if self.type_bounds is not None:
             self.lo = self.type_bounds[0][types]
             self.hi = self.type_bounds[1][types]
+        if self.frozen_types is not None:
+            self.moving = ~np.asarray(self.frozen_types, dtype=bool)[types]
+
+    def pin(self, magmoms: np.ndarray) -> None:
+        """Bounds of the atoms that keep their moments: [m, m] (idempotent: those never change)."""
+        if self.moving is not None:
+            self.lo = np.where(self.moving, self.lo, magmoms)
+            self.hi = np.where(self.moving, self.hi, magmoms)
 
 
 def _global_dot(comm, a: np.ndarray, b: np.ndarray) -> float:
@@ -231,6 +245,7 @@ class RelaxMoments(MomentUpdater):
 
     def relax(self, forcefield, state: MDState) -> Evaluation:
         self.comm = state.comm
+        self.pin(state.magmoms)
 
         def fun(m: np.ndarray):
             ev = forcefield.evaluate(state, m)
@@ -266,6 +281,7 @@ class LangevinMoments(MomentUpdater):
     name = "langevin"
 
     def update(self, state: MDState, evaluation: Evaluation) -> None:
+        self.pin(state.magmoms)
         state.magmoms[:] = self.step(state.magmoms, evaluation.magnetic_gradient, state.ids, state.step)
 
     def end_of_step(self, forcefield, state: MDState, evaluation: Evaluation, due: bool) -> bool:
@@ -402,7 +418,7 @@ class MonteCarloMoments(MomentUpdater):
         accepted = 0
         for s in range(self.sweeps):
             accepted += self.moves(model, magmoms, site_energies, np.arange(n), order_keys, draws, s)
-        self.tried += self.sweeps * n
+        self.tried += self.sweeps * (n if self.moving is None else int(np.count_nonzero(self.moving)))
         self.accepted += accepted
         return accepted
 
@@ -418,6 +434,8 @@ class MonteCarloMoments(MomentUpdater):
         accepted = 0
         beta = 1.0 / self.kT if self.kT > 0 else math.inf
         atoms = np.asarray(atoms, dtype=np.int64)
+        if self.moving is not None:
+            atoms = atoms[self.moving[atoms]]          # [moments] species: the others keep theirs
         order = atoms[np.argsort(order_keys[atoms, s], kind="stable")]
         native = getattr(model, "metropolis", None)   # models that sweep in the kernels
         if native is not None:
@@ -467,7 +485,8 @@ class MonteCarloMoments(MomentUpdater):
             for phase, atoms in enumerate(layout.sectors):
                 energies = layout.site_energies(state.magmoms, first=s == 0 and phase == 0)
                 accepted += self.moves(layout.model, state.magmoms, energies, atoms, order_keys, draws, s)
-        self.tried += self.sweeps * state.n_atoms
+        moving = state.n_atoms if self.moving is None else int(np.count_nonzero(self.moving))
+        self.tried += self.sweeps * moving
         self.accepted += accepted
         energy = layout.finish(state, evaluation)
         state.heat -= energy - evaluation.energy

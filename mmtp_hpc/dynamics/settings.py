@@ -129,6 +129,16 @@ def _bounds(value: Any) -> list[float] | list[list[float]] | None:
     raise _Bad(f"expected [min, max] in μB, or one [min, max] per species, got {value!r}")
 
 
+def _species_list(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, list) and value and all(isinstance(v, str) and v for v in value)):
+        raise _Bad(f"expected a non-empty list of species names, got {value!r}")
+    if len(set(value)) != len(value):
+        raise _Bad(f"a species is named twice in {value}")
+    return list(value)
+
+
 TRAJECTORY_QUANTITIES = ("positions", "velocities", "magmoms", "forces", "site_energies",
                          "magnetic_gradient", "nbh_grades")
 
@@ -217,6 +227,9 @@ class MomentSettings:
                                 real(0.0, lo_open=True))
     bounds: list | None = _key(None, "[min, max] μB (or one pair per species) for relax, langevin and mc "
                                "(default: the potential's magnetic interval)", _bounds)
+    species: list[str] | None = _key(None, "the species whose moments relax, langevin and mc change, e.g. "
+                                     "[\"Fe\"] (default: all); the others keep their moments, like a "
+                                     "LAMMPS fix on a group", _species_list)
 
 
 @dataclass

@@ -550,6 +550,14 @@ def build_simulation(settings: RunSettings, restart: str | Path | None = None,
                                     lo, hi, streams)
     if moments is not None:
         moments.type_bounds = moment_bounds(settings, pot, species, np.arange(pot.species_count))
+        if mo.species is not None:
+            unknown = [s for s in mo.species if s not in species]
+            if unknown:
+                raise InputError(f"species {unknown} are not in the system's species {species}",
+                                 path=settings.source, field="moments.species")
+            moments.frozen_types = np.array([s not in mo.species for s in species]
+                                            + [True] * (pot.species_count - len(species)), dtype=bool)
+            moments.set_types(state.types)
 
     sim = Simulation(state, forcefield, integrator, moments=moments, moment_every=mo.every,
                      seed=streams.seed, settings=settings, potential_path=str(pot_path))

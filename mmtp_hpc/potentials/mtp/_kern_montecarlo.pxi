@@ -44,6 +44,44 @@ cdef void to_lanes(const double* B, int nb, double* mom, int L) noexcept nogil:
                 row[l] = B[(l0 + l) * nb + b_]
 
 
+cdef inline void to_lane_tile(double** rows, int nb, int nsets, double* mom, int L, int Sp) noexcept nogil:
+    """mom[β·L + s·Sp + l] = rows[l][s·nb + β] for the 4 lanes l of a tile (the 4 row pointers
+    held in registers)."""
+    cdef const double* p0 = rows[0]
+    cdef const double* p1 = rows[1]
+    cdef const double* p2 = rows[2]
+    cdef const double* p3 = rows[3]
+    cdef double* o
+    cdef int b_, s, i
+    for s in range(nsets):
+        for b_ in range(nb):
+            i = s * nb + b_
+            o = mom + <size_t> b_ * L + s * Sp
+            o[0] = p0[i]
+            o[1] = p1[i]
+            o[2] = p2[i]
+            o[3] = p3[i]
+
+
+cdef inline void from_lane_tile(double** rows, int nb, int nsets, const double* mom, int L,
+                                int Sp) noexcept nogil:
+    """rows[l][s·nb + β] = mom[β·L + s·Sp + l] for the 4 lanes l of a tile (to_lane_tile back)."""
+    cdef double* p0 = rows[0]
+    cdef double* p1 = rows[1]
+    cdef double* p2 = rows[2]
+    cdef double* p3 = rows[3]
+    cdef const double* o
+    cdef int b_, s, i
+    for s in range(nsets):
+        for b_ in range(nb):
+            i = s * nb + b_
+            o = mom + <size_t> b_ * L + s * Sp
+            p0[i] = o[0]
+            p1[i] = o[1]
+            p2[i] = o[2]
+            p3[i] = o[3]
+
+
 cdef struct LaneRuns:
     int n_runs
     int* start      # (n_runs + 1,) run r: product rows start[r]..start[r + 1] − 1, one output each
@@ -98,9 +136,11 @@ cdef void lane_runs_free(LaneRuns* lr) noexcept nogil:
 
 
 cdef void lane_site_energies(Tables* t, LaneRuns* lr, double* mom, int L, int n_slots, int nsets,
-                             const int* z, double* e_lane, double* e_slot) noexcept nogil:
+                             int slot_stride, int set_stride, const int* z, double* e_lane,
+                             double* e_slot) noexcept nogil:
     """Products and energies of lanes 0..L-1 (rows 0..n_basic-1 of ``mom`` hold the basic
-    moments; lane slot·nsets + s); e_slot[slot] = mean over the sets (E_k or ½[E_k + E⁻_k])."""
+    moments; lane slot·slot_stride + s·set_stride); e_slot[slot] = mean over the sets (E_k or
+    ½[E_k + E⁻_k])."""
     cdef int l, slot, s, q
     cdef double acc
     for q in range(lr.n_clear):
@@ -112,7 +152,7 @@ cdef void lane_site_energies(Tables* t, LaneRuns* lr, double* mom, int L, int n_
     for slot in range(n_slots):
         acc = 0.0
         for s in range(nsets):
-            acc = acc + (t.species[z[slot]] + e_lane[slot * nsets + s])
+            acc = acc + (t.species[z[slot]] + e_lane[slot * slot_stride + s * set_stride])
         e_slot[slot] = acc if nsets == 1 else 0.5 * acc
 
 
@@ -172,6 +212,36 @@ cdef void trial_tables(Tables* t, int za, double old, double new, int nsets, bin
                         h[b] = acc
 
 
+cdef void trial_tables_centre(Tables* t, int za, double old, double new, int nsets, bint odd,
+                              double* H2, double* ps) noexcept nogil:
+    """H2[s, z_n, μ, r, c] = Σ_b C[z_a, z_n, μ, r, b, c]·σ_s^b [ψ_b(m_a') − ψ_b(m_a)]: trial_tables
+    for the moved atom's own terms (its ψ is the centre's, index b). ``ps``: scratch of 3·M."""
+    cdef int s, zn, mu, r, b, cc, C = t.C, K = t.K, R = t.R, M = t.M
+    cdef double* dpsi = ps
+    cdef double* p0 = ps + M
+    cdef double* p1 = ps + 2 * M
+    cdef double acc
+    cdef const double* cf
+    cdef double* h
+    psi_of(t, za, old, odd, p0)
+    psi_of(t, za, new, odd, p1)
+    for s in range(nsets):
+        for b in range(M):
+            dpsi[b] = p1[b] - p0[b]
+            if s == 1 and (b & 1):
+                dpsi[b] = -dpsi[b]
+        for zn in range(C):
+            for mu in range(K):
+                for r in range(R):
+                    cf = t.coeffs + ((((za * C + zn) * K + mu) * R + r) * M * M)
+                    h = H2 + ((((s * C + zn) * K + mu) * R + r) * M)
+                    for cc in range(M):
+                        acc = 0.0
+                        for b in range(M):
+                            acc = acc + cf[b * M + cc] * dpsi[b]
+                        h[cc] = acc
+
+
 cdef void add_pair_change(Tables* t, const double* H, int nsets, int zk, double mk, bint odd,
                           const double* d, const int* mu_start, double* Q, double* mono, double* monoB,
                           double* df, double* B, double* ps) noexcept nogil:
@@ -219,6 +289,136 @@ cdef void add_pair_change(Tables* t, const double* H, int nsets, int zk, double 
         for mu in range(K):
             mmtp_axpy(B + s * nb + mu_start[mu], df[s * K + mu], monoB + mu_start[mu],
                       mu_start[mu + 1] - mu_start[mu])
+
+
+cdef struct PairBuf:
+    int cap         # pairs per trial at most: every array below is (rows, cap)
+    double* U       # (3, cap) unit vectors
+    double* E       # (cap,) (r_cut − r)²·scaling
+    double* Q       # (R, cap) radial basis
+    double* PS      # (M, cap) ψ_b(m_k) of the centres
+    double* DF      # (nsets·K, cap) Δf of each set and radial function (the centres' terms)
+    double* DF2     # (nsets·K, cap) Δf of the moved atom's own terms with the same neighbours
+    double* MONO    # (n_mono, cap) monomials of the unit vectors
+    int* Z          # (cap,) species of the centres
+
+
+cdef int pairbuf_alloc(Tables* t, int nsets, int cap, PairBuf* pb) noexcept nogil:
+    """0, or −1 when out of memory (then every pointer is NULL)."""
+    cdef size_t n = <size_t> (cap if cap > 0 else 1)
+    pb.cap = <int> n
+    pb.U = <double*> malloc(3 * n * sizeof(double))
+    pb.E = <double*> malloc(n * sizeof(double))
+    pb.Q = <double*> malloc(t.R * n * sizeof(double))
+    pb.PS = <double*> malloc(t.M * n * sizeof(double))
+    pb.DF = <double*> malloc(nsets * t.K * n * sizeof(double))
+    pb.DF2 = <double*> malloc(nsets * t.K * n * sizeof(double))
+    pb.MONO = <double*> malloc(t.n_mono * n * sizeof(double))
+    pb.Z = <int*> malloc(n * sizeof(int))
+    if pb.U == NULL or pb.E == NULL or pb.Q == NULL or pb.PS == NULL or pb.DF == NULL or pb.DF2 == NULL \
+            or pb.MONO == NULL or pb.Z == NULL:
+        pairbuf_free(pb)
+        return -1
+    return 0
+
+
+cdef void pairbuf_free(PairBuf* pb) noexcept nogil:
+    free(pb.U); free(pb.E); free(pb.Q); free(pb.PS); free(pb.DF); free(pb.DF2); free(pb.MONO); free(pb.Z)
+    pb.U = NULL; pb.E = NULL; pb.Q = NULL; pb.PS = NULL; pb.DF = NULL; pb.DF2 = NULL; pb.MONO = NULL
+    pb.Z = NULL
+
+
+cdef void lane_pair_changes(Tables* t, const double* H, const double* H2, int nsets, bint odd, int P,
+                            const int64_t* pk, const double* pd, const int* types, const double* mag,
+                            PairBuf* pb, double* mom, int L, int Sp) noexcept nogil:
+    """The changed pair terms of the P centres pk[j] (vectors pd[3j..3j+2] to the moved atom), all
+    pairs at once (vectorised over the pairs), added to the basic moments of lane slot 1 + j of
+    every set s (lane s·Sp + 1 + j of ``mom``, rows < n_basic): B_k[s, β] += Δf^s_μ(β) mono_qβ.
+    The same sums as add_pair_change (there one pair at a time, here one row of pairs at a time).
+
+    With ``H2`` (trial_tables_centre) the moved atom's own terms change too, added to lane slot 0:
+    its neighbours are the P centres (vector −d, the same distance: mono_q(−u) = (−1)^|q| mono_q(u))
+    and B_a[s, β] += Σ_j Δf'^s_μ(β)[j] (−1)^|qβ| mono_qβ[j], Δf' = Σ_{r,c} Q_r σ_s(c) ψ_c(m_k) H2."""
+    cdef int j, r, b, s, mu, q, b_, R = t.R, M = t.M, K = t.K, C = t.C, nb = t.n_basic, cap = pb.cap
+    cdef int z
+    cdef double rr, x, e, width, h, sign
+    cdef const double* d
+    cdef double* U = pb.U
+    cdef double* Q = pb.Q
+    cdef double* PS = pb.PS
+    cdef double* DF = pb.DF
+    cdef double* MONO = pb.MONO
+    cdef double* row
+    for j in range(P):
+        d = pd + 3 * j
+        rr = sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2])
+        U[j] = d[0] / rr
+        U[cap + j] = d[1] / rr
+        U[2 * cap + j] = d[2] / rr
+        x = (2.0 * rr - t.rmin - t.rcut) / (t.rcut - t.rmin)
+        e = t.rcut - rr
+        pb.E[j] = e * e
+        Q[j] = 1.0
+        if R > 1:
+            Q[cap + j] = x
+        z = types[pk[j]]
+        pb.Z[j] = z
+        width = t.mag_max[z] - t.mag_min[z]
+        PS[j] = 1.0
+        if M > 1:
+            if odd:
+                PS[cap + j] = 2.0 * mag[pk[j]] / width
+            else:
+                PS[cap + j] = (2.0 * mag[pk[j]] - t.mag_min[z] - t.mag_max[z]) / width
+    for r in range(2, R):
+        for j in range(P):
+            Q[r * cap + j] = 2.0 * Q[cap + j] * Q[(r - 1) * cap + j] - Q[(r - 2) * cap + j]
+    for r in range(R):
+        for j in range(P):
+            Q[r * cap + j] = t.scaling * Q[r * cap + j] * pb.E[j]
+    for b in range(2, M):
+        for j in range(P):
+            PS[b * cap + j] = 2.0 * PS[cap + j] * PS[(b - 1) * cap + j] - PS[(b - 2) * cap + j]
+    # Δf^s_μ = Σ_{r,b} Q_r σ_s(b) ψ_b(m_k) H[s, z_k, μ, r, b] (and Δf' with H2)
+    pair_deltas(t, H, nsets, P, pb, DF)
+    if H2 != NULL:
+        pair_deltas(t, H2, nsets, P, pb, pb.DF2)
+    # monomials of the unit vectors, then the rows of the basic moments
+    for j in range(P):
+        MONO[j] = 1.0
+    for q in range(1, t.n_mono):
+        mmtp_mul_elem(MONO + q * cap, MONO + t.mono_parent[q] * cap, U + t.mono_dir[q] * cap, P)
+    for b_ in range(nb):
+        mu = t.basic[4 * b_]
+        q = t.basic_q[b_]
+        for s in range(nsets):
+            mmtp_fma_elem(mom + <size_t> b_ * L + s * Sp + 1, DF + (s * K + mu) * cap, MONO + q * cap, P)
+            if H2 != NULL:
+                h = mmtp_dot(pb.DF2 + (s * K + mu) * cap, MONO + q * cap, P)
+                if (t.mono_exp[3 * q] + t.mono_exp[3 * q + 1] + t.mono_exp[3 * q + 2]) & 1:
+                    h = -h
+                mom[<size_t> b_ * L + s * Sp] += h
+
+
+cdef void pair_deltas(Tables* t, const double* H, int nsets, int P, PairBuf* pb, double* DF) noexcept nogil:
+    """DF[s·K + μ, j] = Σ_{r,b} Q_r[j] σ_s(b) ψ_b[j] H[s, z_j, μ, r, b] over the P pairs of ``pb``."""
+    cdef int j, r, b, s, mu, R = t.R, M = t.M, K = t.K, C = t.C, cap = pb.cap
+    cdef double h, sign
+    cdef double* row
+    for s in range(nsets):
+        for mu in range(K):
+            row = DF + (s * K + mu) * cap
+            memset(row, 0, P * sizeof(double))
+            for r in range(R):
+                for b in range(M):
+                    sign = -1.0 if (s == 1 and (b & 1)) else 1.0
+                    if C == 1:
+                        h = H[(((s * C) * K + mu) * R + r) * M + b] * sign
+                        mmtp_fma_elem_scaled(row, pb.Q + r * cap, pb.PS + b * cap, h, P)
+                    else:
+                        for j in range(P):
+                            h = H[(((s * C + pb.Z[j]) * K + mu) * R + r) * M + b] * sign
+                            row[j] += (pb.Q[r * cap + j] * pb.PS[b * cap + j]) * h
 
 
 cdef inline int64_t moved_owner(const double[:, ::1] pos, const int64_t[::1] nbrs,
@@ -341,6 +541,17 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     cdef double* pair_d = NULL
     cdef int64_t n_atoms = magmoms.shape[0], n_pairs = 0, a2
     cdef bint ordered = True
+    cdef char* fast = NULL
+    cdef PairBuf pb
+    cdef int P, S, Sp, max_pairs = 0, j2, s2, b2
+    cdef int64_t q0
+    cdef double* row
+    cdef double** rows = NULL
+    cdef double* zero_row = NULL
+    cdef double* H2 = NULL
+    cdef int64_t n_in
+    pb.U = NULL; pb.E = NULL; pb.Q = NULL; pb.PS = NULL; pb.DF = NULL; pb.DF2 = NULL; pb.MONO = NULL
+    pb.Z = NULL
     if symmetric and t.M < 2:
         raise ValueError("symmetric Monte Carlo needs a magnetic potential (M > 1)")
     if cache.shape[0] < n_centres or cache.shape[1] != width:
@@ -425,6 +636,49 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                     pair_d[3 * q + 1] = pos[j, 1] - pos[k, 1]
                     pair_d[3 * q + 2] = pos[j, 2] - pos[k, 2]
                     pair_off[a2 + 1] += 1
+        # the lane path of a trial (lane_pair_changes) when atom a's affected centres are a and
+        # the centres of its pairs, each once (else: a centre sees several images of a, or a
+        # borderline pair; those trials take the general path)
+        fast = <char*> calloc(n_atoms + 1, sizeof(char))
+        rows = <double**> malloc((max_aff + 8) * sizeof(double*))
+        zero_row = <double*> calloc(2 * width, sizeof(double))   # zeros, then scratch
+        H2 = <double*> malloc(nsets * t.C * t.K * t.R * t.M * sizeof(double))
+        for a2 in range(n_atoms):
+            if pair_off[a2 + 1] - pair_off[a2] > max_pairs:
+                max_pairs = <int> (pair_off[a2 + 1] - pair_off[a2])
+        if fast == NULL or rows == NULL or zero_row == NULL or H2 == NULL \
+                or pairbuf_alloc(&t, nsets, max_pairs, &pb) != 0:
+            free_cols(c)
+            free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
+            free(df); free(ps); free(mu_start); free(slot_of); free(pair_off); free(pair_k)
+            free(pair_d); free(fast); free(rows); free(zero_row); free(H2)
+            lane_runs_free(&runs)
+            raise MemoryError("Monte Carlo: out of memory for the pair buffers")
+        with nogil:
+            for a2 in range(n_atoms):
+                if aff_offsets[a2 + 1] - aff_offsets[a2] != 1 + pair_off[a2 + 1] - pair_off[a2]:
+                    continue
+                fast[a2] = 1
+                for q in range(pair_off[a2] + 1, pair_off[a2 + 1]):
+                    if pair_k[q] == pair_k[q - 1]:
+                        fast[a2] = 0
+                if fast[a2] == 0:
+                    continue
+                # its own site from the same pair data (fast = 2) when its entries inside the
+                # cutoff are the reverse of its pairs: as many, none an image of itself (full
+                # neighbour lists are symmetric; a ghost that is no centre makes the counts differ)
+                n_in = 0
+                for p in range(offsets[a2], offsets[a2 + 1]):
+                    j = nbrs[p]
+                    if (pos[j, 0] - pos[a2, 0]) ** 2 + (pos[j, 1] - pos[a2, 1]) ** 2 \
+                            + (pos[j, 2] - pos[a2, 2]) ** 2 >= rc2:
+                        continue
+                    if entry_owner[j] == a2:
+                        n_in = -1
+                        break
+                    n_in += 1
+                if n_in == pair_off[a2 + 1] - pair_off[a2]:
+                    fast[a2] = 2
     try:
         with nogil:
             if init:
@@ -442,7 +696,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                         memcpy(&cache[k, 0], Bs + slot * width, width * sizeof(double))
                         zl[slot] = types[k]
                     to_lanes(Bs, nb, mom, L)
-                    lane_site_energies(&t, &runs, mom, L, n_aff, nsets, zl, e_lane, e_new)
+                    lane_site_energies(&t, &runs, mom, L, n_aff, nsets, nsets, 1, zl, e_lane, e_new)
                     for slot in range(n_aff):
                         site_en[k0 + slot] = e_new[slot]
                     k0 += batch
@@ -459,6 +713,55 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                     continue
                 for q in range(image_offsets[a], image_offsets[a + 1]):
                     mag[image_entries[q]] = new
+                if fast != NULL and fast[a]:
+                    # lane path: slot 0 is a (recomputed from its neighbours), slot 1 + j the
+                    # centre of pair j (cached basic moments + the pair change); lane s·Sp + slot
+                    q0 = pair_off[a]
+                    P = <int> (pair_off[a + 1] - q0)
+                    S = P + 1
+                    Sp = ((S + 8 // nsets - 1) // (8 // nsets)) * (8 // nsets)
+                    L = nsets * Sp
+                    trial_tables(&t, types[a], old, new, nsets, symmetric, H, ps)
+                    if fast[a] == 2:
+                        trial_tables_centre(&t, types[a], old, new, nsets, symmetric, H2, ps)
+                        rows[0] = &cache[a, 0]
+                    else:
+                        gather_cols(&t, c, a, pos, types, mag, offsets, nbrs, False, symmetric)
+                        forward_pm(&t, c)
+                        basic_of(&t, c.pm, nsets, Bs)
+                        rows[0] = Bs
+                    zl[0] = types[a]
+                    for j2 in range(P):
+                        rows[1 + j2] = &cache[pair_k[q0 + j2], 0]
+                        zl[1 + j2] = types[pair_k[q0 + j2]]
+                    for j2 in range(S, Sp):
+                        rows[j2] = zero_row          # padding lanes: zeros
+                    for j2 in range(0, Sp, 4):       # tiles of 4 lanes (Sp is a multiple of 4)
+                        to_lane_tile(rows + j2, nb, nsets, mom + j2, L, Sp)
+                    lane_pair_changes(&t, H, H2 if fast[a] == 2 else NULL, nsets, symmetric, P, pair_k + q0,
+                                      pair_d + 3 * q0, &types[0], &mag[0], &pb, mom, L, Sp)
+                    lane_site_energies(&t, &runs, mom, L, S, nsets, 1, Sp, zl, e_lane, e_new)
+                    delta = e_new[0] - site_en[a]
+                    for j2 in range(P):
+                        delta = delta + (e_new[1 + j2] - site_en[pair_k[q0 + j2]])
+                    if record:
+                        trial_delta[m_] = delta
+                    accept = delta <= 0.0 or draws[a, col + 2] < exp(-beta * delta)
+                    if accept:
+                        magmoms[a] = new
+                        rows[0] = &cache[a, 0]
+                        for j2 in range(S, Sp):
+                            rows[j2] = zero_row + width    # padding lanes: written to scratch
+                        for j2 in range(0, Sp, 4):
+                            from_lane_tile(rows + j2, nb, nsets, mom + j2, L, Sp)
+                        site_en[a] = e_new[0]
+                        for j2 in range(P):
+                            site_en[pair_k[q0 + j2]] = e_new[1 + j2]
+                        accepted += 1
+                    else:
+                        for q in range(image_offsets[a], image_offsets[a + 1]):
+                            mag[image_entries[q]] = old
+                    continue
                 n_aff = <int> (aff_offsets[a + 1] - aff_offsets[a])
                 L = lanes_for(n_aff * nsets)
                 memset(Bs + n_aff * width, 0, (L - n_aff * nsets) * nb * sizeof(double))
@@ -486,7 +789,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                 for slot in range(n_aff):
                     slot_of[aff_centres[aff_offsets[a] + slot]] = -1
                 to_lanes(Bs, nb, mom, L)
-                lane_site_energies(&t, &runs, mom, L, n_aff, nsets, zl, e_lane, e_new)
+                lane_site_energies(&t, &runs, mom, L, n_aff, nsets, nsets, 1, zl, e_lane, e_new)
                 delta = 0.0
                 for slot in range(n_aff):
                     k = aff_centres[aff_offsets[a] + slot]
@@ -508,6 +811,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
         free_cols(c)
         free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
         free(df); free(ps); free(mu_start); free(slot_of); free(pair_off); free(pair_k)
-        free(pair_d)
+        free(pair_d); free(fast); free(rows); free(zero_row); free(H2)
+        pairbuf_free(&pb)
         lane_runs_free(&runs)
     return accepted

@@ -17,6 +17,9 @@ cdef extern from "_simd.h" nogil:
     void mmtp_axpy(double* y, double alpha, const double* x, int n)
     void mmtp_lane_products(double* mom, const int* times, const double* weights, const int* run_start,
                             const char* fresh, int n_runs, int L)
+    void mmtp_fma_elem(double* y, const double* a, const double* b, int n)
+    void mmtp_fma_elem_scaled(double* y, const double* a, const double* b, double h, int n)
+    void mmtp_mul_elem(double* y, const double* a, const double* b, int n)
     void mmtp_lane_energies(const double* mom, const int* mapping, const double* moment, int n_basis,
                             int L, double* e)
 

@@ -25,6 +25,31 @@ static inline void mmtp_axpy(double *y, double alpha, const double *x, int n)
         y[k] += alpha * x[k];
 }
 
+/* y += a·b (elementwise) */
+static inline void mmtp_fma_elem(double *restrict y, const double *restrict a, const double *restrict b, int n)
+{
+    #pragma omp simd
+    for (int k = 0; k < n; k++)
+        y[k] += a[k] * b[k];
+}
+
+/* y += (a·b)·h (elementwise, h a scalar) */
+static inline void mmtp_fma_elem_scaled(double *restrict y, const double *restrict a, const double *restrict b,
+                                        double h, int n)
+{
+    #pragma omp simd
+    for (int k = 0; k < n; k++)
+        y[k] += (a[k] * b[k]) * h;
+}
+
+/* y = a·b (elementwise) */
+static inline void mmtp_mul_elem(double *restrict y, const double *restrict a, const double *restrict b, int n)
+{
+    #pragma omp simd
+    for (int k = 0; k < n; k++)
+        y[k] = a[k] * b[k];
+}
+
 /* Lane-parallel product table for many site-energy evaluations at once (Monte Carlo):
  * mom[x·L + l] += w·mom[a·L + l]·mom[b·L + l] for every row (a, b, x) and every lane l.
  * The rows come in runs of one output x (run r: rows run_start[r]..run_start[r + 1] − 1; x is
