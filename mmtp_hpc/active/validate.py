@@ -248,6 +248,17 @@ def _oriented(scan, first: str):
     return scan
 
 
+def _inside_interval(pot, values: Sequence[float], species: int | None = None) -> list[float]:
+    """``values`` (one per species, or several of ``species``) clipped into the potential's
+    magnetic interval(s)."""
+    if not pot.magnetic:
+        return [float(v) for v in values]
+    lo, hi = np.asarray(pot.mag_min, dtype=float), np.asarray(pot.mag_max, dtype=float)
+    if species is not None:
+        return [float(np.clip(v, lo[species], hi[species])) for v in values]
+    return [float(np.clip(v, lo[min(k, len(lo) - 1)], hi[min(k, len(hi) - 1)])) for k, v in enumerate(values)]
+
+
 def _with_moments(cfg: Configuration, start: Sequence[float]) -> Configuration:
     c = cfg.copy()
     c.magmoms = np.asarray(start, dtype=float)[c.types]
@@ -330,8 +341,11 @@ def validate(potential, oracle, species: Sequence[str], lattice: str, a_values: 
     dft_m = {names[t]: np.array([s * c.magmoms[c.types == t].mean() for s, c in zip(sign, dft, strict=True)])
              for t in types}
     say("validate: relaxing the potential's moments (same start)")
+    # the same start, inside the potential's magnetic interval (DFT may be started at its edge,
+    # e.g. 3.0 μB when the data reached 2.99996 μB)
+    pstart = _inside_interval(pot, start)
     scan = _oriented(scan_structures(potential, [structures[k] for k in keep], a_ok, species,
-                                     magmoms=start, relax=True, tol=1e-6, symmetric=symmetric,
+                                     magmoms=pstart, relax=True, tol=1e-6, symmetric=symmetric,
                                      warm_start=False), names[types[0]])
     out = Validation(species=[names[t] for t in types], a=a_ok, a_ref=float(a_ref), dft_energy=dft_e,
                      pot_energy=scan.energy_per_atom, dft_pressure=dft_p, pot_pressure=scan.pressure,
@@ -343,16 +357,16 @@ def validate(potential, oracle, species: Sequence[str], lattice: str, a_values: 
     if curve is None:
         curve = np.linspace(a_values[0] - 0.1, a_values[-1] + 0.1, 41)
     curve = np.asarray(curve, dtype=float)
-    dense = [_with_moments(bulk(lattice, a, 1, sublattice_types=sub), start) for a in curve]
+    dense = [_with_moments(bulk(lattice, a, 1, sublattice_types=sub), pstart) for a in curve]
     k_ref = int(np.argmin(np.abs(curve - a_ref)))
-    main = _oriented(scan_structures(potential, dense, curve, species, magmoms=start, relax=True,
+    main = _oriented(scan_structures(potential, dense, curve, species, magmoms=pstart, relax=True,
                                      tol=1e-6, symmetric=symmetric), names[types[0]])
     out.curve_a, out.curve_energy, out.curve_pressure = curve, main.energy_per_atom, main.pressure
     out.curve_moment = main.moment_mean[names[types[0]]]
     if members:
         es, ps, ms = [], [], []
         for j, member in enumerate(members):
-            s = _oriented(scan_structures(member, dense, curve, species, magmoms=start, relax=True,
+            s = _oriented(scan_structures(member, dense, curve, species, magmoms=pstart, relax=True,
                                           tol=1e-6, symmetric=symmetric), names[types[0]])
             es.append(s.energy_per_atom - s.energy_per_atom[k_ref])
             ps.append(s.pressure)
@@ -391,7 +405,8 @@ def validate(potential, oracle, species: Sequence[str], lattice: str, a_values: 
         if done:                 # dense curves through the same cell (other species as in DFT)
             base_lab = mb.labelled[done[0]]
             sel0 = base_lab.types == 0
-            out.curve_m = np.linspace(min(moment_values), max(moment_values), 41)
+            lo0, hi0 = _inside_interval(pot, [min(moment_values), max(moment_values)], species=0)
+            out.curve_m = np.linspace(lo0, hi0, 41)     # the potential's curve inside its interval
             es, gs, mem = [], [], []
             for m in out.curve_m:
                 mm = np.array(base_lab.magmoms, dtype=float)
