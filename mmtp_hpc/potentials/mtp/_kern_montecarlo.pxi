@@ -391,13 +391,16 @@ cdef void lane_pair_changes(Tables* t, const double* H, const double* H2, int ns
     for b_ in range(nb):
         mu = t.basic[4 * b_]
         q = t.basic_q[b_]
+        if H2 == NULL:
+            for s in range(nsets):
+                mmtp_fma_elem(mom + <size_t> b_ * L + s * Sp + 1, DF + (s * K + mu) * cap, MONO + q * cap, P)
+            continue
+        sign = -1.0 if (t.mono_exp[3 * q] + t.mono_exp[3 * q + 1] + t.mono_exp[3 * q + 2]) & 1 else 1.0
         for s in range(nsets):
-            mmtp_fma_elem(mom + <size_t> b_ * L + s * Sp + 1, DF + (s * K + mu) * cap, MONO + q * cap, P)
-            if H2 != NULL:
-                h = mmtp_dot(pb.DF2 + (s * K + mu) * cap, MONO + q * cap, P)
-                if (t.mono_exp[3 * q] + t.mono_exp[3 * q + 1] + t.mono_exp[3 * q + 2]) & 1:
-                    h = -h
-                mom[<size_t> b_ * L + s * Sp] += h
+            # the centres' rows and the moved atom's sum in one pass over the monomial row
+            h = mmtp_fma_elem_dot(mom + <size_t> b_ * L + s * Sp + 1, DF + (s * K + mu) * cap,
+                                  MONO + q * cap, pb.DF2 + (s * K + mu) * cap, P)
+            mom[<size_t> b_ * L + s * Sp] += sign * h
 
 
 cdef void pair_deltas(Tables* t, const double* H, int nsets, int P, PairBuf* pb, double* DF) noexcept nogil:

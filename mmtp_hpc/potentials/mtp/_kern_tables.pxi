@@ -20,6 +20,7 @@ cdef extern from "_simd.h" nogil:
     void mmtp_fma_elem(double* y, const double* a, const double* b, int n)
     void mmtp_fma_elem_scaled(double* y, const double* a, const double* b, double h, int n)
     void mmtp_mul_elem(double* y, const double* a, const double* b, int n)
+    double mmtp_fma_elem_dot(double* y, const double* a, const double* b, const double* c, int n)
     void mmtp_lane_energies(const double* mom, const int* mapping, const double* moment, int n_basis,
                             int L, double* e)
 

@@ -42,6 +42,19 @@ static inline void mmtp_fma_elem_scaled(double *restrict y, const double *restri
         y[k] += (a[k] * b[k]) * h;
 }
 
+/* y += a·b (elementwise); returns Σ c·b */
+static inline double mmtp_fma_elem_dot(double *restrict y, const double *restrict a, const double *restrict b,
+                                       const double *restrict c, int n)
+{
+    double x = 0.0;
+    #pragma omp simd reduction(+:x)
+    for (int k = 0; k < n; k++) {
+        y[k] += a[k] * b[k];
+        x += c[k] * b[k];
+    }
+    return x;
+}
+
 /* y = a·b (elementwise) */
 static inline void mmtp_mul_elem(double *restrict y, const double *restrict a, const double *restrict b, int n)
 {
