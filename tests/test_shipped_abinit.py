@@ -91,3 +91,36 @@ def test_fe_agrees_with_the_stored_abinit_results(tmp_path):
     assert inside < 2.0 and outside > 3 * inside, (inside, outside)
     saved = json.loads((FE / "validation" / "fe.json").read_text())
     assert set(saved["passed"]) == set(passed)
+
+
+def test_feal_agrees_with_the_stored_abinit_results(tmp_path):
+    """B2 FeAl, as `inputs/learn_feal_abinit/validate_shipped.sh` runs it: nine ground states over
+    2.80–3.00 Å (three of them constrained searches for ∂E/∂m = 0 near the magnetic onset, read
+    back like the rest), E(m) at 2.86 Å, the antiparallel Fe pair (4-atom cells)."""
+    feal = REPO / "inputs" / "learn_feal_abinit"
+    cache = tmp_path / "validation"
+    shutil.copytree(feal / "validation", cache, ignore=shutil.ignore_patterns("*.png", "feal.*"))
+    data, text = read_toml(feal / "validation" / "oracle.toml")
+    oracle = oracle_from_settings(data["oracle"], feal / "validation", ["Fe", "Al"],
+                                  source=str(feal / "validation" / "oracle.toml"), text=text)
+    engine = MTPEngine(load_potential(POT / "feal_b2_abinit.almtp"))
+    members = [MTPEngine(load_potential(m)) for m in sorted((POT / "feal_b2_abinit_ensemble").glob("member_*.almtp"))]
+    assert len(members) == 5
+    a = np.linspace(2.80, 3.00, 9)
+    v = validate(engine, oracle, ["Fe", "Al"], "b2", a, a_ref=2.875, start=[1.6, 0.0], workdir=cache,
+                 moment_values=[0.2, 0.6, 1.0, 1.4], a_moment=2.86, antiparallel_m=0.8, members=members,
+                 curve=np.linspace(2.70, 3.10, 9), trained_a=(2.80, 3.00), tolerances={"moment": 0.1})
+    assert not v.failures
+    errors, passed = v.errors(), v.passed()
+    for key in ("energy", "pressure", "energy_m", "gradient_m", "antiparallel"):
+        assert passed[key], (key, errors[key])
+    # the DFT side: non-magnetic below the onset, the Fe moment growing with a above it
+    m_dft, m_pot = v.dft_moments["Fe"], v.pot_moments["Fe"]
+    assert m_dft[0] < 0.1 and np.all(np.diff(m_dft[3:]) > 0) and 1.0 < m_dft[-1] < 1.2
+    # the relaxed Fe moment within 0.1 μB above the onset; at the onset (2.85–2.90 Å: DFT 0.24, 0.28,
+    # 0.49 μB) the potential still switches on too late (0, 0, 0.37 μB; campaign README), which more
+    # labels there must fix: then this test tightens to every a
+    above = v.a >= 2.925 - 1e-9
+    assert np.abs(m_pot[above] - m_dft[above]).max() <= 0.1
+    inside, outside = v.spread_inside_outside()
+    assert outside > inside
