@@ -104,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(1)
+            # `python -m mpi4py` turns a non-zero exit into MPI_Abort, which kills every rank at
+            # once: no rank may get there before rank 0 has written the message, and the message
+            # needs a moment to pass the process manager (seen lost on an oversubscribed machine)
+            import time
+
+            comm.Barrier()
+            sys.stderr.flush()
+            time.sleep(1.0)
             return 1
         print(f"mmtp {args.command}: error{where}: {message}", file=sys.stderr, flush=True)
         abort_all(comm, 1)   # under MPI: end every rank now, none may wait forever in a collective
