@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mmtp_hpc.active.learn import read_state, train_ensemble  # noqa: E402
+from mmtp_hpc.active.learn import dft_totals, read_state, train_ensemble  # noqa: E402
 from mmtp_hpc.active.learn_settings import load_learn_settings  # noqa: E402
 from mmtp_hpc.active.maxvol import attach_active_set  # noqa: E402
 from mmtp_hpc.io.atomic import atomic_path  # noqa: E402
@@ -54,12 +54,6 @@ LIMITS = [
     "thermal disorder of large supercells is outside this range: a 250-atom cell at 300 K grades "
     "above γ_break (MD with [extrapolation] says so and stops)",
 ]
-
-
-def dft_totals(history: list[dict]) -> dict:
-    return {"runs": sum(int(r.get("dft_runs", 0) or 0) for r in history),
-            "core_hours": round(sum(float(r.get("dft_core_s", 0.0) or 0.0) for r in history) / 3600, 2),
-            "failed": sum(len(r.get("label_failures", []) or []) for r in history)}
 
 
 def ship(key: str, log=print) -> Path:

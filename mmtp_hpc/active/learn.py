@@ -817,12 +817,9 @@ class Learner:
         card = {"description": f"mmtp learn {self.settings.source}: {state.stop_reason}",
                 "training": training_range(training, self.species()),
                 "oracle": {k: v for k, v in oracle.items() if k not in ("env", "command")}}
-        runs = sum(int(r.get("dft_runs", 0) or 0) for r in state.history)
-        if runs:
-            card["labels_computed"] = {
-                "runs": runs, "iterations": state.iteration,
-                "core_hours": round(sum(float(r.get("dft_core_s", 0.0) or 0.0) for r in state.history) / 3600, 2),
-                "failed": sum(len(r.get("label_failures", []) or []) for r in state.history)}
+        totals = dft_totals(state.history)
+        if totals["runs"]:
+            card["labels_computed"] = {**totals, "iterations": state.iteration}
         if state.final_refit:
             card["final_refit"] = {k: state.final_refit[k] for k in ("max_iter", "training_size", "errors")
                                    if k in state.final_refit}
@@ -973,6 +970,12 @@ def plot_history(history: list[dict], path: Path, select: float, break_: float) 
     plt.close(fig)
 
 
+def dft_totals(history: list[dict]) -> dict:
+    """DFT runs, core-hours and failed labels over a loop's history (for cards)."""
+    return {"runs": sum(int(r.get("dft_runs", 0) or 0) for r in history),
+            "core_hours": round(sum(float(r.get("dft_core_s", 0.0) or 0.0) for r in history) / 3600, 2),
+            "failed": sum(len(r.get("label_failures", []) or []) for r in history)}
+
 
 def train_ensemble(current: Path, training: list[Configuration], settings: LearnSettings,
                    species: list[str], directory: Path, comm: Any = None,
@@ -1014,6 +1017,7 @@ def train_ensemble(current: Path, training: list[Configuration], settings: Learn
         old.update(errors)
         _write_json(summary, old)
         log(f"ensemble: {n} members in {directory} (training errors in {summary.name})")
+
 
 def read_state(workdir: str | Path) -> LearnState:
     """The loop state of a work directory (for scripts and tests)."""

@@ -84,6 +84,10 @@ class _TypeBounds:
         if self.frozen_types is not None:
             self.moving = ~np.asarray(self.frozen_types, dtype=bool)[types]
 
+    def n_moving(self, n: int) -> int:
+        """How many of the ``n`` atoms move (all without ``frozen_types``)."""
+        return n if self.moving is None else int(np.count_nonzero(self.moving))
+
     def pin(self, magmoms: np.ndarray) -> None:
         """Bounds of the atoms that keep their moments: [m, m] (idempotent: those never change)."""
         if self.moving is not None:
@@ -418,7 +422,7 @@ class MonteCarloMoments(MomentUpdater):
         accepted = 0
         for s in range(self.sweeps):
             accepted += self.moves(model, magmoms, site_energies, np.arange(n), order_keys, draws, s)
-        self.tried += self.sweeps * (n if self.moving is None else int(np.count_nonzero(self.moving)))
+        self.tried += self.sweeps * self.n_moving(n)
         self.accepted += accepted
         return accepted
 
@@ -485,8 +489,7 @@ class MonteCarloMoments(MomentUpdater):
             for phase, atoms in enumerate(layout.sectors):
                 energies = layout.site_energies(state.magmoms, first=s == 0 and phase == 0)
                 accepted += self.moves(layout.model, state.magmoms, energies, atoms, order_keys, draws, s)
-        moving = state.n_atoms if self.moving is None else int(np.count_nonzero(self.moving))
-        self.tried += self.sweeps * moving
+        self.tried += self.sweeps * self.n_moving(state.n_atoms)
         self.accepted += accepted
         energy = layout.finish(state, evaluation)
         state.heat -= energy - evaluation.energy
