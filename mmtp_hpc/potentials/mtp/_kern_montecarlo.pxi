@@ -13,8 +13,8 @@
 #     Δf^s_μ = Σ_{r,b,c} C[z_k, z_a, μ, r, b, c] ψ_b(σ_s m_k) [ψ_c(σ_s m_a') − ψ_c(σ_s m_a)] Q_r(r_kn)
 #     (σ_0 = 1, σ_1 = −1: the set E(−M) of the one-pass symmetrised energy).
 # The energies of all affected centres (and sets) are then computed at once, one centre and
-# set per lane of the product table (``mmtp_lane_products``: the row loop outside, the lanes
-# vectorised inside), so a trial costs about one product sweep of vector width instead of one
+# set per lane of the product table (``mmtp_lane_products_energies``: the rows grouped by output,
+# chunks of lanes summed in registers), so a trial costs about one product sweep of vector width instead of one
 # per centre. Accepted trials commit B_k' and E_k' and the moments; rejected ones restore the
 # moments. The cache (n_centres, nsets·n_basic) holds B_k; ``init`` fills it and the site
 # energies with one pass over the centres (the energies with the same lane code as the trials,
@@ -44,95 +44,87 @@ cdef void to_lanes(const double* B, int nb, double* mom, int L) noexcept nogil:
                 row[l] = B[(l0 + l) * nb + b_]
 
 
-cdef inline void to_lane_tile(double** rows, int nb, int nsets, double* mom, int L, int Sp) noexcept nogil:
-    """mom[β·L + s·Sp + l] = rows[l][s·nb + β] for the 4 lanes l of a tile (the 4 row pointers
-    held in registers)."""
-    cdef const double* p0 = rows[0]
-    cdef const double* p1 = rows[1]
-    cdef const double* p2 = rows[2]
-    cdef const double* p3 = rows[3]
-    cdef double* o
-    cdef int b_, s, i
-    for s in range(nsets):
-        for b_ in range(nb):
-            i = s * nb + b_
-            o = mom + <size_t> b_ * L + s * Sp
-            o[0] = p0[i]
-            o[1] = p1[i]
-            o[2] = p2[i]
-            o[3] = p3[i]
-
-
-cdef inline void from_lane_tile(double** rows, int nb, int nsets, const double* mom, int L,
-                                int Sp) noexcept nogil:
-    """rows[l][s·nb + β] = mom[β·L + s·Sp + l] for the 4 lanes l of a tile (to_lane_tile back)."""
-    cdef double* p0 = rows[0]
-    cdef double* p1 = rows[1]
-    cdef double* p2 = rows[2]
-    cdef double* p3 = rows[3]
-    cdef const double* o
-    cdef int b_, s, i
-    for s in range(nsets):
-        for b_ in range(nb):
-            i = s * nb + b_
-            o = mom + <size_t> b_ * L + s * Sp
-            p0[i] = o[0]
-            p1[i] = o[1]
-            p2[i] = o[2]
-            p3[i] = o[3]
-
-
 cdef struct LaneRuns:
     int n_runs
-    int* start      # (n_runs + 1,) run r: product rows start[r]..start[r + 1] − 1, one output each
-    char* fresh     # (n_runs,) the run's output is not written or read before: stored, not added to
+    int* start      # (n_runs + 1,) run r: rows start[r]..start[r + 1] − 1, all of one output
+    int* out        # (n_runs,) the output of each run
+    int* ab         # (n_times, 2) the factors of each row, rows grouped by output
+    double* w       # (n_times,) the weight of each row
     int n_clear
-    int* clear      # (n_clear,) moment rows ≥ n_basic that must be zero before the products
+    int* clear      # (n_clear,) moment rows ≥ n_basic that no row writes: zero before the products
 
 
 cdef int lane_runs_make(Tables* t, LaneRuns* lr) noexcept nogil:
-    """The runs of the product table (rows with the same output, in table order); 0, or −1 when
-    out of memory."""
-    cdef int k, r, x, a, b, nm = t.n_moments
-    cdef char* written = <char*> calloc(nm + 1, sizeof(char))
-    cdef char* zero = <char*> calloc(nm + 1, sizeof(char))
-    lr.start = <int*> malloc((t.n_times + 1) * sizeof(int))
-    lr.fresh = <char*> malloc((t.n_times + 1) * sizeof(char))
+    """The product table grouped by output for the lane kernel: outputs in order of their level
+    (a product of level ℓ has factors of levels < ℓ; basic moments are level 0), then of first
+    appearance; each output's rows in table order (so every moment is the same sum as in the
+    table's order). O(rows). 0, or −1 when out of memory."""
+    cdef int k, r, x, a, b, nm = t.n_moments, nt = t.n_times, n_out = 0, max_level = 0, lv
+    cdef int* level = <int*> calloc(nm + 1, sizeof(int))
+    cdef int* count = <int*> calloc(nm + 1, sizeof(int))
+    cdef int* first = <int*> malloc((nm + 1) * sizeof(int))      # outputs in order of first appearance
+    cdef int* pos = <int*> malloc((nm + 1) * sizeof(int))
+    cdef int* by_level = NULL
+    lr.start = <int*> malloc((nt + 1) * sizeof(int))
+    lr.out = <int*> malloc((nt + 1) * sizeof(int))
+    lr.ab = <int*> malloc((2 * nt + 2) * sizeof(int))
+    lr.w = <double*> malloc((nt + 1) * sizeof(double))
     lr.clear = <int*> malloc((nm + 1) * sizeof(int))
-    if written == NULL or zero == NULL or lr.start == NULL or lr.fresh == NULL or lr.clear == NULL:
-        free(written); free(zero); free(lr.start); free(lr.fresh); free(lr.clear)
-        lr.start = NULL; lr.fresh = NULL; lr.clear = NULL
-        return -1
-    r = 0
-    k = 0
-    while k < t.n_times:
-        x = t.times[3 * k + 2]
-        lr.start[r] = k
-        while k < t.n_times and t.times[3 * k + 2] == x:
+    if level != NULL:
+        for k in range(nt):
             a = t.times[3 * k]
             b = t.times[3 * k + 1]
-            if a >= t.n_basic and not written[a]:
-                zero[a] = 1          # read before it is computed: as zero, as a cleared row gives
-            if b >= t.n_basic and not written[b]:
-                zero[b] = 1
-            k += 1
-        lr.fresh[r] = 0 if (written[x] or zero[x]) else 1
-        written[x] = 1
-        r += 1
-    lr.start[r] = t.n_times
-    lr.n_runs = r
+            x = t.times[3 * k + 2]
+            lv = 1 + (level[a] if level[a] > level[b] else level[b])
+            if lv > level[x]:
+                level[x] = lv
+            if lv > max_level:
+                max_level = lv
+        by_level = <int*> calloc(max_level + 2, sizeof(int))
+    if level == NULL or count == NULL or first == NULL or pos == NULL or by_level == NULL or lr.start == NULL \
+            or lr.out == NULL or lr.ab == NULL or lr.w == NULL or lr.clear == NULL:
+        free(level); free(count); free(first); free(pos); free(by_level)
+        lane_runs_free(lr)
+        return -1
+    for k in range(nt):
+        x = t.times[3 * k + 2]
+        if count[x] == 0:
+            first[n_out] = x
+            n_out += 1
+            by_level[level[x] + 1] += 1
+        count[x] += 1
+    for lv in range(1, max_level + 2):
+        by_level[lv] += by_level[lv - 1]
+    for r in range(n_out):                       # stable counting sort of the outputs by level
+        x = first[r]
+        lr.out[by_level[level[x]]] = x
+        by_level[level[x]] += 1
+    k = 0
+    for r in range(n_out):
+        x = lr.out[r]
+        lr.start[r] = k
+        pos[x] = k
+        k += count[x]
+    lr.start[n_out] = nt
+    lr.n_runs = n_out
+    for k in range(nt):                          # each output's rows in table order
+        x = t.times[3 * k + 2]
+        lr.ab[2 * pos[x]] = t.times[3 * k]
+        lr.ab[2 * pos[x] + 1] = t.times[3 * k + 1]
+        lr.w[pos[x]] = t.weights[k]
+        pos[x] += 1
     lr.n_clear = 0
     for x in range(t.n_basic, nm):
-        if zero[x] or not written[x]:
+        if count[x] == 0:
             lr.clear[lr.n_clear] = x
             lr.n_clear += 1
-    free(written)
-    free(zero)
+    free(level); free(count); free(first); free(pos); free(by_level)
     return 0
 
 
 cdef void lane_runs_free(LaneRuns* lr) noexcept nogil:
-    free(lr.start); free(lr.fresh); free(lr.clear)
+    free(lr.start); free(lr.out); free(lr.ab); free(lr.w); free(lr.clear)
+    lr.start = NULL; lr.out = NULL; lr.ab = NULL; lr.w = NULL; lr.clear = NULL
 
 
 cdef void lane_site_energies(Tables* t, LaneRuns* lr, double* mom, int L, int n_slots, int nsets,
@@ -141,14 +133,12 @@ cdef void lane_site_energies(Tables* t, LaneRuns* lr, double* mom, int L, int n_
     """Products and energies of lanes 0..L-1 (rows 0..n_basic-1 of ``mom`` hold the basic
     moments; lane slot·slot_stride + s·set_stride); e_slot[slot] = mean over the sets (E_k or
     ½[E_k + E⁻_k])."""
-    cdef int l, slot, s, q
+    cdef int slot, s, q
     cdef double acc
     for q in range(lr.n_clear):
         memset(mom + <size_t> lr.clear[q] * L, 0, L * sizeof(double))
-    mmtp_lane_products(mom, t.times, t.weights, lr.start, lr.fresh, lr.n_runs, L)
-    for l in range(L):
-        e_lane[l] = 0.0
-    mmtp_lane_energies(mom, t.mapping, t.moment, t.n_basis, L, e_lane)
+    mmtp_lane_products_energies(mom, lr.ab, lr.w, lr.start, lr.out, lr.n_runs, t.mapping, t.moment,
+                                t.n_basis, L, e_lane)
     for slot in range(n_slots):
         acc = 0.0
         for s in range(nsets):
@@ -740,7 +730,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                     for j2 in range(S, Sp):
                         rows[j2] = zero_row          # padding lanes: zeros
                     for j2 in range(0, Sp, 4):       # tiles of 4 lanes (Sp is a multiple of 4)
-                        to_lane_tile(rows + j2, nb, nsets, mom + j2, L, Sp)
+                        mmtp_lane_tile(rows + j2, nb, nsets, mom + j2, L, Sp, 1)
                     lane_pair_changes(&t, H, H2 if fast[a] == 2 else NULL, nsets, symmetric, P, pair_k + q0,
                                       pair_d + 3 * q0, &types[0], &mag[0], &pb, mom, L, Sp)
                     lane_site_energies(&t, &runs, mom, L, S, nsets, 1, Sp, zl, e_lane, e_new)
@@ -756,7 +746,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                         for j2 in range(S, Sp):
                             rows[j2] = zero_row + width    # padding lanes: written to scratch
                         for j2 in range(0, Sp, 4):
-                            from_lane_tile(rows + j2, nb, nsets, mom + j2, L, Sp)
+                            mmtp_lane_tile(rows + j2, nb, nsets, mom + j2, L, Sp, 0)
                         site_en[a] = e_new[0]
                         for j2 in range(P):
                             site_en[pair_k[q0 + j2]] = e_new[1 + j2]

@@ -7,6 +7,10 @@
 #ifndef MMTP_SIMD_H
 #define MMTP_SIMD_H
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 /* Σ a·b */
 static inline double mmtp_dot(const double *a, const double *b, int n)
 {
@@ -63,43 +67,130 @@ static inline void mmtp_mul_elem(double *restrict y, const double *restrict a, c
         y[k] = a[k] * b[k];
 }
 
-/* Lane-parallel product table for many site-energy evaluations at once (Monte Carlo):
- * mom[x·L + l] += w·mom[a·L + l]·mom[b·L + l] for every row (a, b, x) and every lane l.
- * The rows come in runs of one output x (run r: rows run_start[r]..run_start[r + 1] − 1; x is
- * never a or b). fresh[r]: no earlier run wrote or read x, so the run clears x itself (no
- * clearing of the whole table first). Every lane runs the same instructions (L is a multiple
- * of the vector width), so a centre's energy does not depend on the lane it is computed in.
- * (Tiling the lanes into L1-sized chunks, also with the run summed in registers, measured
- * slower: 8, 16 or 32 lanes.) */
-static inline void mmtp_lane_products(double *mom, const int *times, const double *weights,
-                                      const int *run_start, const char *fresh, int n_runs, int L)
+/* Four cache rows into four lanes and back (Monte Carlo): mom[β·L + s·Sp + l] = rows[l][s·nb + β]
+ * for l < 4, β < nb, s < nsets (to_lanes != 0), or the reverse (to_lanes == 0); 4×4 blocks
+ * transposed in registers where AVX is available. */
+static inline void mmtp_lane_tile(double *const *rows, int nb, int nsets, double *mom, long L, int Sp,
+                                  int to_lanes)
 {
-    for (int r = 0; r < n_runs; r++) {
-        double *restrict px = mom + (long)times[3 * run_start[r] + 2] * L;
-        if (fresh[r])
-            for (int l = 0; l < L; l++) px[l] = 0.0;
-        for (int k = run_start[r]; k < run_start[r + 1]; k++) {
-            const double w = weights[k];
-            const double *pa = mom + (long)times[3 * k] * L;
-            const double *pb = mom + (long)times[3 * k + 1] * L;
-            #pragma omp simd
-            for (int l = 0; l < L; l++)
-                px[l] += w * pa[l] * pb[l];
+    for (int s = 0; s < nsets; s++) {
+        double *p0 = rows[0] + (long)s * nb, *p1 = rows[1] + (long)s * nb;
+        double *p2 = rows[2] + (long)s * nb, *p3 = rows[3] + (long)s * nb;
+        double *o = mom + (long)s * Sp;
+        int b = 0;
+#if defined(__AVX__)
+        for (; b + 4 <= nb; b += 4) {
+            __m256d r0, r1, r2, r3;
+            if (to_lanes) {
+                r0 = _mm256_loadu_pd(p0 + b); r1 = _mm256_loadu_pd(p1 + b);
+                r2 = _mm256_loadu_pd(p2 + b); r3 = _mm256_loadu_pd(p3 + b);
+            } else {
+                r0 = _mm256_loadu_pd(o + b * L); r1 = _mm256_loadu_pd(o + (b + 1) * L);
+                r2 = _mm256_loadu_pd(o + (b + 2) * L); r3 = _mm256_loadu_pd(o + (b + 3) * L);
+            }
+            const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+            const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+            const __m256d c0 = _mm256_permute2f128_pd(t0, t2, 0x20), c1 = _mm256_permute2f128_pd(t1, t3, 0x20);
+            const __m256d c2 = _mm256_permute2f128_pd(t0, t2, 0x31), c3 = _mm256_permute2f128_pd(t1, t3, 0x31);
+            if (to_lanes) {
+                _mm256_storeu_pd(o + b * L, c0); _mm256_storeu_pd(o + (b + 1) * L, c1);
+                _mm256_storeu_pd(o + (b + 2) * L, c2); _mm256_storeu_pd(o + (b + 3) * L, c3);
+            } else {
+                _mm256_storeu_pd(p0 + b, c0); _mm256_storeu_pd(p1 + b, c1);
+                _mm256_storeu_pd(p2 + b, c2); _mm256_storeu_pd(p3 + b, c3);
+            }
+        }
+#endif
+        for (; b < nb; b++) {
+            double *q = o + b * L;
+            if (to_lanes) {
+                q[0] = p0[b]; q[1] = p1[b]; q[2] = p2[b]; q[3] = p3[b];
+            } else {
+                p0[b] = q[0]; p1[b] = q[1]; p2[b] = q[2]; p3[b] = q[3];
+            }
         }
     }
 }
 
-/* e[l] += Σ_k moment[k]·mom[mapping[k]·L + l] */
-static inline void mmtp_lane_energies(const double *mom, const int *mapping, const double *moment,
-                                      int n_basis, int L, double *restrict e)
+/* The product table and the site energies of many lanes at once (Monte Carlo), the rows
+ * grouped by output: run r computes mom[out[r]·L + l] = Σ_k w[k]·mom[ab[2k]·L + l]·mom[ab[2k+1]·L + l]
+ * over its rows k = run_start[r] .. run_start[r + 1] − 1 (every output has one run, after the
+ * runs of its factors), then e[l] = Σ_k moment[k]·mom[mapping[k]·L + l]. The lanes go in chunks
+ * (32, then 8 at a time) whose sums stay in registers over a run: a row costs two loads and
+ * two vector operations per 4 lanes, and no load or store of the output. Every lane runs the same
+ * operations in the same order, whatever its chunk, so a centre's energy does not depend on its
+ * lane. L is a multiple of 8. */
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define MMTP_LANE_CHUNK(NV)                                                                          \
+static inline void mmtp_lane_chunk_##NV(double *mom, const int *ab, const double *w,                \
+                                        const int *run_start, const int *run_out, int n_runs,       \
+                                        const int *mapping, const double *moment, int n_basis,       \
+                                        long L, int l0, double *e)                                   \
+{                                                                                                    \
+    __m256d acc[NV];                                                                                 \
+    for (int r = 0; r < n_runs; r++) {                                                               \
+        for (int v = 0; v < NV; v++) acc[v] = _mm256_setzero_pd();                                   \
+        for (int k = run_start[r]; k < run_start[r + 1]; k++) {                                      \
+            const double *pa = mom + (long)ab[2 * k] * L + l0;                                       \
+            const double *pb = mom + (long)ab[2 * k + 1] * L + l0;                                   \
+            const __m256d ww = _mm256_broadcast_sd(w + k);                                           \
+            for (int v = 0; v < NV; v++)                                                             \
+                acc[v] = _mm256_fmadd_pd(_mm256_mul_pd(ww, _mm256_loadu_pd(pa + 4 * v)),            \
+                                         _mm256_loadu_pd(pb + 4 * v), acc[v]);                       \
+        }                                                                                            \
+        double *px = mom + (long)run_out[r] * L + l0;                                                \
+        for (int v = 0; v < NV; v++) _mm256_storeu_pd(px + 4 * v, acc[v]);                          \
+    }                                                                                                \
+    for (int v = 0; v < NV; v++) acc[v] = _mm256_setzero_pd();                                       \
+    for (int k = 0; k < n_basis; k++) {                                                              \
+        const double *p = mom + (long)mapping[k] * L + l0;                                           \
+        const __m256d c = _mm256_broadcast_sd(moment + k);                                          \
+        for (int v = 0; v < NV; v++) acc[v] = _mm256_fmadd_pd(c, _mm256_loadu_pd(p + 4 * v), acc[v]); \
+    }                                                                                                \
+    for (int v = 0; v < NV; v++) _mm256_storeu_pd(e + l0 + 4 * v, acc[v]);                          \
+}
+MMTP_LANE_CHUNK(8)
+MMTP_LANE_CHUNK(2)
+#undef MMTP_LANE_CHUNK
+#endif
+
+static inline void mmtp_lane_products_energies(double *mom, const int *ab, const double *w,
+                                               const int *run_start, const int *run_out, int n_runs,
+                                               const int *mapping, const double *moment, int n_basis,
+                                               int L, double *e)
 {
-    for (int k = 0; k < n_basis; k++) {
-        const double c = moment[k];
-        const double *p = mom + (long)mapping[k] * L;
-        #pragma omp simd
-        for (int l = 0; l < L; l++)
-            e[l] += c * p[l];
+    int l0 = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    for (; l0 + 32 <= L; l0 += 32)
+        mmtp_lane_chunk_8(mom, ab, w, run_start, run_out, n_runs, mapping, moment, n_basis, L, l0, e);
+    for (; l0 + 8 <= L; l0 += 8)
+        mmtp_lane_chunk_2(mom, ab, w, run_start, run_out, n_runs, mapping, moment, n_basis, L, l0, e);
+#else
+    for (; l0 + 8 <= L; l0 += 8) {
+        double acc[8];
+        for (int r = 0; r < n_runs; r++) {
+            for (int l = 0; l < 8; l++) acc[l] = 0.0;
+            for (int k = run_start[r]; k < run_start[r + 1]; k++) {
+                const double ww = w[k];
+                const double *pa = mom + (long)ab[2 * k] * L + l0;
+                const double *pb = mom + (long)ab[2 * k + 1] * L + l0;
+                #pragma omp simd
+                for (int l = 0; l < 8; l++) acc[l] += ww * pa[l] * pb[l];
+            }
+            double *px = mom + (long)run_out[r] * L + l0;
+            for (int l = 0; l < 8; l++) px[l] = acc[l];
+        }
+        for (int l = 0; l < 8; l++) acc[l] = 0.0;
+        for (int k = 0; k < n_basis; k++) {
+            const double c = moment[k];
+            const double *p = mom + (long)mapping[k] * L + l0;
+            #pragma omp simd
+            for (int l = 0; l < 8; l++) acc[l] += c * p[l];
+        }
+        for (int l = 0; l < 8; l++) e[l0 + l] = acc[l];
     }
+#endif
 }
 
 #endif
