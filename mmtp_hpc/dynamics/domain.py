@@ -108,6 +108,7 @@ class DomainForceField(ForceField):
     """:class:`ForceField` over the owned atoms of this rank's subdomain (see the module docstring)."""
 
     distributed = True
+    mc_reuses_evaluation = False      # its Monte Carlo migrates and rebuilds the list first
 
     def __init__(self, engine, comm, symmetric: bool | None = None, skin: float = 1.0,
                  grid: list[int] | None = None, monte_carlo: bool = False):
@@ -408,7 +409,7 @@ class DomainSiteModel(NativeMetropolis):
     def refresh(self, magmoms: np.ndarray) -> None:
         """Moments of all entries from their owners (forward communication)."""
         self.mag = np.ascontiguousarray(self.ff.spread(magmoms)[self.order])
-        self._cache_valid = False
+        self._init = 1
 
     def all_site_energies(self) -> np.ndarray:
         out = np.zeros(self.n_centres)
@@ -421,7 +422,7 @@ class DomainSiteModel(NativeMetropolis):
 
     def set_moment(self, i: int, value: float) -> None:
         self.mag[self.image_entries[self.image_offsets[i]:self.image_offsets[i + 1]]] = value
-        self._cache_valid = False
+        self._init = 1
 
     def site_energies(self, centers: np.ndarray) -> np.ndarray:
         # symmetrised potentials: ½[E_k(M) + E_k(−M)] (one pass for symmetric intervals)

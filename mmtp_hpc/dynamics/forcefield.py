@@ -59,6 +59,9 @@ class ForceField:
         self.time = {"force": 0.0, "comm": 0.0, "neighbor": 0.0}   # seconds, for the run summary
 
     distributed = False
+    # the Monte Carlo of this layout sweeps on the list of the step's evaluation (serial: no
+    # migration), so it can start from that evaluation's basic moments
+    mc_reuses_evaluation = True
 
     # ------------------------------------------------------------------ neighbour list
     def setup(self, state: MDState) -> None:
@@ -150,12 +153,14 @@ class ForceField:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, state: MDState, magmoms: np.ndarray | None = None,
-                 derivatives: bool = True) -> Evaluation:
+                 derivatives: bool = True, basic: bool = False) -> Evaluation:
         """Energy, site energies, forces, virial and ∂E/∂m at the list's current positions, for
         the atoms of this layout (all of them serially; the owned ones of this rank under MPI).
 
         ``magmoms`` (n_atoms,) overrides the state's moments (used by the relaxation). A
-        spin-symmetrised potential gives ½[E(M) + E(−M)] (combined by the engine).
+        spin-symmetrised potential gives ½[E(M) + E(−M)] (combined by the engine). ``basic``:
+        also the centres' basic moments (``Evaluation.basic``) where this layout's Monte Carlo
+        starts from them (:attr:`mc_reuses_evaluation`) and the kernels sweep.
         """
         t0 = time.perf_counter()
         mag = state.magmoms if magmoms is None else magmoms
@@ -163,8 +168,10 @@ class ForceField:
         t1 = time.perf_counter()
         self.evaluations += 1
         nl = self.nl
+        cache = (self.engine.metropolis_cache(nl.n_local, self.symmetric)
+                 if basic and self.mc_reuses_evaluation else None)
         res = self.engine.compute_local(nl, self.types_all, mag_all, derivatives=derivatives,
-                                        symmetric=self.symmetric)
+                                        symmetric=self.symmetric, basic_out=cache)
         t2 = time.perf_counter()
         site = res.site_energies
         energy = float(self.reduce(np.array([site.sum()]))[0])
@@ -181,7 +188,8 @@ class ForceField:
         virial = self.reduce(res.virial)
         self.time[self.fold_timer] += (t1 - t0) + (time.perf_counter() - t2)
         self.time["force"] += t2 - t1
-        return Evaluation(energy, site, forces, virial, grad)
+        return Evaluation(energy, site, forces, virial, grad,
+                          None if cache is None else (self.generation, cache))
 
     def grade(self, active_set, state: MDState, evaluation: Evaluation, mode: str):
         """Extrapolation grade of the current configuration, from the parameter gradients of

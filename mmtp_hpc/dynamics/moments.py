@@ -317,7 +317,7 @@ class NativeMetropolis:
 
     def _native_setup(self) -> None:
         self._cache = self.engine.metropolis_cache(self.nl.n_local, self.symmetric) if self.native else None
-        self._cache_valid = False
+        self._init = 1
 
     def metropolis(self, moves: np.ndarray, draws: np.ndarray, col: int, lo: np.ndarray, hi: np.ndarray,
                    flip_fraction: float, max_change: float, beta: float, magmoms: np.ndarray,
@@ -330,16 +330,25 @@ class NativeMetropolis:
             return None
         accepted = self.engine.metropolis(
             self.nl, self.types, self.mag, self.maps, moves, draws, col, lo, hi, flip_fraction,
-            max_change, beta, magmoms, site_energies, self._cache, not self._cache_valid,
+            max_change, beta, magmoms, site_energies, self._cache, self._init,
             self.symmetric, incremental, trial_delta)
-        self._cache_valid = True
+        self._init = 0
         return accepted
+
+    def seed(self, generation: int, basic: np.ndarray) -> None:
+        """Start the next sweep from the basic moments of the step's force evaluation
+        (``Evaluation.basic``: this model's list, its moments, taken over) instead of a pass of
+        its own; ignored where they do not fit."""
+        if (self._cache is not None and generation == getattr(self, "generation", None)
+                and basic.shape == self._cache.shape):
+            self._cache = basic
+            self._init = 2
 
     def fill_site_energies(self, out: np.ndarray) -> bool:
         """All centres' energies into ``out`` with the caches (True), or False where unsupported."""
         if self._cache is None:
             return False
-        self._cache_valid = False
+        self._init = 1
         empty = np.zeros(0, dtype=np.int64)
         self.metropolis(empty, np.zeros((1, 3)), 0, np.zeros(1), np.zeros(1), 0.0, 0.0, 1.0,
                         np.zeros(1), out)
@@ -388,7 +397,7 @@ class MTPSiteModel(NativeMetropolis):
     def set_moment(self, i: int, value: float) -> None:
         entries = self.image_entries[self.image_offsets[i]:self.image_offsets[i + 1]]
         self.mag_all[entries] = value
-        self._cache_valid = False
+        self._init = 1
 
     def site_energies(self, centers: np.ndarray) -> np.ndarray:
         return self.ff.site_energies_of(self.mag_all, centers)
@@ -471,6 +480,11 @@ class MonteCarloMoments(MomentUpdater):
 
     name = "mc"
 
+    def forces(self, forcefield, state: MDState, due: bool) -> Evaluation:
+        """Hook 3: the step's evaluation, with the basic moments the sweep of hook 6 starts from
+        when it is due (where the force field's layout allows)."""
+        return forcefield.evaluate(state, basic=due)
+
     def end_of_step(self, forcefield, state: MDState, evaluation: Evaluation, due: bool) -> bool:
         if not due:
             return False
@@ -512,6 +526,9 @@ class SerialSweepLayout:
 
     def __init__(self, forcefield, state: MDState, evaluation: Evaluation, previous=None):
         self.model = MTPSiteModel(forcefield, state.magmoms, previous)
+        if evaluation.basic is not None:
+            self.model.seed(*evaluation.basic)
+            evaluation.basic = None
         self.sectors = [np.arange(state.n_atoms, dtype=np.int64)]
         self.evaluation = evaluation
 

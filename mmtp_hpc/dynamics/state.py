@@ -28,13 +28,17 @@ from mmtp_hpc.system.configuration import Configuration
 class Evaluation:
     """The potential at one state: energy (eV), site_energies (N,) eV, forces (N, 3) eV/Å,
     virial (3, 3) eV (PlusStress −∂E/∂ε, positive under compression), magnetic_gradient
-    (N,) eV/μB (+∂E/∂m)."""
+    (N,) eV/μB (+∂E/∂m). ``basic``: where asked for (Monte Carlo), the basic moments of every
+    centre of the force field's list (``MTPEngine.metropolis_cache`` layout) with the list
+    generation they belong to, for the sweep that follows to start from; it hands them over
+    (one owner: it changes them in place)."""
 
     energy: float
     site_energies: np.ndarray
     forces: np.ndarray
     virial: np.ndarray
     magnetic_gradient: np.ndarray
+    basic: tuple[int, np.ndarray] | None = None
 
     def copy(self) -> Evaluation:
         return Evaluation(float(self.energy), self.site_energies.copy(), self.forces.copy(),

@@ -325,72 +325,76 @@ cdef void lane_pair_changes(Tables* t, const double* H, const double* H2, int ns
     pairs at once (vectorised over the pairs), added to the basic moments of lane slot 1 + j of
     every set s (lane s·Sp + 1 + j of ``mom``, rows < n_basic): B_k[s, β] += Δf^s_μ(β) mono_qβ.
     The same sums as add_pair_change (there one pair at a time, here one row of pairs at a time).
+    The pair arrays of ``pb`` are indexed by lane slot (pair j at 1 + j) over all Sp slots of a
+    set, with zero radial functions in slot 0 (the moved atom) and the padding slots: their
+    Δf is 0, so every row is one aligned vector operation of Sp lanes and those lanes gain 0.
 
     With ``H2`` (trial_tables_centre) the moved atom's own terms change too, added to lane slot 0:
     its neighbours are the P centres (vector −d, the same distance: mono_q(−u) = (−1)^|q| mono_q(u))
     and B_a[s, β] += Σ_j Δf'^s_μ(β)[j] (−1)^|qβ| mono_qβ[j], Δf' = Σ_{r,c} Q_r σ_s(c) ψ_c(m_k) H2."""
-    cdef int j, r, b, s, mu, q, b_, R = t.R, M = t.M, K = t.K, C = t.C, nb = t.n_basic, cap = pb.cap
+    cdef int j, i, r, b, R = t.R, M = t.M, cap = pb.cap
     cdef int z
-    cdef double rr, x, e, width, h, sign
+    cdef double rr, x, e, width
     cdef const double* d
     cdef double* U = pb.U
     cdef double* Q = pb.Q
     cdef double* PS = pb.PS
-    cdef double* DF = pb.DF
     cdef double* MONO = pb.MONO
-    cdef double* row
-    for j in range(P):
+    for i in range(Sp):
+        if i == 0 or i > P:             # the moved atom's slot and the padding: Δf = 0
+            U[i] = 0.0
+            U[cap + i] = 0.0
+            U[2 * cap + i] = 0.0
+            pb.E[i] = 0.0
+            Q[i] = 1.0
+            if R > 1:
+                Q[cap + i] = 0.0
+            pb.Z[i] = 0
+            PS[i] = 1.0
+            if M > 1:
+                PS[cap + i] = 0.0
+            continue
+        j = i - 1
         d = pd + 3 * j
         rr = sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2])
-        U[j] = d[0] / rr
-        U[cap + j] = d[1] / rr
-        U[2 * cap + j] = d[2] / rr
+        U[i] = d[0] / rr
+        U[cap + i] = d[1] / rr
+        U[2 * cap + i] = d[2] / rr
         x = (2.0 * rr - t.rmin - t.rcut) / (t.rcut - t.rmin)
         e = t.rcut - rr
-        pb.E[j] = e * e
-        Q[j] = 1.0
+        pb.E[i] = e * e
+        Q[i] = 1.0
         if R > 1:
-            Q[cap + j] = x
+            Q[cap + i] = x
         z = types[pk[j]]
-        pb.Z[j] = z
+        pb.Z[i] = z
         width = t.mag_max[z] - t.mag_min[z]
-        PS[j] = 1.0
+        PS[i] = 1.0
         if M > 1:
             if odd:
-                PS[cap + j] = 2.0 * mag[pk[j]] / width
+                PS[cap + i] = 2.0 * mag[pk[j]] / width
             else:
-                PS[cap + j] = (2.0 * mag[pk[j]] - t.mag_min[z] - t.mag_max[z]) / width
+                PS[cap + i] = (2.0 * mag[pk[j]] - t.mag_min[z] - t.mag_max[z]) / width
     for r in range(2, R):
-        for j in range(P):
-            Q[r * cap + j] = 2.0 * Q[cap + j] * Q[(r - 1) * cap + j] - Q[(r - 2) * cap + j]
+        for i in range(Sp):
+            Q[r * cap + i] = 2.0 * Q[cap + i] * Q[(r - 1) * cap + i] - Q[(r - 2) * cap + i]
     for r in range(R):
-        for j in range(P):
-            Q[r * cap + j] = t.scaling * Q[r * cap + j] * pb.E[j]
+        for i in range(Sp):
+            Q[r * cap + i] = t.scaling * Q[r * cap + i] * pb.E[i]      # 0 where E = 0
     for b in range(2, M):
-        for j in range(P):
-            PS[b * cap + j] = 2.0 * PS[cap + j] * PS[(b - 1) * cap + j] - PS[(b - 2) * cap + j]
+        for i in range(Sp):
+            PS[b * cap + i] = 2.0 * PS[cap + i] * PS[(b - 1) * cap + i] - PS[(b - 2) * cap + i]
     # Δf^s_μ = Σ_{r,b} Q_r σ_s(b) ψ_b(m_k) H[s, z_k, μ, r, b] (and Δf' with H2)
-    pair_deltas(t, H, nsets, P, pb, DF)
+    pair_deltas(t, H, nsets, Sp, pb, pb.DF)
     if H2 != NULL:
-        pair_deltas(t, H2, nsets, P, pb, pb.DF2)
+        pair_deltas(t, H2, nsets, Sp, pb, pb.DF2)
     # monomials of the unit vectors, then the rows of the basic moments
-    for j in range(P):
-        MONO[j] = 1.0
-    for q in range(1, t.n_mono):
-        mmtp_mul_elem(MONO + q * cap, MONO + t.mono_parent[q] * cap, U + t.mono_dir[q] * cap, P)
-    for b_ in range(nb):
-        mu = t.basic[4 * b_]
-        q = t.basic_q[b_]
-        if H2 == NULL:
-            for s in range(nsets):
-                mmtp_fma_elem(mom + <size_t> b_ * L + s * Sp + 1, DF + (s * K + mu) * cap, MONO + q * cap, P)
-            continue
-        sign = -1.0 if (t.mono_exp[3 * q] + t.mono_exp[3 * q + 1] + t.mono_exp[3 * q + 2]) & 1 else 1.0
-        for s in range(nsets):
-            # the centres' rows and the moved atom's sum in one pass over the monomial row
-            h = mmtp_fma_elem_dot(mom + <size_t> b_ * L + s * Sp + 1, DF + (s * K + mu) * cap,
-                                  MONO + q * cap, pb.DF2 + (s * K + mu) * cap, P)
-            mom[<size_t> b_ * L + s * Sp] += sign * h
+    for i in range(Sp):
+        MONO[i] = 1.0
+    for b in range(1, t.n_mono):
+        mmtp_mul_elem(MONO + b * cap, MONO + t.mono_parent[b] * cap, U + t.mono_dir[b] * cap, Sp)
+    mmtp_pair_rows(mom, L, Sp, nsets, t.n_basic, t.basic, t.basic_q, t.mono_exp, pb.DF,
+                   pb.DF2 if H2 != NULL else NULL, MONO, cap, t.K)
 
 
 cdef void pair_deltas(Tables* t, const double* H, int nsets, int P, PairBuf* pb, double* DF) noexcept nogil:
@@ -486,7 +490,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                      const int64_t[::1] aff_offsets, const int64_t[::1] moves,
                      const double[:, ::1] draws, int col, const double[::1] lo, const double[::1] hi,
                      double flip_fraction, double max_change, double beta, double[::1] magmoms,
-                     double[::1] site_en, double[:, ::1] cache, bint init, bint symmetric,
+                     double[::1] site_en, double[:, ::1] cache, int init, bint symmetric,
                      bint incremental, double[::1] trial_delta):
     """Metropolis moves of the atoms ``moves`` (in that order) on the moments; returns the
     number accepted.
@@ -500,7 +504,9 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     trial is skipped; accepted when ΔE ≤ 0 or acceptance < exp(−β ΔE).
 
     ``site_en`` (n_centres,) and ``cache`` (n_centres, nsets·n_basic) hold E_k and the basic
-    moments; ``init`` recomputes both first (one energy pass over the centres). With
+    moments; ``init`` 1 recomputes both first (one energy pass over the centres), 2 only the
+    energies, from the basic moments the caller put in ``cache`` (those of the step's force
+    evaluation: ``site_terms(..., basic_out=cache)``), 0 neither. With
     ``incremental`` a trial updates only the pair terms it changes (see above); otherwise every
     affected centre is recomputed from its neighbours (the reference the tests compare with).
     ``trial_delta`` (len(moves),) receives each trial's ΔE (NaN when skipped), if not empty.
@@ -640,7 +646,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
             if pair_off[a2 + 1] - pair_off[a2] > max_pairs:
                 max_pairs = <int> (pair_off[a2 + 1] - pair_off[a2])
         if fast == NULL or rows == NULL or zero_row == NULL or H2 == NULL \
-                or pairbuf_alloc(&t, nsets, max_pairs, &pb) != 0:
+                or pairbuf_alloc(&t, nsets, lanes_for(max_pairs + 1), &pb) != 0:
             free_cols(c)
             free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
             free(df); free(ps); free(mu_start); free(slot_of); free(pair_off); free(pair_k)
@@ -675,7 +681,8 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     try:
         with nogil:
             if init:
-                # basic moments of every centre, then their energies in batches of lanes
+                # basic moments of every centre (or the given ones), then their energies in
+                # batches of lanes
                 k0 = 0
                 while k0 < n_centres:
                     n_aff = <int> (batch if n_centres - k0 > batch else n_centres - k0)
@@ -683,10 +690,13 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                     memset(Bs, 0, nb * L * sizeof(double))
                     for slot in range(n_aff):
                         k = k0 + slot
-                        gather_cols(&t, c, k, pos, types, mag, offsets, nbrs, False, symmetric)
-                        forward_pm(&t, c)
-                        basic_of(&t, c.pm, nsets, Bs + slot * width)
-                        memcpy(&cache[k, 0], Bs + slot * width, width * sizeof(double))
+                        if init == 2:
+                            memcpy(Bs + slot * width, &cache[k, 0], width * sizeof(double))
+                        else:
+                            gather_cols(&t, c, k, pos, types, mag, offsets, nbrs, False, symmetric)
+                            forward_pm(&t, c)
+                            basic_of(&t, c.pm, nsets, Bs + slot * width)
+                            memcpy(&cache[k, 0], Bs + slot * width, width * sizeof(double))
                         zl[slot] = types[k]
                     to_lanes(Bs, nb, mom, L)
                     lane_site_energies(&t, &runs, mom, L, n_aff, nsets, nsets, 1, zl, e_lane, e_new)
@@ -731,6 +741,13 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                         rows[j2] = zero_row          # padding lanes: zeros
                     for j2 in range(0, Sp, 4):       # tiles of 4 lanes (Sp is a multiple of 4)
                         mmtp_lane_tile(rows + j2, nb, nsets, mom + j2, L, Sp, 1)
+                    if m_ + 1 < n_moves:
+                        # the next trial's cache rows (random order: from memory) load while this
+                        # trial computes
+                        a2 = moves[m_ + 1]
+                        mmtp_prefetch(&cache[a2, 0], width * sizeof(double))
+                        for q in range(pair_off[a2], pair_off[a2 + 1]):
+                            mmtp_prefetch(&cache[pair_k[q], 0], width * sizeof(double))
                     lane_pair_changes(&t, H, H2 if fast[a] == 2 else NULL, nsets, symmetric, P, pair_k + q0,
                                       pair_d + 3 * q0, &types[0], &mag[0], &pb, mom, L, Sp)
                     lane_site_energies(&t, &runs, mom, L, S, nsets, 1, Sp, zl, e_lane, e_new)

@@ -15,37 +15,40 @@ def site_terms(dict tab, const double[:, ::1] pos, const int[::1] types, const d
                const int64_t[::1] offsets, const int64_t[::1] nbrs, Py_ssize_t n_local,
                double[::1] site_en, double[:, ::1] pair_grad, double[::1] pair_dmj,
                double[::1] dmi, double[:, ::1] basis, bint derivatives, bint want_basis,
-               int num_threads=0):
+               int num_threads=0, double[:, ::1] basic_out=None):
     """E_i for every centre and, when ``derivatives``, ∂E_i/∂r_ij, ∂E_i/∂m_j, ∂E_i/∂m_i.
 
     ``pair_grad`` (n_pairs, 3) and ``pair_dmj`` (n_pairs,) must be zeroed by the caller
     (pairs in the skin are left untouched). ``basis`` (n_local, n_basis) when ``want_basis``.
+    ``basic_out`` (n_local, n_basic), if given, receives every centre's basic moments (the
+    Monte Carlo cache of :func:`metropolis_moves`, which then needs no pass of its own).
     """
     site_terms_sets(tab, pos, types, mag, offsets, nbrs, n_local, site_en, pair_grad, pair_dmj,
-                    dmi, basis, derivatives, want_basis, num_threads, False)
+                    dmi, basis, derivatives, want_basis, num_threads, False, basic_out)
 
 
 def site_terms_symmetric(dict tab, const double[:, ::1] pos, const int[::1] types,
                          const double[::1] mag, const int64_t[::1] offsets, const int64_t[::1] nbrs,
                          Py_ssize_t n_local, double[::1] site_en, double[:, ::1] pair_grad,
                          double[::1] pair_dmj, double[::1] dmi, double[:, ::1] basis, bint derivatives,
-                         bint want_basis, int num_threads=0):
+                         bint want_basis, int num_threads=0, double[:, ::1] basic_out=None):
     """:func:`site_terms` of the spin-symmetrised model ½[E(M) + E(−M)] in one neighbour pass.
 
     Same arguments and outputs as :func:`site_terms` (site energies, per-pair ∂/∂r_ij and
     ∂/∂m_j, per-centre ∂/∂m_i, and the basis, all of ½[E(M) + E(−M)]). Valid only for a
     magnetic potential (M > 1) whose magnetic intervals are all symmetric (m_min = −m_max);
-    the caller checks (:meth:`MTPEngine.one_pass_symmetric`).
+    the caller checks (:meth:`MTPEngine.one_pass_symmetric`). ``basic_out``: (n_local,
+    2·n_basic), the basic moments of both sets.
     """
     site_terms_sets(tab, pos, types, mag, offsets, nbrs, n_local, site_en, pair_grad, pair_dmj,
-                    dmi, basis, derivatives, want_basis, num_threads, True)
+                    dmi, basis, derivatives, want_basis, num_threads, True, basic_out)
 
 
 cdef site_terms_sets(dict tab, const double[:, ::1] pos, const int[::1] types, const double[::1] mag,
                      const int64_t[::1] offsets, const int64_t[::1] nbrs, Py_ssize_t n_local,
                      double[::1] site_en, double[:, ::1] pair_grad, double[::1] pair_dmj,
                      double[::1] dmi, double[:, ::1] basis, bint derivatives, bint want_basis,
-                     int num_threads, bint symmetric):
+                     int num_threads, bint symmetric, double[:, ::1] basic_out):
     cdef Tables t = make_tables(tab)
     cdef int nmax = max_neighbors(offsets)
     cdef int nsets = 2 if symmetric else 1
@@ -56,6 +59,10 @@ cdef site_terms_sets(dict tab, const double[:, ::1] pos, const int[::1] types, c
     cdef double* pm = &pair_dmj[0] if pair_dmj.shape[0] > 0 else NULL
     if symmetric and t.M < 2:
         raise ValueError("site_terms_symmetric needs a magnetic potential (M > 1)")
+    cdef bint want_basic = basic_out is not None
+    if want_basic and (basic_out.shape[0] < n_local or basic_out.shape[1] != nsets * t.n_basic):
+        raise ValueError(f"basic_out must be ({n_local}, {nsets * t.n_basic}), "
+                         f"got ({basic_out.shape[0]}, {basic_out.shape[1]})")
     if n_local == 0:
         return
     with nogil, parallel(num_threads=num_threads if num_threads > 0 else openmp_threads()):
@@ -63,6 +70,8 @@ cdef site_terms_sets(dict tab, const double[:, ::1] pos, const int[::1] types, c
         for i in prange(n_local, schedule="dynamic", chunksize=16):
             gather_cols(&t, c, i, pos, types, mag, offsets, nbrs, derivatives, symmetric)
             site_en[i] = forward_cols(&t, c, types[i])
+            if want_basic:
+                basic_of(&t, c.pm, nsets, &basic_out[i, 0])
             if want_basis:
                 for k in range(t.n_basis):
                     m = t.mapping[k]

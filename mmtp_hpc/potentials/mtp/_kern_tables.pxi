@@ -14,15 +14,17 @@ import numpy as np
 
 cdef extern from "_simd.h" nogil:
     double mmtp_dot(const double* a, const double* b, int n)
+    void mmtp_prefetch(const void* p, long bytes)
     void mmtp_axpy(double* y, double alpha, const double* x, int n)
     void mmtp_lane_products_energies(double* mom, const int* ab, const double* w, const int* run_start,
                                      const int* run_out, int n_runs, const int* mapping, const double* moment,
                                      int n_basis, int L, double* e)
     void mmtp_lane_tile(double** rows, int nb, int nsets, double* mom, long L, int Sp, int to_lanes)
-    void mmtp_fma_elem(double* y, const double* a, const double* b, int n)
+    void mmtp_pair_rows(double* mom, long L, int Sp, int nsets, int nb, const int* basic, const int* basic_q,
+                        const int* mono_exp, const double* DF, const double* DF2, const double* MONO, int cap,
+                        int K)
     void mmtp_fma_elem_scaled(double* y, const double* a, const double* b, double h, int n)
     void mmtp_mul_elem(double* y, const double* a, const double* b, int n)
-    double mmtp_fma_elem_dot(double* y, const double* a, const double* b, const double* c, int n)
 
 
 cdef struct Tables:

@@ -11,6 +11,14 @@
 #include <immintrin.h>
 #endif
 
+/* Prefetch the cache lines of [p, p + bytes) towards L2 (a hint: no effect on results). */
+static inline void mmtp_prefetch(const void *p, long bytes)
+{
+    const char *c = (const char *)p;
+    for (long i = 0; i < bytes; i += 64)
+        __builtin_prefetch(c + i, 0, 2);
+}
+
 /* Σ a·b */
 static inline double mmtp_dot(const double *a, const double *b, int n)
 {
@@ -29,14 +37,6 @@ static inline void mmtp_axpy(double *y, double alpha, const double *x, int n)
         y[k] += alpha * x[k];
 }
 
-/* y += a·b (elementwise) */
-static inline void mmtp_fma_elem(double *restrict y, const double *restrict a, const double *restrict b, int n)
-{
-    #pragma omp simd
-    for (int k = 0; k < n; k++)
-        y[k] += a[k] * b[k];
-}
-
 /* y += (a·b)·h (elementwise, h a scalar) */
 static inline void mmtp_fma_elem_scaled(double *restrict y, const double *restrict a, const double *restrict b,
                                         double h, int n)
@@ -46,25 +46,65 @@ static inline void mmtp_fma_elem_scaled(double *restrict y, const double *restri
         y[k] += (a[k] * b[k]) * h;
 }
 
-/* y += a·b (elementwise); returns Σ c·b */
-static inline double mmtp_fma_elem_dot(double *restrict y, const double *restrict a, const double *restrict b,
-                                       const double *restrict c, int n)
-{
-    double x = 0.0;
-    #pragma omp simd reduction(+:x)
-    for (int k = 0; k < n; k++) {
-        y[k] += a[k] * b[k];
-        x += c[k] * b[k];
-    }
-    return x;
-}
-
 /* y = a·b (elementwise) */
 static inline void mmtp_mul_elem(double *restrict y, const double *restrict a, const double *restrict b, int n)
 {
     #pragma omp simd
     for (int k = 0; k < n; k++)
         y[k] = a[k] * b[k];
+}
+
+/* The changed pair terms of a Monte Carlo trial into the lanes (``lane_pair_changes``): for every
+ * basic row β (radial function mu = basic[4β], monomial q = basic_q[β]) and set s,
+ *   mom[β·L + s·Sp + i] += DF[(s·K + mu)·cap + i]·MONO[q·cap + i]      (i < Sp, the set's lanes)
+ * and, with DF2, the moved atom's own row (lane s·Sp) gains (−1)^|q| Σ_i DF2[(s·K + mu)·cap + i]·MONO[q·cap + i].
+ * Sp is a multiple of 4; lanes without a changed pair have DF = DF2 = 0. */
+static inline void mmtp_pair_rows(double *mom, long L, int Sp, int nsets, int nb, const int *basic,
+                                  const int *basic_q, const int *mono_exp, const double *DF,
+                                  const double *DF2, const double *MONO, int cap, int K)
+{
+    for (int b = 0; b < nb; b++) {
+        const int mu = basic[4 * b], q = basic_q[b];
+        const double *m = MONO + (long)q * cap;
+        const double sign = ((mono_exp[3 * q] + mono_exp[3 * q + 1] + mono_exp[3 * q + 2]) & 1) ? -1.0 : 1.0;
+        for (int s = 0; s < nsets; s++) {
+            double *restrict y = mom + b * L + (long)s * Sp;
+            const double *a = DF + (long)(s * K + mu) * cap;
+            if (DF2 == 0) {
+                #pragma omp simd
+                for (int i = 0; i < Sp; i++) y[i] += a[i] * m[i];
+                continue;
+            }
+            const double *c = DF2 + (long)(s * K + mu) * cap;
+            double h;
+            int i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+            __m256d h0 = _mm256_setzero_pd(), h1 = _mm256_setzero_pd();
+            for (; i + 8 <= Sp; i += 8) {
+                const __m256d m0 = _mm256_loadu_pd(m + i), m1 = _mm256_loadu_pd(m + i + 4);
+                _mm256_storeu_pd(y + i, _mm256_fmadd_pd(_mm256_loadu_pd(a + i), m0, _mm256_loadu_pd(y + i)));
+                _mm256_storeu_pd(y + i + 4, _mm256_fmadd_pd(_mm256_loadu_pd(a + i + 4), m1, _mm256_loadu_pd(y + i + 4)));
+                h0 = _mm256_fmadd_pd(_mm256_loadu_pd(c + i), m0, h0);
+                h1 = _mm256_fmadd_pd(_mm256_loadu_pd(c + i + 4), m1, h1);
+            }
+            for (; i + 4 <= Sp; i += 4) {
+                const __m256d m0 = _mm256_loadu_pd(m + i);
+                _mm256_storeu_pd(y + i, _mm256_fmadd_pd(_mm256_loadu_pd(a + i), m0, _mm256_loadu_pd(y + i)));
+                h0 = _mm256_fmadd_pd(_mm256_loadu_pd(c + i), m0, h0);
+            }
+            h0 = _mm256_add_pd(h0, h1);
+            const __m128d hs = _mm_add_pd(_mm256_castpd256_pd128(h0), _mm256_extractf128_pd(h0, 1));
+            h = _mm_cvtsd_f64(_mm_add_sd(hs, _mm_unpackhi_pd(hs, hs)));
+#else
+            h = 0.0;
+#endif
+            for (; i < Sp; i++) {
+                y[i] += a[i] * m[i];
+                h += c[i] * m[i];
+            }
+            y[0] += sign * h;
+        }
+    }
 }
 
 /* Four cache rows into four lanes and back (Monte Carlo): mom[β·L + s·Sp + l] = rows[l][s·nb + β]
@@ -116,7 +156,7 @@ static inline void mmtp_lane_tile(double *const *rows, int nb, int nsets, double
  * grouped by output: run r computes mom[out[r]·L + l] = Σ_k w[k]·mom[ab[2k]·L + l]·mom[ab[2k+1]·L + l]
  * over its rows k = run_start[r] .. run_start[r + 1] − 1 (every output has one run, after the
  * runs of its factors), then e[l] = Σ_k moment[k]·mom[mapping[k]·L + l]. The lanes go in chunks
- * (32, then 8 at a time) whose sums stay in registers over a run: a row costs two loads and
+ * (32 at a time, then the remaining 24, 16 or 8) whose sums stay in registers over a run: a row costs two loads and
  * two vector operations per 4 lanes, and no load or store of the output. Every lane runs the same
  * operations in the same order, whatever its chunk, so a centre's energy does not depend on its
  * lane. L is a multiple of 8. */
@@ -151,6 +191,8 @@ static inline void mmtp_lane_chunk_##NV(double *mom, const int *ab, const double
     for (int v = 0; v < NV; v++) _mm256_storeu_pd(e + l0 + 4 * v, acc[v]);                          \
 }
 MMTP_LANE_CHUNK(8)
+MMTP_LANE_CHUNK(6)
+MMTP_LANE_CHUNK(4)
 MMTP_LANE_CHUNK(2)
 #undef MMTP_LANE_CHUNK
 #endif
@@ -164,7 +206,11 @@ static inline void mmtp_lane_products_energies(double *mom, const int *ab, const
 #if defined(__AVX2__) && defined(__FMA__)
     for (; l0 + 32 <= L; l0 += 32)
         mmtp_lane_chunk_8(mom, ab, w, run_start, run_out, n_runs, mapping, moment, n_basis, L, l0, e);
-    for (; l0 + 8 <= L; l0 += 8)
+    if (l0 + 24 <= L)
+        mmtp_lane_chunk_6(mom, ab, w, run_start, run_out, n_runs, mapping, moment, n_basis, L, l0, e);
+    else if (l0 + 16 <= L)
+        mmtp_lane_chunk_4(mom, ab, w, run_start, run_out, n_runs, mapping, moment, n_basis, L, l0, e);
+    else if (l0 + 8 <= L)
         mmtp_lane_chunk_2(mom, ab, w, run_start, run_out, n_runs, mapping, moment, n_basis, L, l0, e);
 #else
     for (; l0 + 8 <= L; l0 += 8) {

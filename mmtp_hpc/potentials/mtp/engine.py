@@ -150,15 +150,18 @@ class MTPEngine:
     # ------------------------------------------------------------------ local layout
     def compute_local(self, nl: NeighborList, types_all: np.ndarray, magmoms_all: np.ndarray,
                       derivatives: bool = True, basis: bool = False,
-                      symmetric: bool = False) -> LocalResult:
+                      symmetric: bool = False, basic_out: np.ndarray | None = None) -> LocalResult:
         """Site energies of the n_local centres, and per-entry forces/∂E/∂m and the virial.
 
         ``symmetric`` (magnetic potentials): the same quantities of ½[E(M) + E(−M)]
         (∂E/∂m = ½[g(M) − g(−M)]), in one neighbour pass when :meth:`one_pass_symmetric`,
-        else by two passes.
+        else by two passes. ``basic_out`` (:meth:`metropolis_cache` of the same ``symmetric``;
+        None where that is None) receives every centre's basic moments.
         """
         if symmetric and self.pot.magnetic:
             if not self.one_pass_symmetric():
+                if basic_out is not None:
+                    raise ValueError("basic_out: no Monte Carlo cache for two-pass symmetrisation")
                 plus = self.compute_local(nl, types_all, magmoms_all, derivatives, basis)
                 minus = self.compute_local(nl, types_all, -np.asarray(magmoms_all, dtype=np.float64),
                                            derivatives, basis)
@@ -178,7 +181,7 @@ class MTPEngine:
         basis_out = np.zeros((n_local if basis else 0, self.pot.n_basis))
         kernel = _kernels.site_terms_symmetric if symmetric else _kernels.site_terms
         kernel(self.tables(), pos, types_all, mag, offsets, nbrs, n_local, site,
-               pair_grad, pair_dmj, dmi, basis_out, derivatives, basis, self.num_threads)
+               pair_grad, pair_dmj, dmi, basis_out, derivatives, basis, self.num_threads, basic_out)
         if not derivatives:
             return LocalResult(site, None, None, None, basis_out if basis else None)
         forces = np.zeros((n_total, 3))
@@ -239,7 +242,7 @@ class MTPEngine:
     def metropolis(self, nl: NeighborList, types_all: np.ndarray, magmoms_all: np.ndarray, maps: dict,
                    moves: np.ndarray, draws: np.ndarray, col: int, lo: np.ndarray, hi: np.ndarray,
                    flip_fraction: float, max_change: float, beta: float, magmoms: np.ndarray,
-                   site_energies: np.ndarray, cache: np.ndarray, init: bool, symmetric: bool = False,
+                   site_energies: np.ndarray, cache: np.ndarray, init: int, symmetric: bool = False,
                    incremental: bool = True, trial_delta: np.ndarray | None = None) -> int:
         """Metropolis moment moves of the atoms ``moves`` in the kernels (``_kernels.metropolis_moves``:
         no Python per trial; a trial updates only the pair terms and site energies it changes).
@@ -260,7 +263,7 @@ class MTPEngine:
             i64(maps["image_entries"]), i64(maps["image_offsets"]), i64(maps["affected_centres"]),
             i64(maps["affected_offsets"]), i64(moves), f64(draws), int(col), f64(lo), f64(hi),
             float(flip_fraction), float(max_change), float(beta), magmoms, site_energies, cache,
-            bool(init), symmetric, bool(incremental), delta))
+            int(init), symmetric, bool(incremental), delta))
 
     # ------------------------------------------------------------------ configurations
     def evaluate(self, cfg: Configuration, magmoms: np.ndarray | None = None, *,
