@@ -168,8 +168,7 @@ class ForceField:
         t1 = time.perf_counter()
         self.evaluations += 1
         nl = self.nl
-        cache = (self.engine.metropolis_cache(nl.n_local, self.symmetric)
-                 if basic and self.mc_reuses_evaluation else None)
+        cache = self._basic_buffer(nl.n_local) if basic and self.mc_reuses_evaluation else None
         res = self.engine.compute_local(nl, self.types_all, mag_all, derivatives=derivatives,
                                         symmetric=self.symmetric, basic_out=cache)
         t2 = time.perf_counter()
@@ -190,6 +189,16 @@ class ForceField:
         self.time["force"] += t2 - t1
         return Evaluation(energy, site, forces, virial, grad,
                           None if cache is None else (self.generation, cache))
+
+    def _basic_buffer(self, n_local: int) -> np.ndarray | None:
+        """The array the evaluations hand their basic moments over in (one per force field,
+        reused: a fresh 2 MB per step costs page faults; the sweep of a step is done with it
+        before the next evaluation writes it), or None where the kernels cannot sweep."""
+        buf = getattr(self, "_basic", None)
+        if buf is None or buf.shape[0] != n_local:
+            buf = self.engine.metropolis_cache(n_local, self.symmetric)
+            self._basic = buf
+        return buf
 
     def grade(self, active_set, state: MDState, evaluation: Evaluation, mode: str):
         """Extrapolation grade of the current configuration, from the parameter gradients of

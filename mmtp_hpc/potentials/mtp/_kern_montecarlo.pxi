@@ -398,10 +398,14 @@ cdef void lane_pair_changes(Tables* t, const double* H, const double* H2, int ns
 
 
 cdef void pair_deltas(Tables* t, const double* H, int nsets, int P, PairBuf* pb, double* DF) noexcept nogil:
-    """DF[s·K + μ, j] = Σ_{r,b} Q_r[j] σ_s(b) ψ_b[j] H[s, z_j, μ, r, b] over the P pairs of ``pb``."""
+    """DF[s·K + μ, j] = Σ_{r,b} Q_r[j] σ_s(b) ψ_b[j] H[s, z_j, μ, r, b] over the P pairs (lanes) of
+    ``pb`` (one species and P a multiple of 4: ``mmtp_pair_deltas``, the sum over r first)."""
     cdef int j, r, b, s, mu, R = t.R, M = t.M, K = t.K, C = t.C, cap = pb.cap
     cdef double h, sign
     cdef double* row
+    if C == 1 and P % 4 == 0:
+        mmtp_pair_deltas(H, nsets, K, R, M, pb.Q, pb.PS, cap, P, DF)
+        return
     for s in range(nsets):
         for mu in range(K):
             row = DF + (s * K + mu) * cap

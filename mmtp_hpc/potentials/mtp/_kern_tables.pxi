@@ -19,6 +19,8 @@ cdef extern from "_simd.h" nogil:
     void mmtp_lane_products_energies(double* mom, const int* ab, const double* w, const int* run_start,
                                      const int* run_out, int n_runs, const int* mapping, const double* moment,
                                      int n_basis, int L, double* e)
+    void mmtp_pair_deltas(const double* H, int nsets, int K, int R, int M, const double* Q, const double* PS,
+                          int cap, int n, double* DF)
     void mmtp_lane_tile(double** rows, int nb, int nsets, double* mom, long L, int Sp, int to_lanes)
     void mmtp_pair_rows(double* mom, long L, int Sp, int nsets, int nb, const int* basic, const int* basic_q,
                         const int* mono_exp, const double* DF, const double* DF2, const double* MONO, int cap,

@@ -107,6 +107,34 @@ static inline void mmtp_pair_rows(double *mom, long L, int Sp, int nsets, int nb
     }
 }
 
+/* Δf of the changed pairs of a Monte Carlo trial, one species (``pair_deltas``): for lanes
+ * i < n (a multiple of 4), DF[(s·K + mu)·cap + i] = Σ_b σ_s(b) PS[b·cap + i] Σ_r H[((s·K + mu)·R + r)·M + b]·Q[r·cap + i]
+ * with σ_0(b) = 1, σ_1(b) = (−1)^b; four lanes at a time, the sums in registers. */
+static inline void mmtp_pair_deltas(const double *H, int nsets, int K, int R, int M, const double *Q,
+                                    const double *PS, int cap, int n, double *DF)
+{
+    for (int i0 = 0; i0 < n; i0 += 4) {
+        for (int s = 0; s < nsets; s++)
+            for (int mu = 0; mu < K; mu++) {
+                const double *h = H + (long)(s * K + mu) * R * M;
+                double df[4] = {0.0, 0.0, 0.0, 0.0};
+                for (int b = 0; b < M; b++) {
+                    double g[4] = {0.0, 0.0, 0.0, 0.0};
+                    for (int r = 0; r < R; r++) {
+                        const double hh = h[r * M + b];
+                        const double *q = Q + (long)r * cap + i0;
+                        for (int l = 0; l < 4; l++) g[l] += hh * q[l];
+                    }
+                    const double sg = (s == 1 && (b & 1)) ? -1.0 : 1.0;
+                    const double *ps = PS + (long)b * cap + i0;
+                    for (int l = 0; l < 4; l++) df[l] += (sg * ps[l]) * g[l];
+                }
+                double *out = DF + (long)(s * K + mu) * cap + i0;
+                for (int l = 0; l < 4; l++) out[l] = df[l];
+            }
+    }
+}
+
 /* Four cache rows into four lanes and back (Monte Carlo): mom[β·L + s·Sp + l] = rows[l][s·nb + β]
  * for l < 4, β < nb, s < nsets (to_lanes != 0), or the reverse (to_lanes == 0); 4×4 blocks
  * transposed in registers where AVX is available. */
