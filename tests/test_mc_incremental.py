@@ -153,3 +153,37 @@ def test_affected_centres_match_sorting(repeat, skin):
         np.testing.assert_array_equal(got[0], want[0])
         if n > 1:
             assert len(got[0]) > n_atoms        # not only the atoms themselves
+
+
+@pytest.mark.parametrize("name", ["shipped_symmetric_large", "shipped_plain", "two_species_M5_large"])
+def test_sweep_starts_from_the_force_evaluations_basic_moments(name):
+    """The step's force evaluation hands its basic moments to the sweep (serial layout: no pass
+    of its own over the centres): the same decisions, site energies and energy as a sweep that
+    computes them itself, and the energy is the potential's."""
+    from mmtp_hpc.dynamics.state import MDState
+
+    ff, cfg, lo, hi = _setup(name)
+    pot = ff.engine.pot
+    n = len(cfg)
+    results = []
+    for seeded in (True, False):
+        state = MDState(positions=cfg.positions.copy(), velocities=np.zeros((n, 3)), masses=np.ones(n),
+                        types=np.asarray(cfg.types, dtype=np.int64), ids=np.arange(n),
+                        magmoms=cfg.magmoms.copy(), cell=cfg.cell, pbc=cfg.pbc,
+                        species=[f"X{k}" for k in range(pot.species_count)])
+        state.step = 4
+        ev = ff.evaluate(state, basic=seeded)
+        assert (ev.basic is not None) == seeded
+        mc = MonteCarloMoments(2, 0.3, 0.4, 3000.0, np.zeros(0), np.zeros(0), Streams(6))
+        mc.type_bounds = (np.asarray(pot.mag_min, dtype=float), np.asarray(pot.mag_max, dtype=float))
+        mc.set_types(state.types)
+        mc.update(ff, state, ev)
+        assert ev.basic is None                   # handed over
+        results.append((mc.accepted, state.magmoms.copy(), ev.site_energies.copy(), ev.energy))
+    (a1, m1, s1, e1), (a2, m2, s2, e2) = results
+    assert a1 == a2 > 0.2 * 2 * n
+    assert np.array_equal(m1, m2)
+    assert np.abs(s1 - s2).max() < 1e-12 * np.abs(s2).max()
+    fresh = ff.site_energies_of(m1[ff.nl.image_of], np.arange(n, dtype=np.int64))
+    assert np.abs(s1 - fresh).max() < 1e-10 * np.abs(fresh).max()
+    assert e1 == pytest.approx(fresh.sum(), rel=1e-12)

@@ -377,12 +377,17 @@ def test_mpi_bench_time_split_adds_up_and_efs_says_why_it_is_slow(tmp_path):
 
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_mpi_incremental_monte_carlo_makes_full_recomputations_decisions(tmp_path, ranks):
-    """Sector-parallel MC through the kernels' incremental moves and through the Python loop
-    (full site energies per trial), same random numbers: the same moves on 1 and 2 ranks."""
+    """Sector-parallel MC through the kernels' incremental moves (from the force evaluation's
+    basic moments, and from their own pass) and through the Python loop (full site energies per
+    trial), same random numbers: the same moves on 1 and 2 ranks, and the energy the sweep
+    reports is the potential's. The atoms moved after the list was built, and on 2 ranks the
+    sectors hold without a migration (half a subdomain ≥ two cutoffs plus the skin)."""
     out = tmp_path / "mc.json"
     _ok(run_mpi(ranks, SCRIPTS / "mc_sectors.py", FE_POT, out, timeout=600))
     res = json.loads(out.read_text())
     assert res["ranks"] == ranks
-    assert res["accepted"][0] == res["accepted"][1] > 0.2 * 2 * 512
+    assert res["accepted"][0] == res["accepted"][1] == res["accepted"][2] > 0.2 * 2 * 512
     assert res["same_moments"]
     assert res["max_site_diff"] < 1e-10
+    assert res["energy_vs_fresh"] < 1e-10
+    assert res["migrated"] is False

@@ -108,7 +108,6 @@ class DomainForceField(ForceField):
     """:class:`ForceField` over the owned atoms of this rank's subdomain (see the module docstring)."""
 
     distributed = True
-    mc_reuses_evaluation = False      # its Monte Carlo migrates and rebuilds the list first
 
     def __init__(self, engine, comm, symmetric: bool | None = None, skin: float = 1.0,
                  grid: list[int] | None = None, monte_carlo: bool = False):
@@ -186,6 +185,20 @@ class DomainForceField(ForceField):
         out = self._send_to_owners(state, carry, owners)
         self.migrations += int(allreduce_sum(self.comm, np.array([float(moving)]))[0])
         return out
+
+    def sectors_hold(self) -> bool:
+        """Whether the parallel Monte Carlo of this step can run on the current list without
+        migrating first: the list is valid (step 2 rebuilt it, migrating every atom into its
+        owner's subdomain, or found every atom within half the skin of where it was then), and
+        half a subdomain along every split direction is at least two cutoffs plus the skin, so
+        same-sector atoms of different ranks stay more than two cutoffs apart although each
+        may have left its subdomain by up to half the skin."""
+        d = self.decomp
+        split = d.grid > 1
+        if self.nl is None or not np.any(split):
+            return self.nl is not None
+        half = d.spacings[split] / d.grid[split] / 2.0
+        return bool(np.all(half >= 2.0 * self.cutoff + self.skin))
 
     def rebuild_now(self, state: Atoms, carry: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Migrate (with ``carry``) and rebuild now, whatever the displacements (parallel MC needs
@@ -362,12 +375,15 @@ class DomainSiteModel(NativeMetropolis):
     atoms and the ghosts within one cutoff of the subdomain (each atom once), on a list built
     at the current positions; a moment change is written to every entry of that atom."""
 
-    def __init__(self, ff: DomainForceField, state: MDState):
+    def __init__(self, ff: DomainForceField, state: MDState, basic: np.ndarray | None = None,
+                 margin: float = 0.0):
         nl, d = ff.nl, ff.decomp
         n = nl.n_local
         self.ff = ff
         frac = d.fractional(nl.positions)
-        reach = d.halo_fraction(ff.cutoff)
+        # ghost centres: within one cutoff of the subdomain, plus ``margin`` where the owned atoms
+        # may have left it (by up to half the skin: no migration this step)
+        reach = d.halo_fraction(ff.cutoff + margin)
         lo = np.where(d.pbc, d.lo - reach, -np.inf)
         hi = np.where(d.pbc, d.hi + reach, np.inf)
         inner = np.all((frac >= lo) & (frac < hi), axis=1)
@@ -404,18 +420,35 @@ class DomainSiteModel(NativeMetropolis):
                      "image_offsets": self.image_offsets, "affected_centres": self.affected_centres,
                      "affected_offsets": self.affected_offsets}
         self._native_setup()
-        self.refresh(state.magmoms)
+        self.mag = np.ascontiguousarray(ff.spread(state.magmoms)[self.order])
+        self.site_en = np.zeros(self.n_centres)
+        if basic is not None and self._cache is not None and basic.shape == (n, self._cache.shape[1]):
+            # the owned centres' basic moments from the step's force evaluation (carried through
+            # the migration): only the ghost centres need a pass of their own
+            self._cache[:n] = basic
+            self._init, self._n_seeded = 2, n
 
     def refresh(self, magmoms: np.ndarray) -> None:
-        """Moments of all entries from their owners (forward communication)."""
-        self.mag = np.ascontiguousarray(self.ff.spread(magmoms)[self.order])
-        self._init = 1
+        """Moments of all entries from their owners (forward communication); the kernels then
+        redo only the centres that see a changed entry (the other ranks' moves)."""
+        new = np.ascontiguousarray(self.ff.spread(magmoms)[self.order])
+        changed = new != self.mag
+        self.mag = new
+        if self._init == 0:
+            self._init, self._changed = 3, changed
+        elif self._init == 3:
+            self._changed |= changed
+        elif self._init == 2 and changed.any():
+            self._init = 1                      # the seeded basic moments are out of date
 
     def all_site_energies(self) -> np.ndarray:
-        out = np.zeros(self.n_centres)
-        if self.fill_site_energies(out):     # and the kernels' caches for the sector's moves
-            return out
-        return self.site_energies(np.arange(self.n_centres, dtype=np.int64))
+        """Site energies of every centre (owned and ghost), up to date: the array the kernels'
+        moves then keep up to date in place."""
+        if self._cache is None:
+            return self.site_energies(np.arange(self.n_centres, dtype=np.int64))
+        if self._init:
+            self.update_site_energies(self.site_en)
+        return self.site_en
 
     def affected(self, i: int) -> np.ndarray:
         return self.affected_centres[self.affected_offsets[i]:self.affected_offsets[i + 1]]
@@ -434,7 +467,9 @@ class DomainSweepLayout:
     """The MC layout of one rank of a domain-decomposed run: Metropolis moves on all ranks at
     once, by sectors (spec §6).
 
-    Atoms migrate first so that every rank's atoms lie inside its subdomain. Each subdomain
+    Atoms migrate first so that every rank's atoms lie inside its subdomain (not needed, and
+    skipped, where the step's list is valid and half a subdomain is at least two cutoffs plus the
+    skin: :meth:`DomainForceField.sectors_hold`). Each subdomain
     is halved along every direction that has two or more ranks; in phase b (a bit per such
     direction) every rank moves the atoms of its half b, so simultaneous moves on
     different ranks are at least half a subdomain (≥ 2 cutoffs, checked when the grid is
@@ -446,17 +481,25 @@ class DomainSweepLayout:
     statistically equivalent, not identical.
     """
 
-    migrated = True
-
     def __init__(self, ff: DomainForceField, state: MDState, evaluation: Evaluation):
-        carry = ff.rebuild_now(state, {"forces": evaluation.forces, "site_energies": evaluation.site_energies,
-                                       "magnetic_gradient": evaluation.magnetic_gradient})
-        evaluation.forces = carry["forces"]
-        evaluation.site_energies = carry["site_energies"].reshape(-1)
-        evaluation.magnetic_gradient = carry["magnetic_gradient"].reshape(-1)
+        basic = (evaluation.basic[1] if evaluation.basic is not None and evaluation.basic[0] == ff.generation
+                 else None)                       # the owned centres' basic moments, this list
+        evaluation.basic = None
+        # atoms migrate first, unless the sectors keep their separation on the step's list
+        self.migrated = not ff.sectors_hold()
+        if self.migrated:
+            fields = {"forces": evaluation.forces, "site_energies": evaluation.site_energies,
+                      "magnetic_gradient": evaluation.magnetic_gradient}
+            if basic is not None:
+                fields["basic"] = basic           # the basic moments travel with their atoms
+            carry = ff.rebuild_now(state, fields)
+            evaluation.forces = carry["forces"]
+            evaluation.site_energies = carry["site_energies"].reshape(-1)
+            evaluation.magnetic_gradient = carry["magnetic_gradient"].reshape(-1)
+            basic = carry.get("basic")
         self.ff = ff
         d = ff.decomp
-        self.model = DomainSiteModel(ff, state)
+        self.model = DomainSiteModel(ff, state, basic, margin=0.0 if self.migrated else 0.5 * ff.skin)
         n = state.n_atoms
         split = np.flatnonzero(d.grid > 1)
         half = np.floor((d.fractional(ff.nl.positions[:n]) - d.lo) * d.grid * 2.0).astype(np.int64)
@@ -473,7 +516,14 @@ class DomainSweepLayout:
         return self.model.all_site_energies()
 
     def finish(self, state: MDState, evaluation: Evaluation) -> float:
-        after = self.ff.evaluate(state, derivatives=False)
-        evaluation.site_energies = after.site_energies
-        return after.energy
+        """The owned atoms' site energies after the last sector (the other ranks' last moves
+        reach the ghosts first) and the total energy."""
+        if self.model._cache is None:
+            after = self.ff.evaluate(state, derivatives=False)
+            evaluation.site_energies = after.site_energies
+            return after.energy
+        self.model.refresh(state.magmoms)
+        site = self.model.all_site_energies()[:state.n_atoms].copy()
+        evaluation.site_energies = site
+        return float(self.ff.reduce(np.array([site.sum()]))[0])
 

@@ -59,9 +59,6 @@ class ForceField:
         self.time = {"force": 0.0, "comm": 0.0, "neighbor": 0.0}   # seconds, for the run summary
 
     distributed = False
-    # the Monte Carlo of this layout sweeps on the list of the step's evaluation (serial: no
-    # migration), so it can start from that evaluation's basic moments
-    mc_reuses_evaluation = True
 
     # ------------------------------------------------------------------ neighbour list
     def setup(self, state: MDState) -> None:
@@ -159,8 +156,8 @@ class ForceField:
 
         ``magmoms`` (n_atoms,) overrides the state's moments (used by the relaxation). A
         spin-symmetrised potential gives ½[E(M) + E(−M)] (combined by the engine). ``basic``:
-        also the centres' basic moments (``Evaluation.basic``) where this layout's Monte Carlo
-        starts from them (:attr:`mc_reuses_evaluation`) and the kernels sweep.
+        also the centres' basic moments (``Evaluation.basic``, where the kernels can sweep), for
+        the step's Monte Carlo to start from.
         """
         t0 = time.perf_counter()
         mag = state.magmoms if magmoms is None else magmoms
@@ -168,7 +165,7 @@ class ForceField:
         t1 = time.perf_counter()
         self.evaluations += 1
         nl = self.nl
-        cache = self._basic_buffer(nl.n_local) if basic and self.mc_reuses_evaluation else None
+        cache = self._basic_buffer(nl.n_local) if basic else None
         res = self.engine.compute_local(nl, self.types_all, mag_all, derivatives=derivatives,
                                         symmetric=self.symmetric, basic_out=cache)
         t2 = time.perf_counter()

@@ -317,22 +317,27 @@ class NativeMetropolis:
 
     def _native_setup(self) -> None:
         self._cache = self.engine.metropolis_cache(self.nl.n_local, self.symmetric) if self.native else None
+        # what the kernels redo before the next moves: 1 everything, 2 everything but the seeded
+        # rows' basic moments, 3 the centres that see a changed entry, 0 nothing
         self._init = 1
+        self._n_seeded = 0
+        self._changed: np.ndarray | None = None
 
     def metropolis(self, moves: np.ndarray, draws: np.ndarray, col: int, lo: np.ndarray, hi: np.ndarray,
                    flip_fraction: float, max_change: float, beta: float, magmoms: np.ndarray,
                    site_energies: np.ndarray, incremental: bool = True,
                    trial_delta: np.ndarray | None = None) -> int | None:
         """The moves of :meth:`MonteCarloMoments.moves` in the kernels; None where they cannot
-        (the caller then runs them in Python). ``site_energies`` (n_centres,) are recomputed
-        with the caches before the first moves on this model."""
+        (the caller then runs them in Python). ``site_energies`` (n_centres,) are brought up to
+        date with the caches first where they are not (the same array every call)."""
         if self._cache is None:
             return None
         accepted = self.engine.metropolis(
             self.nl, self.types, self.mag, self.maps, moves, draws, col, lo, hi, flip_fraction,
             max_change, beta, magmoms, site_energies, self._cache, self._init,
-            self.symmetric, incremental, trial_delta)
+            self.symmetric, incremental, trial_delta, n_seeded=self._n_seeded, changed=self._changed)
         self._init = 0
+        self._changed = None
         return accepted
 
     def seed(self, generation: int, basic: np.ndarray) -> None:
@@ -342,17 +347,22 @@ class NativeMetropolis:
         if (self._cache is not None and generation == getattr(self, "generation", None)
                 and basic.shape == self._cache.shape):
             self._cache = basic
-            self._init = 2
+            self._init, self._n_seeded = 2, len(basic)
 
     def fill_site_energies(self, out: np.ndarray) -> bool:
         """All centres' energies into ``out`` with the caches (True), or False where unsupported."""
         if self._cache is None:
             return False
         self._init = 1
+        self.update_site_energies(out)
+        return True
+
+    def update_site_energies(self, out: np.ndarray) -> None:
+        """Bring ``out`` (the centres' energies, kept by the caller between calls) up to date
+        with what :attr:`_init` says changed."""
         empty = np.zeros(0, dtype=np.int64)
         self.metropolis(empty, np.zeros((1, 3)), 0, np.zeros(1), np.zeros(1), 0.0, 0.0, 1.0,
                         np.zeros(1), out)
-        return True
 
 
 class MTPSiteModel(NativeMetropolis):

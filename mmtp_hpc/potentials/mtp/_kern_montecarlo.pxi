@@ -495,7 +495,8 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                      const double[:, ::1] draws, int col, const double[::1] lo, const double[::1] hi,
                      double flip_fraction, double max_change, double beta, double[::1] magmoms,
                      double[::1] site_en, double[:, ::1] cache, int init, bint symmetric,
-                     bint incremental, double[::1] trial_delta):
+                     bint incremental, double[::1] trial_delta, Py_ssize_t n_seeded=0,
+                     const unsigned char[::1] changed=None):
     """Metropolis moves of the atoms ``moves`` (in that order) on the moments; returns the
     number accepted.
 
@@ -508,9 +509,11 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     trial is skipped; accepted when ΔE ≤ 0 or acceptance < exp(−β ΔE).
 
     ``site_en`` (n_centres,) and ``cache`` (n_centres, nsets·n_basic) hold E_k and the basic
-    moments; ``init`` 1 recomputes both first (one energy pass over the centres), 2 only the
-    energies, from the basic moments the caller put in ``cache`` (those of the step's force
-    evaluation: ``site_terms(..., basic_out=cache)``), 0 neither. With
+    moments; ``init`` 1 recomputes both first (one energy pass over the centres); 2 the same,
+    but the basic moments of the centres k < ``n_seeded`` are the ones the caller put in ``cache``
+    (those of the step's force evaluation: ``site_terms(..., basic_out=cache)``); 3 both for the
+    centres that are or see an entry j with ``changed[j]`` (n_total,) only (the others keep
+    theirs: after a forward communication of moments); 0 neither. With
     ``incremental`` a trial updates only the pair terms it changes (see above); otherwise every
     affected centre is recomputed from its neighbours (the reference the tests compare with).
     ``trial_delta`` (len(moves),) receives each trial's ΔE (NaN when skipped), if not empty.
@@ -553,10 +556,18 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     cdef double* zero_row = NULL
     cdef double* H2 = NULL
     cdef int64_t n_in
+    cdef int64_t* redo = NULL
+    cdef Py_ssize_t n_redo
+    cdef bint hit
     pb.U = NULL; pb.E = NULL; pb.Q = NULL; pb.PS = NULL; pb.DF = NULL; pb.DF2 = NULL; pb.MONO = NULL
     pb.Z = NULL
     if symmetric and t.M < 2:
         raise ValueError("symmetric Monte Carlo needs a magnetic potential (M > 1)")
+    if init == 3 and (changed is None or changed.shape[0] < offsets.shape[0] - 1
+                      or changed.shape[0] < mag.shape[0]):
+        raise ValueError("init 3 needs the per-entry ``changed`` flags")
+    if init not in (0, 1, 2, 3):
+        raise ValueError(f"init must be 0, 1, 2 or 3, got {init}")
     if cache.shape[0] < n_centres or cache.shape[1] != width:
         raise ValueError(f"cache must be ({n_centres}, {width}), got ({cache.shape[0]}, {cache.shape[1]})")
     for k in range(n_centres):
@@ -581,15 +592,16 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     ps = <double*> malloc((3 + t.R) * t.M * sizeof(double))   # scratch of trial_tables / add_pair_change
     mu_start = <int*> calloc(t.K + 1, sizeof(int))
     slot_of = <int*> malloc((n_centres + 1) * sizeof(int))
+    redo = <int64_t*> malloc((n_centres + 1) * sizeof(int64_t))
     pair_off = <int64_t*> calloc(n_atoms + 2, sizeof(int64_t))
     lane_runs_make(&t, &runs)          # runs.start is NULL when out of memory
     if mom == NULL or Bs == NULL or e_lane == NULL or e_new == NULL or zl == NULL or H == NULL or Q == NULL \
-            or mono == NULL or monoB == NULL or df == NULL or ps == NULL or mu_start == NULL or slot_of == NULL \
+            or mono == NULL or monoB == NULL or df == NULL or ps == NULL or mu_start == NULL or slot_of == NULL or redo == NULL \
             or pair_off == NULL or runs.start == NULL:
         free_cols(c)
         lane_runs_free(&runs)
         free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
-        free(df); free(ps); free(mu_start); free(slot_of); free(pair_off)
+        free(df); free(ps); free(mu_start); free(slot_of); free(redo); free(pair_off)
         raise MemoryError("Monte Carlo: out of memory for the lane buffers")
     # basic rows of each radial function μ: one range when the rows are ordered by μ
     for q in range(nb):
@@ -622,7 +634,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
         if pair_k == NULL or pair_d == NULL:
             free_cols(c)
             free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
-            free(df); free(ps); free(mu_start); free(slot_of); free(pair_off); free(pair_k)
+            free(df); free(ps); free(mu_start); free(slot_of); free(redo); free(pair_off); free(pair_k)
             free(pair_d)
             lane_runs_free(&runs)
             raise MemoryError("Monte Carlo: out of memory for the pair lists")
@@ -653,7 +665,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                 or pairbuf_alloc(&t, nsets, lanes_for(max_pairs + 1), &pb) != 0:
             free_cols(c)
             free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
-            free(df); free(ps); free(mu_start); free(slot_of); free(pair_off); free(pair_k)
+            free(df); free(ps); free(mu_start); free(slot_of); free(redo); free(pair_off); free(pair_k)
             free(pair_d); free(fast); free(rows); free(zero_row); free(H2)
             lane_runs_free(&runs)
             raise MemoryError("Monte Carlo: out of memory for the pair buffers")
@@ -685,16 +697,29 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     try:
         with nogil:
             if init:
-                # basic moments of every centre (or the given ones), then their energies in
-                # batches of lanes
+                # the centres to (re)compute: all of them (1, 2) or those that see a changed entry
+                # (3); their basic moments (given for the rows < n_seeded with 2), then their
+                # energies in batches of lanes
+                n_redo = 0
+                for k in range(n_centres):
+                    if init == 3:
+                        hit = changed[k]
+                        p = offsets[k]
+                        while not hit and p < offsets[k + 1]:
+                            hit = changed[nbrs[p]]
+                            p += 1
+                        if not hit:
+                            continue
+                    redo[n_redo] = k
+                    n_redo += 1
                 k0 = 0
-                while k0 < n_centres:
-                    n_aff = <int> (batch if n_centres - k0 > batch else n_centres - k0)
+                while k0 < n_redo:
+                    n_aff = <int> (batch if n_redo - k0 > batch else n_redo - k0)
                     L = lanes_for(n_aff * nsets)
                     memset(Bs, 0, nb * L * sizeof(double))
                     for slot in range(n_aff):
-                        k = k0 + slot
-                        if init == 2:
+                        k = redo[k0 + slot]
+                        if init == 2 and k < n_seeded:
                             memcpy(Bs + slot * width, &cache[k, 0], width * sizeof(double))
                         else:
                             gather_cols(&t, c, k, pos, types, mag, offsets, nbrs, False, symmetric)
@@ -705,7 +730,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                     to_lanes(Bs, nb, mom, L)
                     lane_site_energies(&t, &runs, mom, L, n_aff, nsets, nsets, 1, zl, e_lane, e_new)
                     for slot in range(n_aff):
-                        site_en[k0 + slot] = e_new[slot]
+                        site_en[redo[k0 + slot]] = e_new[slot]
                     k0 += batch
             for m_ in range(n_moves):
                 a = moves[m_]
@@ -824,7 +849,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     finally:
         free_cols(c)
         free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
-        free(df); free(ps); free(mu_start); free(slot_of); free(pair_off); free(pair_k)
+        free(df); free(ps); free(mu_start); free(slot_of); free(redo); free(pair_off); free(pair_k)
         free(pair_d); free(fast); free(rows); free(zero_row); free(H2)
         pairbuf_free(&pb)
         lane_runs_free(&runs)

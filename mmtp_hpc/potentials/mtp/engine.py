@@ -243,7 +243,8 @@ class MTPEngine:
                    moves: np.ndarray, draws: np.ndarray, col: int, lo: np.ndarray, hi: np.ndarray,
                    flip_fraction: float, max_change: float, beta: float, magmoms: np.ndarray,
                    site_energies: np.ndarray, cache: np.ndarray, init: int, symmetric: bool = False,
-                   incremental: bool = True, trial_delta: np.ndarray | None = None) -> int:
+                   incremental: bool = True, trial_delta: np.ndarray | None = None,
+                   n_seeded: int = 0, changed: np.ndarray | None = None) -> int:
         """Metropolis moment moves of the atoms ``moves`` in the kernels (``_kernels.metropolis_moves``:
         no Python per trial; a trial updates only the pair terms and site energies it changes).
 
@@ -252,7 +253,10 @@ class MTPEngine:
         changed in place with ``magmoms`` (per atom). ``maps``: ``entry_owner`` (n_total,),
         ``image_entries``/``image_offsets`` (entries of each atom) and ``affected_centres``/
         ``affected_offsets`` (centres whose energy depends on each atom, the atom included).
-        Returns the number of accepted moves."""
+        ``init``: 1 fills ``cache`` and ``site_energies`` first; 2 the same, except that the rows
+        < ``n_seeded`` of ``cache`` already hold their centres' basic moments (:meth:`compute_local`'s
+        ``basic_out`` on ``nl``); 3 only for the centres that are or see an entry with ``changed``
+        (n_total, bool) set; 0 neither. Returns the number of accepted moves."""
         symmetric = bool(symmetric and self.pot.magnetic)
         i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
         f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
@@ -263,7 +267,8 @@ class MTPEngine:
             i64(maps["image_entries"]), i64(maps["image_offsets"]), i64(maps["affected_centres"]),
             i64(maps["affected_offsets"]), i64(moves), f64(draws), int(col), f64(lo), f64(hi),
             float(flip_fraction), float(max_change), float(beta), magmoms, site_energies, cache,
-            int(init), symmetric, bool(incremental), delta))
+            int(init), symmetric, bool(incremental), delta, int(n_seeded),
+            None if changed is None else np.ascontiguousarray(changed, dtype=np.uint8)))
 
     # ------------------------------------------------------------------ configurations
     def evaluate(self, cfg: Configuration, magmoms: np.ndarray | None = None, *,
