@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import h5py
