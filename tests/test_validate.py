@@ -74,7 +74,7 @@ def test_validate_command_writes_outputs_and_reuses_the_reference(tmp_path, env_
             "--tol-gradient-m", "0.2"]
     rc = main(args)
     calls = (tmp_path / "calls.txt").read_text().splitlines()
-    assert len(calls) == 5                      # 3 ground states + 2 constrained points
+    assert len(calls) == 8          # 3 ground states, each checked by a constrained run, + 2 points
     summary = json.loads((tmp_path / "out" / "val.json").read_text())
     assert set(summary["errors"]) == {"moment", "energy", "pressure", "energy_m", "gradient_m"}
     assert rc == (0 if all(summary["passed"].values()) else 1)
@@ -82,7 +82,7 @@ def test_validate_command_writes_outputs_and_reuses_the_reference(tmp_path, env_
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert "| criterion |" in (tmp_path / "out" / "val.md").read_text()
     assert main(args) == rc                     # a rerun reads the reference back ...
-    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 5     # ... without new runs
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 8     # ... without new runs
 
 
 def test_constrained_ground_state_where_the_free_scf_fails(tmp_path, env_path):
@@ -105,3 +105,23 @@ def test_constrained_ground_state_where_the_free_scf_fails(tmp_path, env_path):
     validate(engine, oracle, ["Fe"], "bcc", a, a_ref=2.85, start=[3.0], workdir=tmp_path / "w",
              curve=np.linspace(2.8, 2.9, 3))
     assert len((tmp_path / "calls.txt").read_text().splitlines()) == runs      # all read back
+
+
+def test_free_scf_that_stops_off_the_root_is_corrected(tmp_path, env_path):
+    """A free SCF that stops 0.3 μB above the ground state (as ABINIT's does on the flat
+    landscape near a magnetic transition) and reports success: the constrained check finds
+    dE/dm ≠ 0 there and the reference becomes the root of dE/dm (within the 0.02 μB bracket)."""
+    oracle = CommandOracle(command(tmp_path) + ["--free-offset", "0.3"], workers=2, env=env_path, timeout=120)
+    engine = MTPEngine(load_potential(FE_POT))
+    a = [2.85, 2.90]
+    v = validate(engine, oracle, ["Fe"], "bcc", a, a_ref=2.85, start=[3.0], workdir=tmp_path / "w",
+                 curve=np.linspace(2.8, 2.9, 3))
+    assert v.moved_points == a and not v.constrained_points and not v.failures
+    model = AnalyticMagneticModel.default()
+    for k, x in enumerate(a):
+        cfg = bulk("bcc", x, 1, sublattice_types=(0, 0))
+        cfg.magmoms = np.array([3.0, 3.0])
+        ref = model.label(cfg, relax=True)
+        assert v.dft_moments["Fe"][k] == pytest.approx(abs(ref.magmoms.mean()), abs=0.02)
+        assert v.dft_energy[k] == pytest.approx(ref.energy / 2, abs=1e-3)
+    assert "stopped at a moment where dE/dm" in v.markdown()

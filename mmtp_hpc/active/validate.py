@@ -82,6 +82,7 @@ class Validation:
     tolerances: dict[str, float] = field(default_factory=dict)
     reference: str = "DFT"                     # what the oracle is, for legends
     constrained_points: list[float] = field(default_factory=list)   # a where dE/dm = 0 was searched
+    moved_points: list[float] = field(default_factory=list)   # a where the free SCF stopped off the root
 
     def errors(self) -> dict[str, float]:
         """Max |potential − DFT| of every criterion that was computed (units of CRITERIA)."""
@@ -142,6 +143,12 @@ class Validation:
             lines.append("At a = " + ", ".join(f"{a:g}" for a in self.constrained_points) + " Å the free "
                          "SCF did not converge; the ground state there is the constrained one with "
                          f"dE/dm = 0 on {first} (secant search).")
+        if self.moved_points:
+            lines.append("At a = " + ", ".join(f"{a:g}" for a in self.moved_points) + " Å the free SCF "
+                         f"stopped at a moment where dE/dm on {first} was not 0 (a flat landscape near "
+                         "the transition); the ground state there is the constrained root.")
+        lines.append("Every DFT ground state is a root of dE/dm from constrained runs: |dE/dm| ≤ 5e-4 "
+                     "eV/μB, or bracketed within 0.02 μB, or dE/dm > 0 down to 0.05 μB (m = 0).")
         if self.m_values is not None and len(self.m_values):
             lines += ["", f"| m (μB), a = {self.a_moment:g} Å | E DFT (eV/atom) | E pot − E DFT (meV/atom) "
                       "| ∂E/∂m DFT (eV/μB) | ∂E/∂m pot |", "|---|---|---|---|---|"]
@@ -174,21 +181,34 @@ def _type0_alternating(cfg: Configuration, m: float) -> np.ndarray:
     return out
 
 
-def constrained_ground_state(oracle, cfg: Configuration, workdir: Path, tol: float = 0.005,
-                             max_runs: int = 8, log: Callable[[str], None] | None = None) -> Configuration:
+def constrained_ground_state(oracle, cfg: Configuration, workdir: Path, tol: float = 5e-4,
+                             m_tol: float = 0.02, max_runs: int = 14, m_start: float | None = None,
+                             log: Callable[[str], None] | None = None) -> Configuration:
     """The magnetic ground state of ``cfg`` from constrained runs: the uniform moment m of the
-    type-0 atoms where their mean dE/dm vanishes (secant steps, bracketed once a sign change is
-    seen, within ``tol`` eV/μB; m = 0 when dE/dm > 0 down to 0.05 μB: non-magnetic). The other
-    atoms keep the oracle's treatment (free, or held at their moments). Every run is kept in
-    ``workdir/m_<moment>`` and read back by a rerun. Returns the label at the root."""
+    type-0 atoms where their mean dE/dm vanishes. Found to |dE/dm| ≤ ``tol`` eV/μB, or to a
+    bracket (dE/dm < 0 below, > 0 above) no wider than ``m_tol`` μB: secant steps inside the
+    bracket, kept a quarter of its width from its ends so that it shrinks; below every point
+    tried the moment halves down to 0.05 μB, and where dE/dm > 0 there too the state is
+    non-magnetic (m = 0). A small |dE/dm| alone is not enough near a magnetic transition, where
+    the curve is flat: 0.002 eV/μB can lie 0.2 μB from the root. The other atoms keep the
+    oracle's treatment (free, or held at their moments). ``m_start`` (default: the mean |m| of
+    the type-0 atoms of ``cfg``) is the first point. Every run is kept in ``workdir/m_<moment>``
+    and read back by a rerun; the runs already there (an earlier search) count as points from the
+    start. Returns the label at the root (of the bracket's two ends, the one
+    with the smaller |dE/dm|)."""
     from mmtp_hpc.active.oracles import label_batch
 
     say = log or (lambda _m: None)
     sel = cfg.types == 0
-    m_start = float(np.mean(np.abs(np.asarray(cfg.magmoms)[sel])))
+    if m_start is None:
+        m_start = float(np.mean(np.abs(np.asarray(cfg.magmoms)[sel])))
     history: list[tuple[float, float, Configuration]] = []
+    floor = 0.05
 
     def run(m: float) -> tuple[float, Configuration]:
+        for m0, g0, lab0 in history:
+            if abs(m0 - m) < 1e-9:
+                return g0, lab0
         c = cfg.copy()
         mm = np.array(c.magmoms, dtype=float)
         mm[sel] = m
@@ -202,37 +222,43 @@ def constrained_ground_state(oracle, cfg: Configuration, workdir: Path, tol: flo
         say(f"  constrained m = {m:.4f} μB: dE/dm = {g:+.5f} eV/μB")
         return g, lab
 
-    g, lab = run(m_start)
+    # the runs of an earlier search in this directory (another start, other steps) are points too
+    for path in sorted(Path(workdir).glob("m_*/cfg_00000/labelled.cfg")):
+        try:
+            m_old = float(path.parent.parent.name[2:])
+        except ValueError:
+            continue
+        run(m_old)
+    g, lab = run(max(float(m_start), floor))
     for _ in range(max_runs - 1):
         if abs(g) <= tol:
             return lab
-        pts = sorted(((m, gg) for m, gg, _ in history), key=lambda p: p[0])
+        pts = sorted(((m, gg, lb) for m, gg, lb in history), key=lambda p: p[0])
         pos = [p for p in pts if p[1] > 0]
         neg = [p for p in pts if p[1] < 0 and (not pos or p[0] < pos[0][0])]
-        (m_a, g_a), (m_b, g_b) = (history[-2][:2], history[-1][:2]) if len(history) > 1 else \
-            ((m_start, g), (m_start, g))
-        secant = m_b - g_b * (m_b - m_a) / (g_b - g_a) if g_b != g_a and m_b != m_a else None
-        if neg and pos:                      # bracketed: the secant if inside, else regula falsi
-            (m_lo, g_lo), (m_hi, g_hi) = neg[-1], pos[0]
-            inside = secant is not None and m_lo < secant < m_hi
-            m_new = secant if inside else m_lo - g_lo * (m_hi - m_lo) / (g_hi - g_lo)
+        if neg and pos:                      # bracketed
+            (m_lo, g_lo, lab_lo), (m_hi, g_hi, lab_hi) = neg[-1], pos[0]
+            if m_hi - m_lo <= m_tol:
+                return lab_lo if abs(g_lo) < abs(g_hi) else lab_hi
+            w = m_hi - m_lo
+            m_new = m_lo - g_lo * w / (g_hi - g_lo)
+            m_new = min(max(m_new, m_lo + 0.25 * w), m_hi - 0.25 * w)
         elif pos:                            # the root is below every point tried
             m_min = pos[0][0]
-            if m_min <= 0.05:
+            if m_min <= floor + 1e-9:
                 return run(0.0)[1]           # dE/dm > 0 down to 0.05 μB: non-magnetic
-            m_new = secant if secant is not None and 0 < m_min - secant <= 0.5 else m_min - 0.3
-            m_new = max(m_new, 0.05)
+            m_new = max(0.5 * m_min, floor)
         else:                                # the root is above every point tried
+            (m_a, g_a, _), (m_b, g_b, _) = (pts[-2], pts[-1]) if len(pts) > 1 else (pts[-1], pts[-1])
+            secant = m_b - g_b * (m_b - m_a) / (g_b - g_a) if g_b != g_a and m_b != m_a else None
             m_max = neg[-1][0]
             m_new = secant if secant is not None and 0 < secant - m_max <= 0.5 else m_max + 0.3
         g, lab = run(float(m_new))
     if abs(g) <= tol:
         return lab
-    best = min(history, key=lambda h: abs(h[1]))
-    if abs(best[1]) > 5 * tol:
-        raise InputError(f"no moment with |dE/dm| <= {tol:g} eV/μB after {len(history)} constrained "
-                         f"runs (best {best[1]:+.3g} at m = {best[0]:.3f} μB)")
-    return best[2]
+    raise InputError(f"no ground state within {max_runs} constrained runs (|dE/dm| ≤ {tol:g} eV/μB or a "
+                     f"bracket of {m_tol:g} μB): " + ", ".join(f"{m:.3f}: {gg:+.2g}" for m, gg, _ in
+                                                               sorted(history, key=lambda h: h[0])))
 
 
 def _reference_name(oracle) -> str:
@@ -312,8 +338,29 @@ def validate(potential, oracle, species: Sequence[str], lattice: str, a_values: 
     batch = label_batch(free_oracle, structures, workdir / "ground_state", log=say, skip_failures=True)
     failures = []
     root_points = []
+    moved_points = []
     for k, f in enumerate(batch.failures):
         if f is None:
+            # the free SCF can stop where dE/dm ≠ 0 when the landscape is flat (near a magnetic
+            # transition: critical slowing down): check it with a constrained run at its moment,
+            # and search the root from there where dE/dm is not ≈ 0
+            free_lab = batch.labelled[k]
+            m_free = float(np.mean(np.abs(free_lab.magmoms[free_lab.types == 0])))
+            try:
+                checked = constrained_ground_state(
+                    oracle, structures[k], workdir / "ground_state_checked" / f"cfg_{k:05d}",
+                    m_start=m_free, log=say)
+            except (InputError, OracleError) as exc:
+                failures.append(f"ground state a = {a_values[k]:g}: the free SCF's moment {m_free:.3f} μB "
+                                f"could not be checked: {exc}")
+                batch.labelled[k] = None
+                continue
+            m_checked = float(np.mean(np.abs(checked.magmoms[checked.types == 0])))
+            if abs(m_checked - m_free) > 0.02:
+                say(f"validate: a = {a_values[k]:g}: the free SCF stopped at {m_free:.3f} μB, the root of "
+                    f"dE/dm is at {m_checked:.3f} μB")
+                batch.labelled[k] = checked
+                moved_points.append(float(a_values[k]))
             continue
         # near a magnetic transition the free SCF wanders; constrained runs converge: find the
         # moment where dE/dm = 0 with them instead (and say so)
@@ -351,7 +398,8 @@ def validate(potential, oracle, species: Sequence[str], lattice: str, a_values: 
                      pot_energy=scan.energy_per_atom, dft_pressure=dft_p, pot_pressure=scan.pressure,
                      dft_moments=dft_m, pot_moments=scan.moment_mean, failures=failures,
                      tolerances=dict(tolerances or {}), trained_a=trained_a,
-                     reference=_reference_name(oracle), constrained_points=root_points)
+                     reference=_reference_name(oracle), constrained_points=root_points,
+                     moved_points=moved_points)
 
     # dense curves and the ensemble band
     if curve is None:

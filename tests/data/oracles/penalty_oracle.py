@@ -21,6 +21,8 @@ import json
 import os
 import sys
 
+import numpy as np
+
 from scipy.optimize import minimize
 
 from mmtp_hpc.io.cfg import read_cfg, write_cfg
@@ -41,6 +43,9 @@ def main() -> int:
     p.add_argument("--fail-lambda", default=None)
     p.add_argument("--fail-free", action="store_true",
                    help="report an SCF that did not converge for every unconstrained run")
+    p.add_argument("--free-offset", type=float, default=0.0,
+                   help="unconstrained runs stop this far (μB) above the relaxed moments and report "
+                        "success (a free SCF that stalls on a flat landscape)")
     args = p.parse_args()
     with open(args.calls, "a", encoding="utf-8") as f:
         f.write(f"{args.index} {args.lam or '-'} {os.getcwd()}\n")
@@ -61,6 +66,8 @@ def main() -> int:
             write_cfg(args.output, out)
             return 0
         out = model.label(cfg, relax=True)
+        if args.free_offset:
+            out = model.label(cfg, magmoms=out.magmoms + np.sign(out.magmoms) * args.free_offset)
         out.features.pop("constrained", None)
         write_cfg(args.output, out)
         return 0
