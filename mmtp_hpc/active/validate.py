@@ -21,7 +21,6 @@ standard deviation of E/N inside and outside the lattice-parameter range of the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
