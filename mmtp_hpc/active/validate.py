@@ -184,12 +184,13 @@ def constrained_ground_state(oracle, cfg: Configuration, workdir: Path, tol: flo
                              m_tol: float = 0.02, max_runs: int = 14, m_start: float | None = None,
                              log: Callable[[str], None] | None = None) -> Configuration:
     """The magnetic ground state of ``cfg`` from constrained runs: the uniform moment m of the
-    type-0 atoms where their mean dE/dm vanishes. Found to |dE/dm| ≤ ``tol`` eV/μB, or to a
-    bracket (dE/dm < 0 below, > 0 above) no wider than ``m_tol`` μB: secant steps inside the
-    bracket, kept a quarter of its width from its ends so that it shrinks; below every point
-    tried the moment halves down to 0.05 μB, and where dE/dm > 0 there too the state is
-    non-magnetic (m = 0). A small |dE/dm| alone is not enough near a magnetic transition, where
-    the curve is flat: 0.002 eV/μB can lie 0.2 μB from the root. The other atoms keep the
+    type-0 atoms where their mean dE/dm vanishes. Found to |dE/dm| / m ≤ ``tol`` eV/μB² (dE/dm
+    is odd in m, so it is small at every small m: that alone says nothing), or to a bracket
+    (dE/dm < 0 below, > 0 above) no wider than ``m_tol`` μB: secant steps inside the bracket,
+    kept a quarter of its width from its ends so that it shrinks; below every point tried,
+    secant steps or halving down to 0.05 μB, and where dE/dm > 0 there too the state is
+    non-magnetic (m = 0). Near a magnetic transition the curve is flat: 0.002 eV/μB can lie
+    0.2 μB from the root. The other atoms keep the
     oracle's treatment (free, or held at their moments). ``m_start`` (default: the mean |m| of
     the type-0 atoms of ``cfg``) is the first point. Every run is kept in ``workdir/m_<moment>``
     and read back by a rerun; the runs already there (an earlier search) count as points from the
@@ -228,34 +229,53 @@ def constrained_ground_state(oracle, cfg: Configuration, workdir: Path, tol: flo
         except ValueError:
             continue
         run(m_old)
-    g, lab = run(max(float(m_start), floor))
-    for _ in range(max_runs - 1):
-        if abs(g) <= tol:
-            return lab
-        pts = sorted(((m, gg, lb) for m, gg, lb in history), key=lambda p: p[0])
-        pos = [p for p in pts if p[1] > 0]
-        neg = [p for p in pts if p[1] < 0 and (not pos or p[0] < pos[0][0])]
-        if neg and pos:                      # bracketed
-            (m_lo, g_lo, lab_lo), (m_hi, g_hi, lab_hi) = neg[-1], pos[0]
+    run(max(float(m_start), floor))
+    for _ in range(max_runs):
+        # done when the points so far (this search's and any found in ``workdir``) settle it, so
+        # that a rerun reads the same answer back
+        # dE/dm is odd in m (E(m) = E(−m)), so it is small at every small m: what must vanish is
+        # dE/dm / m (eV/μB²), not dE/dm
+        close = [h for h in history if h[0] > 0 and abs(h[1]) <= tol * h[0]]
+        if close:
+            return min(close, key=lambda h: abs(h[1]) / h[0])[2]
+        pts = sorted((h for h in history if h[0] > 0), key=lambda p: p[0])
+        # minima: dE/dm from − to + between neighbouring points; m = 0 is one where dE/dm > 0 at
+        # the smallest moment. Of several (a first-order transition), the lowest in energy
+        brackets = [(p, q) for p, q in zip(pts, pts[1:], strict=False) if p[1] < 0 < q[1]]
+        best = min(brackets, key=lambda b: min(b[0][2].energy, b[1][2].energy)) if brackets else None
+        if best is not None and pts[0][1] > 0 and pts[0][2].energy < min(best[0][2].energy, best[1][2].energy):
+            best = None                      # the non-magnetic side is lower: follow it to m = 0
+        pos = [p for p in pts if p[1] > 0] if best is None and pts[0][1] > 0 else []
+        neg = [p for p in pts if p[1] < 0] if best is None and not pos else []
+        if best is not None:                 # bracketed
+            (m_lo, g_lo, lab_lo), (m_hi, g_hi, lab_hi) = best
             if m_hi - m_lo <= m_tol:
                 return lab_lo if abs(g_lo) < abs(g_hi) else lab_hi
             w = m_hi - m_lo
             m_new = m_lo - g_lo * w / (g_hi - g_lo)
             m_new = min(max(m_new, m_lo + 0.25 * w), m_hi - 0.25 * w)
         elif pos:                            # the root is below every point tried
-            m_min = pos[0][0]
+            m_min, g_min = pos[0][0], pos[0][1]
             if m_min <= floor + 1e-9:
                 return run(0.0)[1]           # dE/dm > 0 down to 0.05 μB: non-magnetic
-            m_new = max(0.5 * m_min, floor)
+            # a secant step from the two lowest points where it stays above half the moment, else
+            # a small probe below (dE/dm small) or half the moment (towards m = 0, through a flat
+            # landscape in a few runs)
+            secant = None
+            if len(pos) > 1 and pos[1][1] != g_min:
+                secant = m_min - g_min * (pos[1][0] - m_min) / (pos[1][1] - g_min)
+            if secant is not None and 0.5 * m_min <= secant < m_min:
+                m_new = secant
+            else:
+                m_new = m_min - 0.1 if g_min < 0.01 and m_min > 0.3 else 0.5 * m_min
+            m_new = max(m_new, floor)
         else:                                # the root is above every point tried
             (m_a, g_a, _), (m_b, g_b, _) = (pts[-2], pts[-1]) if len(pts) > 1 else (pts[-1], pts[-1])
             secant = m_b - g_b * (m_b - m_a) / (g_b - g_a) if g_b != g_a and m_b != m_a else None
             m_max = neg[-1][0]
             m_new = secant if secant is not None and 0 < secant - m_max <= 0.5 else m_max + 0.3
-        g, lab = run(float(m_new))
-    if abs(g) <= tol:
-        return lab
-    raise InputError(f"no ground state within {max_runs} constrained runs (|dE/dm| ≤ {tol:g} eV/μB or a "
+        run(float(m_new))
+    raise InputError(f"no ground state within {max_runs} constrained runs (|dE/dm| ≤ {tol:g} eV/μB² · m or a "
                      f"bracket of {m_tol:g} μB): " + ", ".join(f"{m:.3f}: {gg:+.2g}" for m, gg, _ in
                                                                sorted(history, key=lambda h: h[0])))
 
