@@ -109,17 +109,19 @@ def test_feal_agrees_with_the_stored_abinit_results(tmp_path):
     a = np.linspace(2.80, 3.00, 9)
     v = validate(engine, oracle, ["Fe", "Al"], "b2", a, a_ref=2.875, start=[1.6, 0.0], workdir=cache,
                  moment_values=[0.2, 0.6, 1.0, 1.4], a_moment=2.86, antiparallel_m=0.8, members=members,
-                 curve=np.linspace(2.70, 3.10, 9), trained_a=(2.80, 3.00), tolerances={"moment": 0.1})
+                 curve=np.linspace(2.70, 3.10, 9), trained_a=(2.80, 3.00), tolerances={"moment": 0.1},
+                 check_free=False)         # as validate_shipped.sh: the check of the free SCF is pending
     assert not v.failures
     errors, passed = v.errors(), v.passed()
     for key in ("energy", "pressure", "energy_m", "gradient_m", "antiparallel"):
         assert passed[key], (key, errors[key])
     # the DFT side: non-magnetic below the onset, the Fe moment growing with a above it
     m_dft, m_pot = v.dft_moments["Fe"], v.pot_moments["Fe"]
-    assert m_dft[0] < 0.1 and np.all(np.diff(m_dft[3:]) > 0) and 1.0 < m_dft[-1] < 1.2
-    # the relaxed Fe moment within 0.1 μB above the onset; at the onset (2.85–2.90 Å: DFT 0.24, 0.28,
-    # 0.49 μB) the potential still switches on too late (0, 0, 0.37 μB; campaign README), which more
-    # labels there must fix: then this test tightens to every a
+    assert m_dft[0] == 0.0 and m_dft[1] == 0.0 and np.all(np.diff(m_dft[3:]) > 0) and 1.0 < m_dft[-1] < 1.2
+    # the relaxed Fe moment within 0.1 μB above the onset; at the onset (2.85–2.90 Å: DFT 0.24, 0.06,
+    # 0.49 μB, the first and last from free SCFs that stop early on this flat landscape) the
+    # potential gives 0, 0, 0.37 μB (campaign README): this test tightens to every a once the
+    # free SCFs are checked and the labels there settle it
     above = v.a >= 2.925 - 1e-9
     assert np.abs(m_pot[above] - m_dft[above]).max() <= 0.1
     inside, outside = v.spread_inside_outside()

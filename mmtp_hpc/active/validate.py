@@ -316,7 +316,7 @@ def validate(potential, oracle, species: Sequence[str], lattice: str, a_values: 
              antiparallel_m: float | None = None, members: Sequence = (),
              curve: Sequence[float] | None = None, trained_a: tuple[float, float] | None = None,
              symmetric: bool | None = None, tolerances: dict[str, float] | None = None,
-             log: Callable[[str], None] | None = None) -> Validation:
+             check_free: bool = True, log: Callable[[str], None] | None = None) -> Validation:
     """Run the DFT parts (cached in ``workdir``) and the potential's, and compare them.
 
     ``potential``: an :class:`~mmtp_hpc.potentials.mtp.engine.MTPEngine`; ``members``: more
@@ -324,7 +324,10 @@ def validate(potential, oracle, species: Sequence[str], lattice: str, a_values: 
     :meth:`unconstrained` (the command oracle); ``start``: start moments per species (default:
     the upper end of the potential's magnetic interval per species: independent of the
     potential's answer). ``curve``: lattice parameters of the dense potential curves (default
-    ``a_values`` widened by 0.1 Å each side).
+    ``a_values`` widened by 0.1 Å each side). ``check_free``: check every converged free SCF
+    with constrained runs at its moments (the other species held at the free SCF's moments where
+    the oracle constrains them) and take the root of dE/dm where it is off (default); False trusts
+    the free SCF where it converged.
     """
     from mmtp_hpc.active.oracles import label_batch
     from mmtp_hpc.analysis.scan import scan_structures
@@ -359,15 +362,21 @@ def validate(potential, oracle, species: Sequence[str], lattice: str, a_values: 
     root_points = []
     moved_points = []
     for k, f in enumerate(batch.failures):
+        if f is None and not check_free:
+            continue
         if f is None:
             # the free SCF can stop where dE/dm ≠ 0 when the landscape is flat (near a magnetic
             # transition: critical slowing down): check it with a constrained run at its moment,
             # and search the root from there where dE/dm is not ≈ 0
             free_lab = batch.labelled[k]
             m_free = float(np.mean(np.abs(free_lab.magmoms[free_lab.types == 0])))
+            # the other species where the free SCF left them (an oracle that constrains them holds
+            # them there: a moment forced to 0 instead would move the first species' root)
+            probe = structures[k].copy()
+            probe.magmoms = np.array(free_lab.magmoms, dtype=float)
             try:
                 checked = constrained_ground_state(
-                    oracle, structures[k], workdir / "ground_state_checked" / f"cfg_{k:05d}",
+                    oracle, probe, workdir / "ground_state_checked" / f"cfg_{k:05d}",
                     m_start=m_free, log=say)
             except (InputError, OracleError) as exc:
                 failures.append(f"ground state a = {a_values[k]:g}: the free SCF's moment {m_free:.3f} μB "

@@ -48,6 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--species", nargs="+", default=None, help="symbols of types 0, 1, … (default: "
                                                                "the potential's)")
     p.add_argument("--workdir", default="validation", help="DFT runs (reused by a rerun)")
+    p.add_argument("--no-check-free", action="store_true",
+                   help="trust a converged free SCF's moments (default: check each with constrained runs "
+                        "at its moments and take the root of dE/dm where it is off: near a magnetic "
+                        "transition the free SCF stops early)")
     p.add_argument("-o", "--output", default="validation", help="output prefix")
     p.add_argument("--title", default=None)
     for key, (tol, unit, what) in CRITERIA.items():
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                  start=args.start, workdir=args.workdir, moment_values=args.moments,
                  a_moment=args.a_moments, antiparallel_m=args.antiparallel, members=members,
                  curve=curve, trained_a=tuple(args.trained_a) if args.trained_a else None,
-                 tolerances=tolerances, log=print)
+                 tolerances=tolerances, check_free=not args.no_check_free, log=print)
     text = v.markdown()
     print(text)
     prefix = Path(args.output)
