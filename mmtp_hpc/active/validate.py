@@ -243,7 +243,8 @@ def constrained_ground_state(oracle, cfg: Configuration, workdir: Path, tol: flo
         # the smallest moment. Of several (a first-order transition), the lowest in energy
         brackets = [(p, q) for p, q in zip(pts, pts[1:], strict=False) if p[1] < 0 < q[1]]
         best = min(brackets, key=lambda b: min(b[0][2].energy, b[1][2].energy)) if brackets else None
-        if best is not None and pts[0][1] > 0 and pts[0][2].energy < min(best[0][2].energy, best[1][2].energy):
+        lowest = min(best[0][2].energy, best[1][2].energy) if best is not None else None
+        if best is not None and pts[0][1] > 0 and pts[0][2].energy < lowest:
             best = None                      # the non-magnetic side is lower: follow it to m = 0
         pos = [p for p in pts if p[1] > 0] if best is None and pts[0][1] > 0 else []
         neg = [p for p in pts if p[1] < 0] if best is None and not pos else []
@@ -275,8 +276,8 @@ def constrained_ground_state(oracle, cfg: Configuration, workdir: Path, tol: flo
             m_max = neg[-1][0]
             m_new = secant if secant is not None and 0 < secant - m_max <= 0.5 else m_max + 0.3
         run(float(m_new))
-    raise InputError(f"no ground state within {max_runs} constrained runs (|dE/dm| ≤ {tol:g} eV/μB² · m or a "
-                     f"bracket of {m_tol:g} μB): " + ", ".join(f"{m:.3f}: {gg:+.2g}" for m, gg, _ in
+    raise InputError(f"no ground state within {max_runs} constrained runs (|dE/dm| ≤ {tol:g} eV/μB² · m "
+                     f"or a bracket of {m_tol:g} μB): " + ", ".join(f"{m:.3f}: {gg:+.2g}" for m, gg, _ in
                                                                sorted(history, key=lambda h: h[0])))
 
 

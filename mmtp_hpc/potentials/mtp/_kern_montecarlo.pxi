@@ -596,8 +596,8 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     pair_off = <int64_t*> calloc(n_atoms + 2, sizeof(int64_t))
     lane_runs_make(&t, &runs)          # runs.start is NULL when out of memory
     if mom == NULL or Bs == NULL or e_lane == NULL or e_new == NULL or zl == NULL or H == NULL or Q == NULL \
-            or mono == NULL or monoB == NULL or df == NULL or ps == NULL or mu_start == NULL or slot_of == NULL or redo == NULL \
-            or pair_off == NULL or runs.start == NULL:
+            or mono == NULL or monoB == NULL or df == NULL or ps == NULL or mu_start == NULL or slot_of == NULL \
+            or redo == NULL or pair_off == NULL or runs.start == NULL:
         free_cols(c)
         lane_runs_free(&runs)
         free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)

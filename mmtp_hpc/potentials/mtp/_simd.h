@@ -57,7 +57,8 @@ static inline void mmtp_mul_elem(double *restrict y, const double *restrict a, c
 /* The changed pair terms of a Monte Carlo trial into the lanes (``lane_pair_changes``): for every
  * basic row β (radial function mu = basic[4β], monomial q = basic_q[β]) and set s,
  *   mom[β·L + s·Sp + i] += DF[(s·K + mu)·cap + i]·MONO[q·cap + i]      (i < Sp, the set's lanes)
- * and, with DF2, the moved atom's own row (lane s·Sp) gains (−1)^|q| Σ_i DF2[(s·K + mu)·cap + i]·MONO[q·cap + i].
+ * and, with DF2, the moved atom's own row (lane s·Sp) gains
+ * (−1)^|q| Σ_i DF2[(s·K + mu)·cap + i]·MONO[q·cap + i].
  * Sp is a multiple of 4; lanes without a changed pair have DF = DF2 = 0. */
 static inline void mmtp_pair_rows(double *mom, long L, int Sp, int nsets, int nb, const int *basic,
                                   const int *basic_q, const int *mono_exp, const double *DF,
@@ -83,7 +84,8 @@ static inline void mmtp_pair_rows(double *mom, long L, int Sp, int nsets, int nb
             for (; i + 8 <= Sp; i += 8) {
                 const __m256d m0 = _mm256_loadu_pd(m + i), m1 = _mm256_loadu_pd(m + i + 4);
                 _mm256_storeu_pd(y + i, _mm256_fmadd_pd(_mm256_loadu_pd(a + i), m0, _mm256_loadu_pd(y + i)));
-                _mm256_storeu_pd(y + i + 4, _mm256_fmadd_pd(_mm256_loadu_pd(a + i + 4), m1, _mm256_loadu_pd(y + i + 4)));
+                _mm256_storeu_pd(y + i + 4,
+                                 _mm256_fmadd_pd(_mm256_loadu_pd(a + i + 4), m1, _mm256_loadu_pd(y + i + 4)));
                 h0 = _mm256_fmadd_pd(_mm256_loadu_pd(c + i), m0, h0);
                 h1 = _mm256_fmadd_pd(_mm256_loadu_pd(c + i + 4), m1, h1);
             }
@@ -108,7 +110,8 @@ static inline void mmtp_pair_rows(double *mom, long L, int Sp, int nsets, int nb
 }
 
 /* Δf of the changed pairs of a Monte Carlo trial, one species (``pair_deltas``): for lanes
- * i < n (a multiple of 4), DF[(s·K + mu)·cap + i] = Σ_b σ_s(b) PS[b·cap + i] Σ_r H[((s·K + mu)·R + r)·M + b]·Q[r·cap + i]
+ * i < n (a multiple of 4),
+ *   DF[(s·K + mu)·cap + i] = Σ_b σ_s(b) PS[b·cap + i] Σ_r H[((s·K + mu)·R + r)·M + b]·Q[r·cap + i]
  * with σ_0(b) = 1, σ_1(b) = (−1)^b; four lanes at a time, the sums in registers. */
 static inline void mmtp_pair_deltas(const double *H, int nsets, int K, int R, int M, const double *Q,
                                     const double *PS, int cap, int n, double *DF)
