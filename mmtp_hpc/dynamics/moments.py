@@ -349,14 +349,6 @@ class NativeMetropolis:
             self._cache = basic
             self._init, self._n_seeded = 2, len(basic)
 
-    def fill_site_energies(self, out: np.ndarray) -> bool:
-        """All centres' energies into ``out`` with the caches (True), or False where unsupported."""
-        if self._cache is None:
-            return False
-        self._init = 1
-        self.update_site_energies(out)
-        return True
-
     def update_site_energies(self, out: np.ndarray) -> None:
         """Bring ``out`` (the centres' energies, kept by the caller between calls) up to date
         with what :attr:`_init` says changed."""
