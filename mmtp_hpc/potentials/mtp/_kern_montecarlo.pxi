@@ -289,6 +289,7 @@ cdef struct PairBuf:
     double* PS      # (M, cap) ψ_b(m_k) of the centres
     double* DF      # (nsets·K, cap) Δf of each set and radial function (the centres' terms)
     double* DF2     # (nsets·K, cap) Δf of the moved atom's own terms with the same neighbours
+    double* QP      # (nsets, R·M, cap) σ_s(b)·Q_r·ψ_b
     double* MONO    # (n_mono, cap) monomials of the unit vectors
     int* Z          # (cap,) species of the centres
 
@@ -297,16 +298,17 @@ cdef int pairbuf_alloc(Tables* t, int nsets, int cap, PairBuf* pb) noexcept nogi
     """0, or −1 when out of memory (then every pointer is NULL)."""
     cdef size_t n = <size_t> (cap if cap > 0 else 1)
     pb.cap = <int> n
-    pb.U = <double*> malloc(3 * n * sizeof(double))
-    pb.E = <double*> malloc(n * sizeof(double))
-    pb.Q = <double*> malloc(t.R * n * sizeof(double))
-    pb.PS = <double*> malloc(t.M * n * sizeof(double))
-    pb.DF = <double*> malloc(nsets * t.K * n * sizeof(double))
-    pb.DF2 = <double*> malloc(nsets * t.K * n * sizeof(double))
-    pb.MONO = <double*> malloc(t.n_mono * n * sizeof(double))
+    pb.U = <double*> mmtp_calloc64(3 * n, sizeof(double))      # rows of cap doubles (a multiple of 8),
+    pb.E = <double*> mmtp_calloc64(n, sizeof(double))          # each on a cache line
+    pb.Q = <double*> mmtp_calloc64(t.R * n, sizeof(double))
+    pb.PS = <double*> mmtp_calloc64(t.M * n, sizeof(double))
+    pb.DF = <double*> mmtp_calloc64(nsets * t.K * n, sizeof(double))
+    pb.DF2 = <double*> mmtp_calloc64(nsets * t.K * n, sizeof(double))
+    pb.QP = <double*> mmtp_calloc64(nsets * t.R * t.M * n, sizeof(double))
+    pb.MONO = <double*> mmtp_calloc64(t.n_mono * n, sizeof(double))
     pb.Z = <int*> malloc(n * sizeof(int))
     if pb.U == NULL or pb.E == NULL or pb.Q == NULL or pb.PS == NULL or pb.DF == NULL or pb.DF2 == NULL \
-            or pb.MONO == NULL or pb.Z == NULL:
+            or pb.MONO == NULL or pb.Z == NULL or pb.QP == NULL:
         pairbuf_free(pb)
         return -1
     return 0
@@ -314,28 +316,27 @@ cdef int pairbuf_alloc(Tables* t, int nsets, int cap, PairBuf* pb) noexcept nogi
 
 cdef void pairbuf_free(PairBuf* pb) noexcept nogil:
     free(pb.U); free(pb.E); free(pb.Q); free(pb.PS); free(pb.DF); free(pb.DF2); free(pb.MONO); free(pb.Z)
+    free(pb.QP)
     pb.U = NULL; pb.E = NULL; pb.Q = NULL; pb.PS = NULL; pb.DF = NULL; pb.DF2 = NULL; pb.MONO = NULL
-    pb.Z = NULL
+    pb.Z = NULL; pb.QP = NULL
 
 
 cdef void lane_pair_changes(Tables* t, const double* H, const double* H2, int nsets, bint odd, int P,
                             const int64_t* pk, const double* pd, const int* types, const double* mag,
-                            PairBuf* pb, double* mom, int L, int Sp) noexcept nogil:
-    """The changed pair terms of the P centres pk[j] (vectors pd[3j..3j+2] to the moved atom), all
-    pairs at once (vectorised over the pairs), added to the basic moments of lane slot 1 + j of
-    every set s (lane s·Sp + 1 + j of ``mom``, rows < n_basic): B_k[s, β] += Δf^s_μ(β) mono_qβ.
-    The same sums as add_pair_change (there one pair at a time, here one row of pairs at a time).
-    The pair arrays of ``pb`` are indexed by lane slot (pair j at 1 + j) over all Sp slots of a
-    set, with zero radial functions in slot 0 (the moved atom) and the padding slots: their
-    Δf is 0, so every row is one aligned vector operation of Sp lanes and those lanes gain 0.
+                            PairBuf* pb, int Sp) noexcept nogil:
+    """Δf of the changed pair terms of the P centres pk[j] (vectors pd[3j..3j+2] to the moved atom),
+    all pairs at once (vectorised over the pairs), and the monomials of their unit vectors: the
+    basic moments of lane slot 1 + j of every set s then change by Δf^s_μ(β)[1 + j]·mono_qβ[1 + j]
+    (``mmtp_lane_tile_add``; the same sums as add_pair_change, there one pair at a time). The pair
+    arrays of ``pb`` are indexed by lane slot (pair j at 1 + j) over all Sp slots of a set, with
+    zero radial functions in slot 0 (the moved atom) and the padding slots: their Δf is 0.
 
-    With ``H2`` (trial_tables_centre) the moved atom's own terms change too, added to lane slot 0:
+    With ``H2`` (trial_tables_centre) the moved atom's own terms change too (``mmtp_own_rows``):
     its neighbours are the P centres (vector −d, the same distance: mono_q(−u) = (−1)^|q| mono_q(u))
     and B_a[s, β] += Σ_j Δf'^s_μ(β)[j] (−1)^|qβ| mono_qβ[j], Δf' = Σ_{r,c} Q_r σ_s(c) ψ_c(m_k) H2."""
     cdef int j, i, r, b, R = t.R, M = t.M, cap = pb.cap
     cdef int z
-    cdef double rr, x, e, width
-    cdef const double* d
+    cdef double width
     cdef double* U = pb.U
     cdef double* Q = pb.Q
     cdef double* PS = pb.PS
@@ -345,27 +346,15 @@ cdef void lane_pair_changes(Tables* t, const double* H, const double* H2, int ns
             U[i] = 0.0
             U[cap + i] = 0.0
             U[2 * cap + i] = 0.0
-            pb.E[i] = 0.0
-            Q[i] = 1.0
-            if R > 1:
-                Q[cap + i] = 0.0
+            for r in range(R):
+                Q[r * cap + i] = 0.0
             pb.Z[i] = 0
             PS[i] = 1.0
-            if M > 1:
-                PS[cap + i] = 0.0
-            continue
-        j = i - 1
-        d = pd + 3 * j
-        rr = sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2])
-        U[i] = d[0] / rr
-        U[cap + i] = d[1] / rr
-        U[2 * cap + i] = d[2] / rr
-        x = (2.0 * rr - t.rmin - t.rcut) / (t.rcut - t.rmin)
-        e = t.rcut - rr
-        pb.E[i] = e * e
-        Q[i] = 1.0
-        if R > 1:
-            Q[cap + i] = x
+            for b in range(1, M):
+                PS[b * cap + i] = 0.0
+    mmtp_pair_geometry(pd, P, cap, t.rmin, t.rcut, t.scaling, R, U, Q)
+    for j in range(P):
+        i = j + 1
         z = types[pk[j]]
         pb.Z[i] = z
         width = t.mag_max[z] - t.mag_min[z]
@@ -375,51 +364,58 @@ cdef void lane_pair_changes(Tables* t, const double* H, const double* H2, int ns
                 PS[cap + i] = 2.0 * mag[pk[j]] / width
             else:
                 PS[cap + i] = (2.0 * mag[pk[j]] - t.mag_min[z] - t.mag_max[z]) / width
-    for r in range(2, R):
-        for i in range(Sp):
-            Q[r * cap + i] = 2.0 * Q[cap + i] * Q[(r - 1) * cap + i] - Q[(r - 2) * cap + i]
-    for r in range(R):
-        for i in range(Sp):
-            Q[r * cap + i] = t.scaling * Q[r * cap + i] * pb.E[i]      # 0 where E = 0
     for b in range(2, M):
         for i in range(Sp):
             PS[b * cap + i] = 2.0 * PS[cap + i] * PS[(b - 1) * cap + i] - PS[(b - 2) * cap + i]
     # Δf^s_μ = Σ_{r,b} Q_r σ_s(b) ψ_b(m_k) H[s, z_k, μ, r, b] (and Δf' with H2)
-    pair_deltas(t, H, nsets, Sp, pb, pb.DF)
-    if H2 != NULL:
-        pair_deltas(t, H2, nsets, Sp, pb, pb.DF2)
-    # monomials of the unit vectors, then the rows of the basic moments
+    pair_deltas(t, H, H2, nsets, Sp, pb)
+    # the monomials of the unit vectors
     for i in range(Sp):
         MONO[i] = 1.0
     for b in range(1, t.n_mono):
         mmtp_mul_elem(MONO + b * cap, MONO + t.mono_parent[b] * cap, U + t.mono_dir[b] * cap, Sp)
-    mmtp_pair_rows(mom, L, Sp, nsets, t.n_basic, t.basic, t.basic_q, t.mono_exp, pb.DF,
-                   pb.DF2 if H2 != NULL else NULL, MONO, cap, t.K)
 
 
-cdef void pair_deltas(Tables* t, const double* H, int nsets, int P, PairBuf* pb, double* DF) noexcept nogil:
-    """DF[s·K + μ, j] = Σ_{r,b} Q_r[j] σ_s(b) ψ_b[j] H[s, z_j, μ, r, b] over the P pairs (lanes) of
-    ``pb`` (one species and P a multiple of 4: ``mmtp_pair_deltas``, the sum over r first)."""
-    cdef int j, r, b, s, mu, R = t.R, M = t.M, K = t.K, C = t.C, cap = pb.cap
+cdef void pair_deltas(Tables* t, const double* H, const double* H2, int nsets, int P, PairBuf* pb) noexcept nogil:
+    """pb.DF[s·K + μ, j] = Σ_{r,b} Q_r[j] σ_s(b) ψ_b[j] H[s, z_j, μ, r, b] over the P pairs (lanes) of
+    ``pb``, and pb.DF2 the same with H2 (when not NULL). One species and P a multiple of 4: one
+    small matrix product (``mmtp_pair_gemm``) with QP[s, (r, b), j] = σ_s(b)·Q_r[j]·ψ_b[j]."""
+    cdef int j, r, b, s, mu, R = t.R, M = t.M, K = t.K, C = t.C, cap = pb.cap, u
     cdef double h, sign
     cdef double* row
+    cdef double* qp
+    cdef const double* HH
+    cdef double* DF
     if C == 1 and P % 4 == 0:
-        mmtp_pair_deltas(H, nsets, K, R, M, pb.Q, pb.PS, cap, P, DF)
-        return
-    for s in range(nsets):
-        for mu in range(K):
-            row = DF + (s * K + mu) * cap
-            memset(row, 0, P * sizeof(double))
+        for s in range(nsets):
             for r in range(R):
                 for b in range(M):
-                    sign = -1.0 if (s == 1 and (b & 1)) else 1.0
-                    if C == 1:
-                        h = H[(((s * C) * K + mu) * R + r) * M + b] * sign
-                        mmtp_fma_elem_scaled(row, pb.Q + r * cap, pb.PS + b * cap, h, P)
-                    else:
+                    qp = pb.QP + ((s * R + r) * M + b) * cap
+                    mmtp_mul_elem(qp, pb.Q + r * cap, pb.PS + b * cap, P)
+                    if s == 1 and (b & 1):
                         for j in range(P):
-                            h = H[(((s * C + pb.Z[j]) * K + mu) * R + r) * M + b] * sign
-                            row[j] += (pb.Q[r * cap + j] * pb.PS[b * cap + j]) * h
+                            qp[j] = -qp[j]
+        mmtp_pair_gemm(H, H2, nsets, K, R * M, pb.QP, cap, P, pb.DF, pb.DF2)
+        return
+    for u in range(2):
+        HH = H if u == 0 else H2
+        DF = pb.DF if u == 0 else pb.DF2
+        if HH == NULL:
+            continue
+        for s in range(nsets):
+            for mu in range(K):
+                row = DF + (s * K + mu) * cap
+                memset(row, 0, P * sizeof(double))
+                for r in range(R):
+                    for b in range(M):
+                        sign = -1.0 if (s == 1 and (b & 1)) else 1.0
+                        if C == 1:
+                            h = HH[((s * K + mu) * R + r) * M + b] * sign
+                            mmtp_fma_elem_scaled(row, pb.Q + r * cap, pb.PS + b * cap, h, P)
+                        else:
+                            for j in range(P):
+                                h = HH[(((s * C + pb.Z[j]) * K + mu) * R + r) * M + b] * sign
+                                row[j] += (pb.Q[r * cap + j] * pb.PS[b * cap + j]) * h
 
 
 cdef inline int64_t moved_owner(const double[:, ::1] pos, const int64_t[::1] nbrs,
@@ -560,7 +556,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     cdef Py_ssize_t n_redo
     cdef bint hit
     pb.U = NULL; pb.E = NULL; pb.Q = NULL; pb.PS = NULL; pb.DF = NULL; pb.DF2 = NULL; pb.MONO = NULL
-    pb.Z = NULL
+    pb.Z = NULL; pb.QP = NULL; pb.cap = 0
     if symmetric and t.M < 2:
         raise ValueError("symmetric Monte Carlo needs a magnetic potential (M > 1)")
     if init == 3 and (changed is None or changed.shape[0] < offsets.shape[0] - 1
@@ -579,8 +575,8 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     batch = <int> max(max_aff, 64)
     Lmax = lanes_for(batch * nsets)
     c = alloc_cols(&t, <int> nmax, nsets)
-    mom = <double*> calloc(<size_t> t.n_moments * Lmax, sizeof(double))
-    Bs = <double*> calloc(<size_t> nb * Lmax, sizeof(double))
+    mom = <double*> mmtp_calloc64(<size_t> t.n_moments * Lmax, sizeof(double))   # aligned rows:
+    Bs = <double*> mmtp_calloc64(<size_t> nb * Lmax, sizeof(double))              # L is a multiple of 8
     e_lane = <double*> malloc(Lmax * sizeof(double))
     e_new = <double*> malloc(batch * sizeof(double))
     zl = <int*> malloc(batch * sizeof(int))
@@ -768,8 +764,16 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                         zl[1 + j2] = types[pair_k[q0 + j2]]
                     for j2 in range(S, Sp):
                         rows[j2] = zero_row          # padding lanes: zeros
-                    for j2 in range(0, Sp, 4):       # tiles of 4 lanes (Sp is a multiple of 4)
-                        mmtp_lane_tile(rows + j2, nb, nsets, mom + j2, L, Sp, 1)
+                    # the pair changes first (Δf, monomials), then the cached rows into the lanes
+                    # (Sp is a multiple of 4), each gaining its pair change
+                    lane_pair_changes(&t, H, H2 if fast[a] == 2 else NULL, nsets, symmetric, P, pair_k + q0,
+                                      pair_d + 3 * q0, &types[0], &mag[0], &pb, Sp)
+                    for j2 in range(0, Sp, 8):       # 8 lanes at a time (4 at the end)
+                        mmtp_lane_tile_add(rows + j2, 8 if j2 + 8 <= Sp else 4, nb, nsets, mom + j2, L, Sp,
+                                           pb.DF + j2, pb.MONO + j2, pb.cap, t.K, t.basic, t.basic_q)
+                    if fast[a] == 2:
+                        mmtp_own_rows(mom, L, Sp, nsets, nb, t.basic, t.basic_q, t.mono_exp, pb.DF2, pb.MONO,
+                                      pb.cap, t.K)
                     if m_ + 1 < n_moves:
                         # the next trial's cache rows (random order: from memory) load while this
                         # trial computes
@@ -777,8 +781,6 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                         mmtp_prefetch(&cache[a2, 0], width * sizeof(double))
                         for q in range(pair_off[a2], pair_off[a2 + 1]):
                             mmtp_prefetch(&cache[pair_k[q], 0], width * sizeof(double))
-                    lane_pair_changes(&t, H, H2 if fast[a] == 2 else NULL, nsets, symmetric, P, pair_k + q0,
-                                      pair_d + 3 * q0, &types[0], &mag[0], &pb, mom, L, Sp)
                     lane_site_energies(&t, &runs, mom, L, S, nsets, 1, Sp, zl, e_lane, e_new)
                     delta = e_new[0] - site_en[a]
                     for j2 in range(P):

@@ -13,18 +13,23 @@ import numpy as np
 
 
 cdef extern from "_simd.h" nogil:
+    void* mmtp_calloc64(size_t n, size_t size)
     double mmtp_dot(const double* a, const double* b, int n)
     void mmtp_prefetch(const void* p, long bytes)
     void mmtp_axpy(double* y, double alpha, const double* x, int n)
     void mmtp_lane_products_energies(double* mom, const int* ab, const double* w, const int* run_start,
                                      const int* run_out, int n_runs, const int* mapping, const double* moment,
                                      int n_basis, int L, double* e)
-    void mmtp_pair_deltas(const double* H, int nsets, int K, int R, int M, const double* Q, const double* PS,
-                          int cap, int n, double* DF)
     void mmtp_lane_tile(double** rows, int nb, int nsets, double* mom, long L, int Sp, int to_lanes)
-    void mmtp_pair_rows(double* mom, long L, int Sp, int nsets, int nb, const int* basic, const int* basic_q,
-                        const int* mono_exp, const double* DF, const double* DF2, const double* MONO, int cap,
-                        int K)
+    void mmtp_lane_tile_add(double** rows, int nl, int nb, int nsets, double* mom, long L, int Sp,
+                            const double* DF, const double* MONO, int cap, int K, const int* basic,
+                            const int* basic_q)
+    void mmtp_own_rows(double* mom, long L, int Sp, int nsets, int nb, const int* basic, const int* basic_q,
+                       const int* mono_exp, const double* DF2, const double* MONO, int cap, int K)
+    void mmtp_pair_geometry(const double* pd, int P, int cap, double rmin, double rcut, double scaling, int R,
+                            double* U, double* Q)
+    void mmtp_pair_gemm(const double* H, const double* H2, int nsets, int K, int RM, const double* QP, int cap,
+                        int n, double* DF, double* DF2)
     void mmtp_fma_elem_scaled(double* y, const double* a, const double* b, double h, int n)
     void mmtp_mul_elem(double* y, const double* a, const double* b, int n)
 

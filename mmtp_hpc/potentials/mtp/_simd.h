@@ -7,9 +7,27 @@
 #ifndef MMTP_SIMD_H
 #define MMTP_SIMD_H
 
+#include <math.h>
 #if defined(__AVX__)
 #include <immintrin.h>
 #endif
+
+/* n·size zeroed bytes aligned to a cache line (64 bytes), released with free(); NULL when out
+ * of memory. The vector kernels load 32 bytes at a time: aligned rows never split a cache line. */
+#include <stdlib.h>
+#include <string.h>
+static inline void *mmtp_calloc64(size_t n, size_t size)
+{
+    void *p = NULL;
+    size_t bytes = n * size;
+    if (bytes == 0)
+        bytes = 64;
+    bytes = (bytes + 63) / 64 * 64;
+    if (posix_memalign(&p, 64, bytes) != 0)
+        return NULL;
+    memset(p, 0, bytes);
+    return p;
+}
 
 /* Prefetch the cache lines of [p, p + bytes) towards L2 (a hint: no effect on results). */
 static inline void mmtp_prefetch(const void *p, long bytes)
@@ -54,94 +72,216 @@ static inline void mmtp_mul_elem(double *restrict y, const double *restrict a, c
         y[k] = a[k] * b[k];
 }
 
-/* The changed pair terms of a Monte Carlo trial into the lanes (``lane_pair_changes``): for every
- * basic row β (radial function mu = basic[4β], monomial q = basic_q[β]) and set s,
- *   mom[β·L + s·Sp + i] += DF[(s·K + mu)·cap + i]·MONO[q·cap + i]      (i < Sp, the set's lanes)
- * and, with DF2, the moved atom's own row (lane s·Sp) gains
- * (−1)^|q| Σ_i DF2[(s·K + mu)·cap + i]·MONO[q·cap + i].
- * Sp is a multiple of 4; lanes without a changed pair have DF = DF2 = 0. */
-static inline void mmtp_pair_rows(double *mom, long L, int Sp, int nsets, int nb, const int *basic,
-                                  const int *basic_q, const int *mono_exp, const double *DF,
-                                  const double *DF2, const double *MONO, int cap, int K)
+/* The geometry of the changed pairs of a Monte Carlo trial, lanes 1..P (pair j at lane 1 + j,
+ * vector pd[3j..3j+2] from the centre to the moved atom): unit vectors U[c·cap + i], the
+ * radial basis Q[r·cap + i] = scaling·(r_cut − r)²·T_r(x), x = (2r − r_min − r_cut)/(r_cut − r_min).
+ * The other lanes are not touched. Vectorised over the pairs. */
+static inline void mmtp_pair_geometry(const double *restrict pd, int P, int cap, double rmin, double rcut,
+                                      double scaling, int R, double *restrict U, double *restrict Q)
+{
+    const double inv = 1.0 / (rcut - rmin);
+    #pragma omp simd
+    for (int j = 0; j < P; j++) {
+        const double d0 = pd[3 * j], d1 = pd[3 * j + 1], d2 = pd[3 * j + 2];
+        const double rr = sqrt(d0 * d0 + d1 * d1 + d2 * d2);
+        const int i = j + 1;
+        U[i] = d0 / rr;
+        U[cap + i] = d1 / rr;
+        U[2 * cap + i] = d2 / rr;
+        const double x = (2.0 * rr - rmin - rcut) * inv, e = rcut - rr, e2 = e * e;
+        double q0 = 1.0, q1 = x;
+        Q[i] = scaling * e2;
+        if (R > 1)
+            Q[cap + i] = (scaling * x) * e2;
+        for (int r = 2; r < R; r++) {
+            const double q2 = 2.0 * x * q1 - q0;
+            Q[r * cap + i] = (scaling * q2) * e2;
+            q0 = q1;
+            q1 = q2;
+        }
+    }
+}
+
+/* Δf of the changed pairs of a Monte Carlo trial, one species, as one small matrix product:
+ *   DF[(s·K + mu)·cap + i] = Σ_c H[(s·K + mu)·RM + c]·QP[(s·RM + c)·cap + i]     (c = r·M + b)
+ * and the same with H2 into DF2 (when H2 is not NULL), for lanes i < n (a multiple of 4).
+ * QP[s, (r, b), i] = σ_s(b)·Q_r[i]·ψ_b[i]. Two rows and up to 16 lanes at a time in registers. */
+static __attribute__((noinline)) void mmtp_pair_gemm(const double *H, const double *H2, int nsets, int K, int RM,
+                                  const double *QP, int cap, int n, double *DF, double *DF2)
+{
+    const int nh = H2 ? 2 : 1;
+    for (int s = 0; s < nsets; s++) {
+        const double *qp = QP + (long)s * RM * cap;
+        for (int row = 0; row < nh * K; row += 2) {
+            /* rows `row` and `row + 1` of the stacked (H; H2) of set s */
+            const double *h[2];
+            double *out[2];
+            int nr = (row + 1 < nh * K) ? 2 : 1;
+            for (int u = 0; u < nr; u++) {
+                const int rr = row + u, mu = rr % K;
+                const double *Hs = rr < K ? H : H2;
+                double *Ds = rr < K ? DF : DF2;
+                h[u] = Hs + (long)(s * K + mu) * RM;
+                out[u] = Ds + (long)(s * K + mu) * cap;
+            }
+            int i0 = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+            for (; i0 + 16 <= n; i0 += 16) {
+                __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+                __m256d b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+                for (int c = 0; c < RM; c++) {
+                    const double *q = qp + (long)c * cap + i0;
+                    const __m256d q0 = _mm256_loadu_pd(q), q1 = _mm256_loadu_pd(q + 4);
+                    const __m256d q2 = _mm256_loadu_pd(q + 8), q3 = _mm256_loadu_pd(q + 12);
+                    const __m256d x = _mm256_broadcast_sd(h[0] + c);
+                    a0 = _mm256_fmadd_pd(x, q0, a0); a1 = _mm256_fmadd_pd(x, q1, a1);
+                    a2 = _mm256_fmadd_pd(x, q2, a2); a3 = _mm256_fmadd_pd(x, q3, a3);
+                    if (nr == 2) {
+                        const __m256d y = _mm256_broadcast_sd(h[1] + c);
+                        b0 = _mm256_fmadd_pd(y, q0, b0); b1 = _mm256_fmadd_pd(y, q1, b1);
+                        b2 = _mm256_fmadd_pd(y, q2, b2); b3 = _mm256_fmadd_pd(y, q3, b3);
+                    }
+                }
+                _mm256_storeu_pd(out[0] + i0, a0); _mm256_storeu_pd(out[0] + i0 + 4, a1);
+                _mm256_storeu_pd(out[0] + i0 + 8, a2); _mm256_storeu_pd(out[0] + i0 + 12, a3);
+                if (nr == 2) {
+                    _mm256_storeu_pd(out[1] + i0, b0); _mm256_storeu_pd(out[1] + i0 + 4, b1);
+                    _mm256_storeu_pd(out[1] + i0 + 8, b2); _mm256_storeu_pd(out[1] + i0 + 12, b3);
+                }
+            }
+            for (; i0 + 4 <= n; i0 += 4) {
+                __m256d a0 = _mm256_setzero_pd(), b0 = a0;
+                for (int c = 0; c < RM; c++) {
+                    const __m256d q0 = _mm256_loadu_pd(qp + (long)c * cap + i0);
+                    a0 = _mm256_fmadd_pd(_mm256_broadcast_sd(h[0] + c), q0, a0);
+                    if (nr == 2)
+                        b0 = _mm256_fmadd_pd(_mm256_broadcast_sd(h[1] + c), q0, b0);
+                }
+                _mm256_storeu_pd(out[0] + i0, a0);
+                if (nr == 2)
+                    _mm256_storeu_pd(out[1] + i0, b0);
+            }
+#endif
+            for (; i0 < n; i0 += 4) {
+                for (int u = 0; u < nr; u++) {
+                    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+                    for (int c = 0; c < RM; c++) {
+                        const double hh = h[u][c];
+                        const double *q = qp + (long)c * cap + i0;
+                        for (int l = 0; l < 4; l++) acc[l] += hh * q[l];
+                    }
+                    for (int l = 0; l < 4; l++) out[u][i0 + l] = acc[l];
+                }
+            }
+        }
+    }
+}
+
+/* The moved atom's own basic moments gain its changed terms with the P neighbours of a Monte Carlo
+ * trial (lane 0 of every set): mom[β·L + s·Sp] += (−1)^|q| Σ_i DF2[(s·K + mu)·cap + i]·MONO[q·cap + i]
+ * over i < Sp (β's radial function mu = basic[4β], monomial q = basic_q[β]; lanes without a
+ * pair have DF2 = 0). Sp a multiple of 4. */
+static __attribute__((noinline)) void mmtp_own_rows(double *mom, long L, int Sp, int nsets, int nb, const int *basic,
+                                 const int *basic_q, const int *mono_exp, const double *DF2,
+                                 const double *MONO, int cap, int K)
 {
     for (int b = 0; b < nb; b++) {
         const int mu = basic[4 * b], q = basic_q[b];
         const double *m = MONO + (long)q * cap;
         const double sign = ((mono_exp[3 * q] + mono_exp[3 * q + 1] + mono_exp[3 * q + 2]) & 1) ? -1.0 : 1.0;
-        for (int s = 0; s < nsets; s++) {
-            double *restrict y = mom + b * L + (long)s * Sp;
-            const double *a = DF + (long)(s * K + mu) * cap;
-            if (DF2 == 0) {
-                #pragma omp simd
-                for (int i = 0; i < Sp; i++) y[i] += a[i] * m[i];
-                continue;
-            }
-            const double *c = DF2 + (long)(s * K + mu) * cap;
-            double h;
-            int i = 0;
+        const double *c0 = DF2 + (long)mu * cap, *c1 = DF2 + (long)(K + mu) * cap;
+        double h0, h1 = 0.0;
+        int i = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-            __m256d h0 = _mm256_setzero_pd(), h1 = _mm256_setzero_pd();
-            for (; i + 8 <= Sp; i += 8) {
-                const __m256d m0 = _mm256_loadu_pd(m + i), m1 = _mm256_loadu_pd(m + i + 4);
-                _mm256_storeu_pd(y + i, _mm256_fmadd_pd(_mm256_loadu_pd(a + i), m0, _mm256_loadu_pd(y + i)));
-                _mm256_storeu_pd(y + i + 4,
-                                 _mm256_fmadd_pd(_mm256_loadu_pd(a + i + 4), m1, _mm256_loadu_pd(y + i + 4)));
-                h0 = _mm256_fmadd_pd(_mm256_loadu_pd(c + i), m0, h0);
-                h1 = _mm256_fmadd_pd(_mm256_loadu_pd(c + i + 4), m1, h1);
+        __m256d x0 = _mm256_setzero_pd(), x1 = x0, y0 = x0, y1 = x0;
+        for (; i + 8 <= Sp; i += 8) {
+            const __m256d m0 = _mm256_loadu_pd(m + i), m1 = _mm256_loadu_pd(m + i + 4);
+            x0 = _mm256_fmadd_pd(_mm256_loadu_pd(c0 + i), m0, x0);
+            x1 = _mm256_fmadd_pd(_mm256_loadu_pd(c0 + i + 4), m1, x1);
+            if (nsets > 1) {
+                y0 = _mm256_fmadd_pd(_mm256_loadu_pd(c1 + i), m0, y0);
+                y1 = _mm256_fmadd_pd(_mm256_loadu_pd(c1 + i + 4), m1, y1);
             }
-            for (; i + 4 <= Sp; i += 4) {
-                const __m256d m0 = _mm256_loadu_pd(m + i);
-                _mm256_storeu_pd(y + i, _mm256_fmadd_pd(_mm256_loadu_pd(a + i), m0, _mm256_loadu_pd(y + i)));
-                h0 = _mm256_fmadd_pd(_mm256_loadu_pd(c + i), m0, h0);
-            }
-            h0 = _mm256_add_pd(h0, h1);
-            const __m128d hs = _mm_add_pd(_mm256_castpd256_pd128(h0), _mm256_extractf128_pd(h0, 1));
-            h = _mm_cvtsd_f64(_mm_add_sd(hs, _mm_unpackhi_pd(hs, hs)));
-#else
-            h = 0.0;
-#endif
-            for (; i < Sp; i++) {
-                y[i] += a[i] * m[i];
-                h += c[i] * m[i];
-            }
-            y[0] += sign * h;
         }
+        for (; i + 4 <= Sp; i += 4) {
+            const __m256d m0 = _mm256_loadu_pd(m + i);
+            x0 = _mm256_fmadd_pd(_mm256_loadu_pd(c0 + i), m0, x0);
+            if (nsets > 1)
+                y0 = _mm256_fmadd_pd(_mm256_loadu_pd(c1 + i), m0, y0);
+        }
+        x0 = _mm256_add_pd(x0, x1);
+        y0 = _mm256_add_pd(y0, y1);
+        {
+            const __m128d xs = _mm_add_pd(_mm256_castpd256_pd128(x0), _mm256_extractf128_pd(x0, 1));
+            const __m128d ys = _mm_add_pd(_mm256_castpd256_pd128(y0), _mm256_extractf128_pd(y0, 1));
+            h0 = _mm_cvtsd_f64(_mm_add_sd(xs, _mm_unpackhi_pd(xs, xs)));
+            h1 = _mm_cvtsd_f64(_mm_add_sd(ys, _mm_unpackhi_pd(ys, ys)));
+        }
+#else
+        h0 = 0.0;
+#endif
+        for (; i < Sp; i++) {
+            h0 += c0[i] * m[i];
+            if (nsets > 1)
+                h1 += c1[i] * m[i];
+        }
+        mom[b * L] += sign * h0;
+        if (nsets > 1)
+            mom[b * L + Sp] += sign * h1;
     }
 }
 
-/* Δf of the changed pairs of a Monte Carlo trial, one species (``pair_deltas``): for lanes
- * i < n (a multiple of 4),
- *   DF[(s·K + mu)·cap + i] = Σ_b σ_s(b) PS[b·cap + i] Σ_r H[((s·K + mu)·R + r)·M + b]·Q[r·cap + i]
- * with σ_0(b) = 1, σ_1(b) = (−1)^b; four lanes at a time, the sums in registers. */
-static inline void mmtp_pair_deltas(const double *H, int nsets, int K, int R, int M, const double *Q,
-                                    const double *PS, int cap, int n, double *DF)
+/* Cache rows into lanes, each basic row gaining its pair change (Monte Carlo, the lane path):
+ * mom[β·L + s·Sp + l] = rows[l][s·nb + β] + DF[(s·K + mu_β)·cap + l]·MONO[q_β·cap + l]
+ * for l < nl (4 or 8), β < nb, s < nsets (``mom``, ``DF`` and ``MONO`` already offset to the
+ * tile's first lane). Blocks of 4 rows × 4 lanes transposed in registers where AVX is available,
+ * 4 lanes after the other (each cached row read front to back: streams the prefetcher follows);
+ * the sets share the loads of MONO. */
+static __attribute__((noinline)) void mmtp_lane_tile_add(double *const *rows, int nl, int nb, int nsets, double *mom, long L,
+                                      int Sp, const double *DF, const double *MONO, int cap, int K,
+                                      const int *basic, const int *basic_q)
 {
-    for (int i0 = 0; i0 < n; i0 += 4) {
-        for (int s = 0; s < nsets; s++)
-            for (int mu = 0; mu < K; mu++) {
-                const double *h = H + (long)(s * K + mu) * R * M;
-                double df[4] = {0.0, 0.0, 0.0, 0.0};
-                for (int b = 0; b < M; b++) {
-                    double g[4] = {0.0, 0.0, 0.0, 0.0};
-                    for (int r = 0; r < R; r++) {
-                        const double hh = h[r * M + b];
-                        const double *q = Q + (long)r * cap + i0;
-                        for (int l = 0; l < 4; l++) g[l] += hh * q[l];
-                    }
-                    const double sg = (s == 1 && (b & 1)) ? -1.0 : 1.0;
-                    const double *ps = PS + (long)b * cap + i0;
-                    for (int l = 0; l < 4; l++) df[l] += (sg * ps[l]) * g[l];
+    int b = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    const int nb4 = nb / 4 * 4;
+    for (int h = 0; h < nl; h += 4) {
+        for (b = 0; b < nb4; b += 4) {
+            __m256d m[4];
+            for (int u = 0; u < 4; u++)
+                m[u] = _mm256_loadu_pd(MONO + (long)basic_q[b + u] * cap + h);
+            for (int s = 0; s < nsets; s++) {
+                const long off = (long)s * nb + b;
+                const __m256d r0 = _mm256_loadu_pd(rows[h] + off), r1 = _mm256_loadu_pd(rows[h + 1] + off);
+                const __m256d r2 = _mm256_loadu_pd(rows[h + 2] + off), r3 = _mm256_loadu_pd(rows[h + 3] + off);
+                const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+                const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+                __m256d c[4];
+                c[0] = _mm256_permute2f128_pd(t0, t2, 0x20); c[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+                c[2] = _mm256_permute2f128_pd(t0, t2, 0x31); c[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+                const double *df = DF + (long)s * K * cap + h;
+                double *o = mom + (long)s * Sp + h;
+                for (int u = 0; u < 4; u++) {
+                    const __m256d f = _mm256_loadu_pd(df + (long)basic[4 * (b + u)] * cap);
+                    _mm256_storeu_pd(o + (b + u) * L, _mm256_fmadd_pd(f, m[u], c[u]));
                 }
-                double *out = DF + (long)(s * K + mu) * cap + i0;
-                for (int l = 0; l < 4; l++) out[l] = df[l];
             }
+        }
     }
+    b = nb4;
+#endif
+    for (; b < nb; b++)
+        for (int s = 0; s < nsets; s++) {
+            const double *f = DF + (long)(s * K + basic[4 * b]) * cap, *m = MONO + (long)basic_q[b] * cap;
+            double *q = mom + b * L + (long)s * Sp;
+            for (int l = 0; l < nl; l++)
+                q[l] = rows[l][(long)s * nb + b] + f[l] * m[l];
+        }
 }
 
 /* Four cache rows into four lanes and back (Monte Carlo): mom[β·L + s·Sp + l] = rows[l][s·nb + β]
  * for l < 4, β < nb, s < nsets (to_lanes != 0), or the reverse (to_lanes == 0); 4×4 blocks
  * transposed in registers where AVX is available. */
-static inline void mmtp_lane_tile(double *const *rows, int nb, int nsets, double *mom, long L, int Sp,
+static __attribute__((noinline)) void mmtp_lane_tile(double *const *rows, int nb, int nsets, double *mom, long L, int Sp,
                                   int to_lanes)
 {
     for (int s = 0; s < nsets; s++) {
