@@ -35,6 +35,17 @@ def test_gather_chunks_streams_rows_in_id_order(tmp_path, ranks):
     assert result["columns_int"] and result["columns_exact"] and result["gather_rows_exact"]
 
 
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_row_exchange_fetches_the_owners_rows_by_id(tmp_path, ranks):
+    """The parallel Monte Carlo's ghost centres take their basic moments from their owners."""
+    out = tmp_path / "result.json"
+    _ok(run_mpi(ranks, SCRIPTS / "row_exchange.py", out, timeout=400))
+    for rank in range(ranks):
+        result = json.loads((tmp_path / f"result.json.{rank}").read_text())
+        assert result["exact_3"] and result["exact_260"] and result["into_out"], result
+        assert result["error"] is not None and "not owned by exactly one other rank" in result["error"], result
+
+
 def _input(path: Path, chunk_atoms: int | None) -> Path:
     chunk = "" if chunk_atoms is None else f"chunk_atoms = {chunk_atoms}"
     path.write_text(f"""

@@ -32,9 +32,9 @@ from mmtp_hpc.dynamics.forcefield import ForceField
 from mmtp_hpc.dynamics.moments import NativeMetropolis
 from mmtp_hpc.dynamics.state import Evaluation, MDState
 from mmtp_hpc.system.atoms import AtomSet
-from mmtp_hpc.parallel.comm import allreduce_sum, max_op
+from mmtp_hpc.parallel.comm import allreduce_sum, max_op, min_op
 from mmtp_hpc.parallel.decomposition import Decomposition
-from mmtp_hpc.parallel.halo import Halo, gather_rows, migrate
+from mmtp_hpc.parallel.halo import Halo, RowExchange, gather_rows, migrate
 from mmtp_hpc.system.neighbors import NeighborList, find_pairs
 
 # per-atom arrays that travel with an atom: the atom set's ATOM_FIELDS (AtomSet: positions,
@@ -422,18 +422,36 @@ class DomainSiteModel(NativeMetropolis):
         self._native_setup()
         self.mag = np.ascontiguousarray(ff.spread(state.magmoms)[self.order])
         self.site_en = np.zeros(self.n_centres)
-        if basic is not None and self._cache is not None and basic.shape == (n, self._cache.shape[1]):
+        self.n_owned = n
+        # the ghost centres' rows come from their owners (by id): their basic moments from the
+        # owners' force evaluation, and after each sector the owners' refreshed rows
+        self.exchange = (RowExchange(ff.comm, state.ids, ids[n:self.n_centres])
+                         if self._cache is not None else None)
+        seeded = basic is not None and self._cache is not None and basic.shape == (n, self._cache.shape[1])
+        if self._cache is not None and ff.comm.allreduce(int(seeded), op=min_op()):
             # the owned centres' basic moments from the step's force evaluation (carried through
-            # the migration): only the ghost centres need a pass of their own
+            # the migration), the ghost centres' from their owners': no pass over neighbours
             self._cache[:n] = basic
-            self._init, self._n_seeded = 2, n
+            self.exchange.fetch(basic, out=self._cache[n:self.n_centres])
+            self._init, self._n_seeded, self._seed_from = 2, n, n
 
-    def refresh(self, magmoms: np.ndarray) -> None:
-        """Moments of all entries from their owners (forward communication); the kernels then
-        redo only the centres that see a changed entry (the other ranks' moves)."""
+    def refresh(self, magmoms: np.ndarray, ghosts: bool = True) -> None:
+        """Moments of all entries from their owners (forward communication), after the moves of
+        a sector (collective). The owned centres that see an entry another rank moved are redone
+        from their neighbours; then (``ghosts``) the ghost centres take their owners' refreshed
+        rows, and those that see a changed entry get their energies from them. Without a cache,
+        the kernels redo every centre that sees a changed entry."""
         new = np.ascontiguousarray(self.ff.spread(magmoms)[self.order])
         changed = new != self.mag
         self.mag = new
+        n, nc = self.n_owned, self.n_centres
+        if self._cache is not None and self._init == 0:
+            self._init, self._changed, self._redo = 3, changed, (0, n)
+            self.update_site_energies(self.site_en)            # the owned centres
+            if ghosts:
+                self.exchange.fetch(self._cache[:n], out=self._cache[n:nc])
+                self._init, self._changed, self._redo, self._seed_from = 3, changed, (n, nc), n
+            return
         if self._init == 0:
             self._init, self._changed = 3, changed
         elif self._init == 3:
@@ -522,7 +540,7 @@ class DomainSweepLayout:
             after = self.ff.evaluate(state, derivatives=False)
             evaluation.site_energies = after.site_energies
             return after.energy
-        self.model.refresh(state.magmoms)
+        self.model.refresh(state.magmoms, ghosts=False)
         site = self.model.all_site_energies()[:state.n_atoms].copy()
         evaluation.site_energies = site
         return float(self.ff.reduce(np.array([site.sum()]))[0])

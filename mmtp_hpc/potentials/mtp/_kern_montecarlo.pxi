@@ -492,7 +492,8 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                      double flip_fraction, double max_change, double beta, double[::1] magmoms,
                      double[::1] site_en, double[:, ::1] cache, int init, bint symmetric,
                      bint incremental, double[::1] trial_delta, Py_ssize_t n_seeded=0,
-                     const unsigned char[::1] changed=None):
+                     const unsigned char[::1] changed=None, Py_ssize_t seed_from=-1,
+                     Py_ssize_t redo_lo=0, Py_ssize_t redo_hi=-1):
     """Metropolis moves of the atoms ``moves`` (in that order) on the moments; returns the
     number accepted.
 
@@ -509,7 +510,9 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     but the basic moments of the centres k < ``n_seeded`` are the ones the caller put in ``cache``
     (those of the step's force evaluation: ``site_terms(..., basic_out=cache)``); 3 both for the
     centres that are or see an entry j with ``changed[j]`` (n_total,) only (the others keep
-    theirs: after a forward communication of moments); 0 neither. With
+    theirs: after a forward communication of moments); 0 neither. With 2 and 3 the rows
+    k ≥ ``seed_from`` (when ≥ 0) are also the caller's (only their energies are computed), and
+    the centres considered are those in [``redo_lo``, ``redo_hi``) (``redo_hi`` < 0: all). With
     ``incremental`` a trial updates only the pair terms it changes (see above); otherwise every
     affected centre is recomputed from its neighbours (the reference the tests compare with).
     ``trial_delta`` (len(moves),) receives each trial's ΔE (NaN when skipped), if not empty.
@@ -564,6 +567,12 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
         raise ValueError("init 3 needs the per-entry ``changed`` flags")
     if init not in (0, 1, 2, 3):
         raise ValueError(f"init must be 0, 1, 2 or 3, got {init}")
+    if seed_from < 0 or seed_from > n_centres:
+        seed_from = n_centres
+    if redo_hi < 0 or redo_hi > n_centres:
+        redo_hi = n_centres
+    if redo_lo < 0:
+        redo_lo = 0
     if cache.shape[0] < n_centres or cache.shape[1] != width:
         raise ValueError(f"cache must be ({n_centres}, {width}), got ({cache.shape[0]}, {cache.shape[1]})")
     for k in range(n_centres):
@@ -697,7 +706,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                 # (3); their basic moments (given for the rows < n_seeded with 2), then their
                 # energies in batches of lanes
                 n_redo = 0
-                for k in range(n_centres):
+                for k in range(redo_lo, redo_hi):
                     if init == 3:
                         hit = changed[k]
                         p = offsets[k]
@@ -715,7 +724,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                     memset(Bs, 0, nb * L * sizeof(double))
                     for slot in range(n_aff):
                         k = redo[k0 + slot]
-                        if init == 2 and k < n_seeded:
+                        if (init == 2 and k < n_seeded) or (init >= 2 and k >= seed_from):
                             memcpy(Bs + slot * width, &cache[k, 0], width * sizeof(double))
                         else:
                             gather_cols(&t, c, k, pos, types, mag, offsets, nbrs, False, symmetric)

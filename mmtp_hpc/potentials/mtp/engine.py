@@ -254,7 +254,8 @@ class MTPEngine:
                    flip_fraction: float, max_change: float, beta: float, magmoms: np.ndarray,
                    site_energies: np.ndarray, cache: np.ndarray, init: int, symmetric: bool = False,
                    incremental: bool = True, trial_delta: np.ndarray | None = None,
-                   n_seeded: int = 0, changed: np.ndarray | None = None) -> int:
+                   n_seeded: int = 0, changed: np.ndarray | None = None, seed_from: int = -1,
+                   redo: tuple[int, int] = (0, -1)) -> int:
         """Metropolis moment moves of the atoms ``moves`` in the kernels (``_kernels.metropolis_moves``:
         no Python per trial; a trial updates only the pair terms and site energies it changes).
 
@@ -266,7 +267,10 @@ class MTPEngine:
         ``init``: 1 fills ``cache`` and ``site_energies`` first; 2 the same, except that the rows
         < ``n_seeded`` of ``cache`` already hold their centres' basic moments (:meth:`compute_local`'s
         ``basic_out`` on ``nl``); 3 only for the centres that are or see an entry with ``changed``
-        (n_total, bool) set; 0 neither. Returns the number of accepted moves."""
+        (n_total, bool) set; 0 neither. With 2 and 3 the rows ≥ ``seed_from`` (when ≥ 0) are the
+        caller's as well (their energies are computed, not their basic moments), and only the
+        centres in the range ``redo`` (stop < 0: to the end) are considered. Returns the number
+        of accepted moves."""
         symmetric = bool(symmetric and self.pot.magnetic)
         i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
         f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
@@ -278,7 +282,8 @@ class MTPEngine:
             i64(maps["affected_offsets"]), i64(moves), f64(draws), int(col), f64(lo), f64(hi),
             float(flip_fraction), float(max_change), float(beta), magmoms, site_energies, cache,
             int(init), symmetric, bool(incremental), delta, int(n_seeded),
-            None if changed is None else np.ascontiguousarray(changed, dtype=np.uint8)))
+            None if changed is None else np.ascontiguousarray(changed, dtype=np.uint8),
+            int(seed_from), int(redo[0]), int(redo[1])))
 
     # ------------------------------------------------------------------ configurations
     def evaluate(self, cfg: Configuration, magmoms: np.ndarray | None = None, *,
