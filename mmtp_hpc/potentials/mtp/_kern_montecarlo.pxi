@@ -777,9 +777,8 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                     # (Sp is a multiple of 4), each gaining its pair change
                     lane_pair_changes(&t, H, H2 if fast[a] == 2 else NULL, nsets, symmetric, P, pair_k + q0,
                                       pair_d + 3 * q0, &types[0], &mag[0], &pb, Sp)
-                    for j2 in range(0, Sp, 8):       # 8 lanes at a time (4 at the end)
-                        mmtp_lane_tile_add(rows + j2, 8 if j2 + 8 <= Sp else 4, nb, nsets, mom + j2, L, Sp,
-                                           pb.DF + j2, pb.MONO + j2, pb.cap, t.K, t.basic, t.basic_q)
+                    mmtp_lane_tile_add(rows, Sp, nb, nsets, mom, L, pb.DF, pb.MONO, pb.cap, t.K, t.basic,
+                                       t.basic_q)
                     if fast[a] == 2:
                         mmtp_own_rows(mom, L, Sp, nsets, nb, t.basic, t.basic_q, t.mono_exp, pb.DF2, pb.MONO,
                                       pb.cap, t.K)
@@ -802,8 +801,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                         rows[0] = &cache[a, 0]
                         for j2 in range(S, Sp):
                             rows[j2] = zero_row + width    # padding lanes: written to scratch
-                        for j2 in range(0, Sp, 4):
-                            mmtp_lane_tile(rows + j2, nb, nsets, mom + j2, L, Sp, 0)
+                        mmtp_lanes_to_rows(rows, Sp, nb, nsets, mom, L)
                         site_en[a] = e_new[0]
                         for j2 in range(P):
                             site_en[pair_k[q0 + j2]] = e_new[1 + j2]

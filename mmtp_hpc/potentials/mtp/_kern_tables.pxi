@@ -20,10 +20,9 @@ cdef extern from "_simd.h" nogil:
     void mmtp_lane_products_energies(double* mom, const int* ab, const double* w, const int* run_start,
                                      const int* run_out, int n_runs, const int* mapping, const double* moment,
                                      int n_basis, int L, double* e)
-    void mmtp_lane_tile(double** rows, int nb, int nsets, double* mom, long L, int Sp, int to_lanes)
-    void mmtp_lane_tile_add(double** rows, int nl, int nb, int nsets, double* mom, long L, int Sp,
-                            const double* DF, const double* MONO, int cap, int K, const int* basic,
-                            const int* basic_q)
+    void mmtp_lanes_to_rows(double** rows, int Sp, int nb, int nsets, const double* mom, long L)
+    void mmtp_lane_tile_add(double** rows, int Sp, int nb, int nsets, double* mom, long L, const double* DF,
+                            const double* MONO, int cap, int K, const int* basic, const int* basic_q)
     void mmtp_own_rows(double* mom, long L, int Sp, int nsets, int nb, const int* basic, const int* basic_q,
                        const int* mono_exp, const double* DF2, const double* MONO, int cap, int K)
     void mmtp_pair_geometry(const double* pd, int P, int cap, double rmin, double rcut, double scaling, int R,

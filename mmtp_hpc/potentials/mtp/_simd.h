@@ -233,94 +233,85 @@ static __attribute__((noinline)) void mmtp_own_rows(double *mom, long L, int Sp,
 
 /* Cache rows into lanes, each basic row gaining its pair change (Monte Carlo, the lane path):
  * mom[β·L + s·Sp + l] = rows[l][s·nb + β] + DF[(s·K + mu_β)·cap + l]·MONO[q_β·cap + l]
- * for l < nl (4 or 8), β < nb, s < nsets (``mom``, ``DF`` and ``MONO`` already offset to the
- * tile's first lane). Blocks of 4 rows × 4 lanes transposed in registers where AVX is available,
- * 4 lanes after the other (each cached row read front to back: streams the prefetcher follows);
- * the sets share the loads of MONO. */
-static __attribute__((noinline)) void mmtp_lane_tile_add(double *const *rows, int nl, int nb, int nsets, double *mom, long L,
-                                      int Sp, const double *DF, const double *MONO, int cap, int K,
-                                      const int *basic, const int *basic_q)
+ * for l < Sp (a multiple of 4), β < nb, s < nsets. Four rows β at a time over all lanes (the
+ * 2·Sp cache lines of those rows, their MONO and DF rows and the output rows stay in L1), in
+ * blocks of 4 rows × 4 lanes transposed in registers where AVX is available. */
+static __attribute__((noinline)) void mmtp_lane_tile_add(double *const *rows, int Sp, int nb, int nsets,
+                                                         double *mom, long L, const double *DF,
+                                                         const double *MONO, int cap, int K,
+                                                         const int *basic, const int *basic_q)
 {
     int b = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-    const int nb4 = nb / 4 * 4;
-    for (int h = 0; h < nl; h += 4) {
-        for (b = 0; b < nb4; b += 4) {
-            __m256d m[4];
-            for (int u = 0; u < 4; u++)
-                m[u] = _mm256_loadu_pd(MONO + (long)basic_q[b + u] * cap + h);
-            for (int s = 0; s < nsets; s++) {
-                const long off = (long)s * nb + b;
+    for (; b + 4 <= nb; b += 4) {
+        const double *m[4];
+        for (int u = 0; u < 4; u++)
+            m[u] = MONO + (long)basic_q[b + u] * cap;
+        for (int s = 0; s < nsets; s++) {
+            const long off = (long)s * nb + b;
+            const double *f[4];
+            double *o[4];
+            for (int u = 0; u < 4; u++) {
+                f[u] = DF + (long)(s * K + basic[4 * (b + u)]) * cap;
+                o[u] = mom + (b + u) * L + (long)s * Sp;
+            }
+            for (int h = 0; h < Sp; h += 4) {
                 const __m256d r0 = _mm256_loadu_pd(rows[h] + off), r1 = _mm256_loadu_pd(rows[h + 1] + off);
                 const __m256d r2 = _mm256_loadu_pd(rows[h + 2] + off), r3 = _mm256_loadu_pd(rows[h + 3] + off);
                 const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
                 const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
-                __m256d c[4];
-                c[0] = _mm256_permute2f128_pd(t0, t2, 0x20); c[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
-                c[2] = _mm256_permute2f128_pd(t0, t2, 0x31); c[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
-                const double *df = DF + (long)s * K * cap + h;
-                double *o = mom + (long)s * Sp + h;
-                for (int u = 0; u < 4; u++) {
-                    const __m256d f = _mm256_loadu_pd(df + (long)basic[4 * (b + u)] * cap);
-                    _mm256_storeu_pd(o + (b + u) * L, _mm256_fmadd_pd(f, m[u], c[u]));
-                }
+                _mm256_storeu_pd(o[0] + h, _mm256_fmadd_pd(_mm256_loadu_pd(f[0] + h), _mm256_loadu_pd(m[0] + h),
+                                                           _mm256_permute2f128_pd(t0, t2, 0x20)));
+                _mm256_storeu_pd(o[1] + h, _mm256_fmadd_pd(_mm256_loadu_pd(f[1] + h), _mm256_loadu_pd(m[1] + h),
+                                                           _mm256_permute2f128_pd(t1, t3, 0x20)));
+                _mm256_storeu_pd(o[2] + h, _mm256_fmadd_pd(_mm256_loadu_pd(f[2] + h), _mm256_loadu_pd(m[2] + h),
+                                                           _mm256_permute2f128_pd(t0, t2, 0x31)));
+                _mm256_storeu_pd(o[3] + h, _mm256_fmadd_pd(_mm256_loadu_pd(f[3] + h), _mm256_loadu_pd(m[3] + h),
+                                                           _mm256_permute2f128_pd(t1, t3, 0x31)));
             }
         }
     }
-    b = nb4;
 #endif
     for (; b < nb; b++)
         for (int s = 0; s < nsets; s++) {
             const double *f = DF + (long)(s * K + basic[4 * b]) * cap, *m = MONO + (long)basic_q[b] * cap;
             double *q = mom + b * L + (long)s * Sp;
-            for (int l = 0; l < nl; l++)
+            for (int l = 0; l < Sp; l++)
                 q[l] = rows[l][(long)s * nb + b] + f[l] * m[l];
         }
 }
 
-/* Four cache rows into four lanes and back (Monte Carlo): mom[β·L + s·Sp + l] = rows[l][s·nb + β]
- * for l < 4, β < nb, s < nsets (to_lanes != 0), or the reverse (to_lanes == 0); 4×4 blocks
- * transposed in registers where AVX is available. */
-static __attribute__((noinline)) void mmtp_lane_tile(double *const *rows, int nb, int nsets, double *mom, long L, int Sp,
-                                  int to_lanes)
+/* Lanes back into cache rows (Monte Carlo, an accepted trial): rows[l][s·nb + β] = mom[β·L + s·Sp + l]
+ * for l < Sp (a multiple of 4), β < nb, s < nsets; four lanes at a time, each row written front
+ * to back, in blocks of 4 rows × 4 lanes transposed in registers where AVX is available. (Four
+ * rows β at a time over all lanes, the order of mmtp_lane_tile_add, is slower here: 2·Sp rows
+ * written 32 bytes at a time.) */
+static __attribute__((noinline)) void mmtp_lanes_to_rows(double *const *rows, int Sp, int nb, int nsets,
+                                                         const double *mom, long L)
 {
-    for (int s = 0; s < nsets; s++) {
-        double *p0 = rows[0] + (long)s * nb, *p1 = rows[1] + (long)s * nb;
-        double *p2 = rows[2] + (long)s * nb, *p3 = rows[3] + (long)s * nb;
-        double *o = mom + (long)s * Sp;
-        int b = 0;
+    for (int h = 0; h < Sp; h += 4)
+        for (int s = 0; s < nsets; s++) {
+            double *p0 = rows[h] + (long)s * nb, *p1 = rows[h + 1] + (long)s * nb;
+            double *p2 = rows[h + 2] + (long)s * nb, *p3 = rows[h + 3] + (long)s * nb;
+            const double *o = mom + (long)s * Sp + h;
+            int b = 0;
 #if defined(__AVX__)
-        for (; b + 4 <= nb; b += 4) {
-            __m256d r0, r1, r2, r3;
-            if (to_lanes) {
-                r0 = _mm256_loadu_pd(p0 + b); r1 = _mm256_loadu_pd(p1 + b);
-                r2 = _mm256_loadu_pd(p2 + b); r3 = _mm256_loadu_pd(p3 + b);
-            } else {
-                r0 = _mm256_loadu_pd(o + b * L); r1 = _mm256_loadu_pd(o + (b + 1) * L);
-                r2 = _mm256_loadu_pd(o + (b + 2) * L); r3 = _mm256_loadu_pd(o + (b + 3) * L);
+            for (; b + 4 <= nb; b += 4) {
+                const __m256d r0 = _mm256_loadu_pd(o + b * L), r1 = _mm256_loadu_pd(o + (b + 1) * L);
+                const __m256d r2 = _mm256_loadu_pd(o + (b + 2) * L), r3 = _mm256_loadu_pd(o + (b + 3) * L);
+                const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+                const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+                _mm256_storeu_pd(p0 + b, _mm256_permute2f128_pd(t0, t2, 0x20));
+                _mm256_storeu_pd(p1 + b, _mm256_permute2f128_pd(t1, t3, 0x20));
+                _mm256_storeu_pd(p2 + b, _mm256_permute2f128_pd(t0, t2, 0x31));
+                _mm256_storeu_pd(p3 + b, _mm256_permute2f128_pd(t1, t3, 0x31));
             }
-            const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
-            const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
-            const __m256d c0 = _mm256_permute2f128_pd(t0, t2, 0x20), c1 = _mm256_permute2f128_pd(t1, t3, 0x20);
-            const __m256d c2 = _mm256_permute2f128_pd(t0, t2, 0x31), c3 = _mm256_permute2f128_pd(t1, t3, 0x31);
-            if (to_lanes) {
-                _mm256_storeu_pd(o + b * L, c0); _mm256_storeu_pd(o + (b + 1) * L, c1);
-                _mm256_storeu_pd(o + (b + 2) * L, c2); _mm256_storeu_pd(o + (b + 3) * L, c3);
-            } else {
-                _mm256_storeu_pd(p0 + b, c0); _mm256_storeu_pd(p1 + b, c1);
-                _mm256_storeu_pd(p2 + b, c2); _mm256_storeu_pd(p3 + b, c3);
-            }
-        }
 #endif
-        for (; b < nb; b++) {
-            double *q = o + b * L;
-            if (to_lanes) {
-                q[0] = p0[b]; q[1] = p1[b]; q[2] = p2[b]; q[3] = p3[b];
-            } else {
+            for (; b < nb; b++) {
+                const double *q = o + b * L;
                 p0[b] = q[0]; p1[b] = q[1]; p2[b] = q[2]; p3[b] = q[3];
             }
         }
-    }
 }
 
 /* The product table and the site energies of many lanes at once (Monte Carlo), the rows
