@@ -226,3 +226,39 @@ def test_out_of_interval_moments_still_agree():
         one, two = both(engine, cfg)
     for key in KEYS[:-1]:
         close(one[key], two[key])
+
+
+@pytest.mark.parametrize("symmetric, one_pass, mag, level", [(True, True, 2, 16), (True, False, 3, 12),
+                                                              (False, True, 4, 10), (False, True, 1, 8)])
+def test_magnetic_only_derivatives_equal_the_full_ones(symmetric, one_pass, mag, level):
+    """``derivatives="magnetic"`` (the relaxation's trial points: ∂E/∂m without forces) gives the
+    energy, site energies and ∂E/∂m of the full evaluation: one-pass and two-pass symmetrised,
+    plain, and a non-magnetic potential (∂E/∂m = 0); in the force field too (folded images)."""
+    pot = (symmetric_potential(level, 2, mag, level, per_species=False) if symmetric
+           else random_potential(level=level, species=2, mag_size=mag, seed=level))
+    cfg = bcc(repeat=2, species=2, seed=3, vacancies=1, moment=1.1)
+    cfg.magmoms[::3] *= -1.0
+    engine = MTPEngine(pot)
+    engine.symmetric_one_pass = one_pass
+    assert not symmetric or engine.one_pass_symmetric() == one_pass
+    nl = engine.neighbor_list(cfg)
+    mag_all = cfg.magmoms[nl.image_of]
+    types_all = cfg.types[nl.image_of]
+    full = engine.compute_local(nl, types_all, mag_all, True, symmetric=symmetric)
+    only = engine.compute_local(nl, types_all, mag_all, "magnetic", symmetric=symmetric)
+    assert only.forces is None and only.virial is None
+    close(only.site_energies, full.site_energies, 1e-15)
+    close(only.magnetic_gradient, full.magnetic_gradient, 1e-12)
+    if mag == 1:
+        assert not np.any(only.magnetic_gradient)
+    n = len(cfg)
+    state = MDState(positions=cfg.positions, velocities=np.zeros((n, 3)), masses=np.ones(n),
+                    types=cfg.types, ids=np.arange(n), magmoms=cfg.magmoms.copy(),
+                    cell=cfg.cell, pbc=cfg.pbc, species=["Fe", "Al"])
+    ff = ForceField(engine, symmetric=symmetric, skin=0.5)
+    ff.setup(state)
+    a, b = ff.evaluate(state, derivatives="magnetic"), ff.evaluate(state)
+    assert a.forces is None and a.virial is None
+    close(a.energy, b.energy, 1e-15)
+    close(a.magnetic_gradient, b.magnetic_gradient, 1e-12)
+    assert np.abs(b.magnetic_gradient).max() > 0 or mag == 1

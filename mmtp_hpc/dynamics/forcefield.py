@@ -150,12 +150,14 @@ class ForceField:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, state: MDState, magmoms: np.ndarray | None = None,
-                 derivatives: bool = True, basic: bool = False) -> Evaluation:
+                 derivatives: bool | str = True, basic: bool = False) -> Evaluation:
         """Energy, site energies, forces, virial and ∂E/∂m at the list's current positions, for
         the atoms of this layout (all of them serially; the owned ones of this rank under MPI).
 
         ``magmoms`` (n_atoms,) overrides the state's moments (used by the relaxation). A
-        spin-symmetrised potential gives ½[E(M) + E(−M)] (combined by the engine). ``basic``:
+        spin-symmetrised potential gives ½[E(M) + E(−M)] (combined by the engine).
+        ``derivatives``: False for the energies alone, ``"magnetic"`` for the energies and ∂E/∂m
+        without forces and virial (None in the result). ``basic``:
         also the centres' basic moments (``Evaluation.basic``, where the kernels can sweep), for
         the step's Monte Carlo to start from.
         """
@@ -175,6 +177,12 @@ class ForceField:
             self.time[self.fold_timer] += (t1 - t0) + (time.perf_counter() - t2)
             self.time["force"] += t2 - t1
             return Evaluation(energy, site, None, None, None)
+        if derivatives == "magnetic":
+            grad = (np.ascontiguousarray(self.fold(res.magnetic_gradient.reshape(-1, 1))[:, 0])
+                    if self.magnetic else np.zeros(nl.n_local))
+            self.time[self.fold_timer] += (t1 - t0) + (time.perf_counter() - t2)
+            self.time["force"] += t2 - t1
+            return Evaluation(energy, site, None, None, grad)
         per_entry = np.empty((nl.n_total, 4))
         per_entry[:, :3] = res.forces
         per_entry[:, 3] = res.magnetic_gradient if self.magnetic else 0.0

@@ -163,7 +163,9 @@ class RelaxMoments(MomentUpdater):
     (an inverse curvature, so the first step is close to a Newton step); the first
     relaxation of a run moves no moment by more than 0.1 μB in its first step. That step
     length is the solver's only state and is stored in checkpoints (restarts stay
-    bit-identical).
+    bit-identical). The warm start is evaluated without forces (energies and ∂E/∂m only, about
+    a third cheaper); the trial points with them, since each may be the last: the usual
+    relaxation costs one such evaluation and one full one.
     """
 
     def __init__(self, tol: float, max_iter: int, lo: np.ndarray, hi: np.ndarray):
@@ -192,12 +194,14 @@ class RelaxMoments(MomentUpdater):
         return _global_max(self.comm, np.abs(g[free]))
 
     def minimize(self, fun, m0: np.ndarray) -> tuple[np.ndarray, object, float]:
-        """Minimise ``fun(m) -> (energy, gradient, payload)`` within the bounds from ``m0``.
+        """Minimise ``fun(m, full) -> (energy, gradient, payload)`` within the bounds from ``m0``
+        (``full``: the payload is needed, else only the energy and gradient).
 
         Returns (m, payload at m, projected gradient at m).
         """
         m = np.clip(m0, self.lo, self.hi)
-        f, g, payload = fun(m)
+        f, g, payload = fun(m, False)
+        full = False
         self.relaxations += 1
         self.evaluations += 1
         history = [f]
@@ -218,7 +222,7 @@ class RelaxMoments(MomentUpdater):
             lam = 1.0
             while True:
                 m_new = m + lam * d
-                f_new, g_new, payload_new = fun(m_new)
+                f_new, g_new, payload_new = fun(m_new, True)
                 self.evaluations += 1
                 if f_new <= f_ref + 1e-4 * lam * slope or lam < 1e-10:
                     break
@@ -233,8 +237,12 @@ class RelaxMoments(MomentUpdater):
             if sy > 0:
                 self.alpha = alpha
             m, f, g, payload = m_new, f_new, g_new, payload_new
+            full = True
             history.append(f)
             pg = self.projected_gradient(m, g)
+        if not full:                 # stopped at the warm start: its payload with everything
+            f, g, payload = fun(m, True)
+            self.evaluations += 1
         return m, payload, pg
 
     name = "relax"
@@ -251,8 +259,8 @@ class RelaxMoments(MomentUpdater):
         self.comm = state.comm
         self.pin(state.magmoms)
 
-        def fun(m: np.ndarray):
-            ev = forcefield.evaluate(state, m)
+        def fun(m: np.ndarray, full: bool):
+            ev = forcefield.evaluate(state, m, derivatives=True if full else "magnetic")
             return ev.energy, ev.magnetic_gradient, ev
 
         m, ev, pg = self.minimize(fun, state.magmoms)

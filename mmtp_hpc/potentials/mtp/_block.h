@@ -197,6 +197,25 @@ static inline void mmtp_adjoint_block(const double *a, int lda, int len0, int le
     mmtp_st(out + 3 * ldo, c3); mmtp_st(out + 3 * ldo + MMTP_VW, d3);
 }
 
+/* One row against one column block: out[k] = Σ_{j<len} a[j] · x[j·ldx + k], k < MMTP_NB (the
+ * adjoint row G of one radial function alone: ∂E/∂m needs no ∇_u rows) */
+static inline void mmtp_row_block(const double *a, int len, const double *x, int ldx, double *out)
+{
+    const mmtp_vd z = mmtp_bc(0.0);
+    mmtp_vd c0 = z, d0 = z, c1 = z, d1 = z;
+    int j = 0;
+    for (; j + 2 <= len; j += 2) {
+        const mmtp_vd s0 = mmtp_bc(a[j]), s1 = mmtp_bc(a[j + 1]);
+        c0 += s0 * mmtp_ld(x + j * ldx); d0 += s0 * mmtp_ld(x + j * ldx + MMTP_VW);
+        c1 += s1 * mmtp_ld(x + (j + 1) * ldx); d1 += s1 * mmtp_ld(x + (j + 1) * ldx + MMTP_VW);
+    }
+    for (; j < len; j++) {
+        const mmtp_vd s0 = mmtp_bc(a[j]);
+        c0 += s0 * mmtp_ld(x + j * ldx); d0 += s0 * mmtp_ld(x + j * ldx + MMTP_VW);
+    }
+    mmtp_st(out, c0 + c1); mmtp_st(out + MMTP_VW, d0 + d1);
+}
+
 /* One column block: out[r·ldo + k] = Σ_{j<len} a[r·lda + j] · x[j·ldx + k], r < nr, k < MMTP_NB */
 static inline void mmtp_gemm_block(const double *a, int lda, int nr, int len,
                                    const double *x, int ldx, double *out, int ldo)
@@ -305,6 +324,27 @@ static inline void mmtp_combine_cols(const double *G, const double *f, const dou
                 Dj[j] += g0[j] * fj[j];
                 Di[j] += g0[j] * fi[j];
             }
+        }
+    }
+}
+
+/* mmtp_combine_cols' magnetic sums alone: dmj[j] = Σ_μ G[μ,0,j] ∂f_μ/∂m_j, dmi[j] = Σ_μ G[μ,0,j] ∂f_μ/∂m_i
+ * (out rows 4 and 5; rows 0..3, the force sums, are not written) */
+static inline void mmtp_combine_magnetic_cols(const double *G, const double *fmj, const double *fmi, int K,
+                                              int n, int ld, double *out)
+{
+    double *Dj = out + 4 * ld, *Di = out + 5 * ld;
+    int mu, j;
+    #pragma omp simd
+    for (j = 0; j < n; j++) {
+        Dj[j] = 0.0; Di[j] = 0.0;
+    }
+    for (mu = 0; mu < K; mu++) {
+        const double *g0 = G + (4 * mu) * ld, *fj = fmj + mu * ld, *fi = fmi + mu * ld;
+        #pragma omp simd
+        for (j = 0; j < n; j++) {
+            Dj[j] += g0[j] * fj[j];
+            Di[j] += g0[j] * fi[j];
         }
     }
 }

@@ -41,6 +41,9 @@ cdef extern from "_block.h" nogil:
     void mmtp_rowdots(const double* f, const double* x, int ldx, int nq, int n, double* out)
     void mmtp_combine_cols(const double* G, const double* f, const double* fr, const double* fmj,
                            const double* fmi, int K, int n, int ld, int mag, double* out)
+    void mmtp_row_block(const double* a, int len, const double* x, int ldx, double* out)
+    void mmtp_combine_magnetic_cols(const double* G, const double* fmj, const double* fmi, int K, int n,
+                                    int ld, double* out)
 
 
 def block_width() -> int:
@@ -407,10 +410,12 @@ cdef void adjoints_into(Tables* t, const double* g, int stride, double scale, do
 
 
 cdef void derivatives_cols(Tables* t, Cols* c, double* pair_grad, double* pair_dmj,
-                           double* dmi) noexcept nogil:
+                           double* dmi, bint magnetic_only=False) noexcept nogil:
     """∂E_i/∂r_n (pair_grad[3·pair]), ∂E_i/∂m_j (pair_dmj[pair]), ∂E_i/∂m_i of the mean of the
     sets. With G_μ = Σ_q g_μq mono_q and B = Σ_μ f_μ Σ_q g_μq ∇_u mono_q,
-    ∂E_i/∂r = (Σ_μ G_μ f'_μ) u + (B − (u·B) u) / r (u·∇_u mono_q = ν_q mono_q)."""
+    ∂E_i/∂r = (Σ_μ G_μ f'_μ) u + (B − (u·B) u) / r (u·∇_u mono_q = ν_q mono_q).
+    ``magnetic_only``: ∂E/∂m alone (G, not B; pair_grad is not touched): the moment relaxation's
+    trial evaluations, which need no forces."""
     cdef int s, mu, col, j0, K = t.K, nm = t.n_mono, ld = c.ld, n = c.ncol
     cdef double scale = 1.0 / c.nsets
     cdef double A, Bx, By, Bz, dmj, ub, ux, uy, uz, r, acc
@@ -425,6 +430,35 @@ cdef void derivatives_cols(Tables* t, Cols* c, double* pair_grad, double* pair_d
         for s in range(2):
             adjoints_into(t, c.g + s, 2, scale, c.adj + s * 4 * K * nm)
     j0 = 0
+    if magnetic_only:
+        if not mag:
+            dmi[0] = 0.0
+            return
+        while j0 < n:
+            for s in range(c.nsets):
+                for mu in range(K):
+                    mmtp_row_block(c.adj + (s * K + mu) * 4 * nm, t.mu_len[mu], c.mono + j0, ld,
+                                   c.GB + (s * K + mu) * 4 * ld + j0)
+            j0 += c.nb
+        for s in range(c.nsets):
+            mmtp_combine_magnetic_cols(c.GB + s * 4 * K * ld, c.Fmj + s * K * ld, c.Fmi + s * K * ld, K, n,
+                                       ld, c.comb + s * 6 * ld)
+        dmi[0] = 0.0
+        for s in range(c.nsets):
+            cb = c.comb + s * 6 * ld
+            acc = 0.0
+            for col in range(n):
+                acc = acc + cb[5 * ld + col]
+            dmi[0] += acc
+        for col in range(n):
+            p = c.pair[col]
+            if p < 0:
+                continue
+            dmj = c.comb[4 * ld + col]
+            if c.nsets > 1:
+                dmj = dmj + c.comb[6 * ld + 4 * ld + col]
+            pair_dmj[p] = dmj
+        return
     while j0 < n:       # one column block at a time: its monomials stay in L1 for all rows
         for s in range(c.nsets):
             for mu in range(K):

@@ -15,8 +15,9 @@ def site_terms(dict tab, const double[:, ::1] pos, const int[::1] types, const d
                const int64_t[::1] offsets, const int64_t[::1] nbrs, Py_ssize_t n_local,
                double[::1] site_en, double[:, ::1] pair_grad, double[::1] pair_dmj,
                double[::1] dmi, double[:, ::1] basis, bint derivatives, bint want_basis,
-               int num_threads=0, double[:, ::1] basic_out=None):
-    """E_i for every centre and, when ``derivatives``, ∂E_i/∂r_ij, ∂E_i/∂m_j, ∂E_i/∂m_i.
+               int num_threads=0, double[:, ::1] basic_out=None, bint magnetic_only=False):
+    """E_i for every centre and, when ``derivatives``, ∂E_i/∂r_ij, ∂E_i/∂m_j, ∂E_i/∂m_i
+    (``magnetic_only``: ∂E_i/∂m_j and ∂E_i/∂m_i alone; ``pair_grad`` may then be empty).
 
     ``pair_grad`` (n_pairs, 3) and ``pair_dmj`` (n_pairs,) must be zeroed by the caller
     (pairs in the skin are left untouched). ``basis`` (n_local, n_basis) when ``want_basis``.
@@ -24,14 +25,15 @@ def site_terms(dict tab, const double[:, ::1] pos, const int[::1] types, const d
     Monte Carlo cache of :func:`metropolis_moves`, which then needs no pass of its own).
     """
     site_terms_sets(tab, pos, types, mag, offsets, nbrs, n_local, site_en, pair_grad, pair_dmj,
-                    dmi, basis, derivatives, want_basis, num_threads, False, basic_out)
+                    dmi, basis, derivatives, want_basis, num_threads, False, basic_out, magnetic_only)
 
 
 def site_terms_symmetric(dict tab, const double[:, ::1] pos, const int[::1] types,
                          const double[::1] mag, const int64_t[::1] offsets, const int64_t[::1] nbrs,
                          Py_ssize_t n_local, double[::1] site_en, double[:, ::1] pair_grad,
                          double[::1] pair_dmj, double[::1] dmi, double[:, ::1] basis, bint derivatives,
-                         bint want_basis, int num_threads=0, double[:, ::1] basic_out=None):
+                         bint want_basis, int num_threads=0, double[:, ::1] basic_out=None,
+                         bint magnetic_only=False):
     """:func:`site_terms` of the spin-symmetrised model ½[E(M) + E(−M)] in one neighbour pass.
 
     Same arguments and outputs as :func:`site_terms` (site energies, per-pair ∂/∂r_ij and
@@ -41,14 +43,14 @@ def site_terms_symmetric(dict tab, const double[:, ::1] pos, const int[::1] type
     2·n_basic), the basic moments of both sets.
     """
     site_terms_sets(tab, pos, types, mag, offsets, nbrs, n_local, site_en, pair_grad, pair_dmj,
-                    dmi, basis, derivatives, want_basis, num_threads, True, basic_out)
+                    dmi, basis, derivatives, want_basis, num_threads, True, basic_out, magnetic_only)
 
 
 cdef site_terms_sets(dict tab, const double[:, ::1] pos, const int[::1] types, const double[::1] mag,
                      const int64_t[::1] offsets, const int64_t[::1] nbrs, Py_ssize_t n_local,
                      double[::1] site_en, double[:, ::1] pair_grad, double[::1] pair_dmj,
                      double[::1] dmi, double[:, ::1] basis, bint derivatives, bint want_basis,
-                     int num_threads, bint symmetric, double[:, ::1] basic_out):
+                     int num_threads, bint symmetric, double[:, ::1] basic_out, bint magnetic_only):
     cdef Tables t = make_tables(tab)
     cdef int nmax = max_neighbors(offsets)
     cdef int nsets = 2 if symmetric else 1
@@ -63,6 +65,8 @@ cdef site_terms_sets(dict tab, const double[:, ::1] pos, const int[::1] types, c
     if want_basic and (basic_out.shape[0] < n_local or basic_out.shape[1] != nsets * t.n_basic):
         raise ValueError(f"basic_out must be ({n_local}, {nsets * t.n_basic}), "
                          f"got ({basic_out.shape[0]}, {basic_out.shape[1]})")
+    if derivatives and not magnetic_only and pair_grad.shape[0] < pair_dmj.shape[0]:
+        raise ValueError("pair_grad must have a row per pair (or pass magnetic_only)")
     if n_local == 0:
         return
     with nogil, parallel(num_threads=num_threads if num_threads > 0 else openmp_threads()):
@@ -80,7 +84,7 @@ cdef site_terms_sets(dict tab, const double[:, ::1] pos, const int[::1] types, c
                     else:
                         basis[i, k] = c.mom[m]
             if derivatives:
-                derivatives_cols(&t, c, pg, pm, &dmi[i])
+                derivatives_cols(&t, c, pg, pm, &dmi[i], magnetic_only)
         free_cols(c)
 
 

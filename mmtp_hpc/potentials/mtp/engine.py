@@ -159,15 +159,23 @@ class MTPEngine:
 
     # ------------------------------------------------------------------ local layout
     def compute_local(self, nl: NeighborList, types_all: np.ndarray, magmoms_all: np.ndarray,
-                      derivatives: bool = True, basis: bool = False,
+                      derivatives: bool | str = True, basis: bool = False,
                       symmetric: bool = False, basic_out: np.ndarray | None = None) -> LocalResult:
         """Site energies of the n_local centres, and per-entry forces/∂E/∂m and the virial.
+
+        ``derivatives="magnetic"``: per-entry ∂E/∂m alone (forces and virial None), for
+        evaluations that need no forces (the moment relaxation's trial points).
 
         ``symmetric`` (magnetic potentials): the same quantities of ½[E(M) + E(−M)]
         (∂E/∂m = ½[g(M) − g(−M)]), in one neighbour pass when :meth:`one_pass_symmetric`,
         else by two passes. ``basic_out`` (:meth:`metropolis_cache` of the same ``symmetric``;
         None where that is None) receives every centre's basic moments.
         """
+        magnetic_only = derivatives == "magnetic"
+        if magnetic_only and not self.pot.magnetic:
+            return LocalResult(self.compute_local(nl, types_all, magmoms_all, False, basis, symmetric,
+                                                  basic_out).site_energies, None, np.zeros(nl.n_total), None,
+                               None)
         if symmetric and self.pot.magnetic:
             if not self.one_pass_symmetric():
                 if basic_out is not None:
@@ -185,15 +193,20 @@ class MTPEngine:
         offsets = np.ascontiguousarray(nl.offsets, dtype=np.int64)
         nbrs = np.ascontiguousarray(nl.neighbors, dtype=np.int64)
         site = np.zeros(n_local)
-        pair_grad = np.zeros((n_pairs if derivatives else 0, 3))
+        pair_grad = np.zeros((n_pairs if derivatives and not magnetic_only else 0, 3))
         pair_dmj = np.zeros(n_pairs if derivatives else 0)
         dmi = np.zeros(n_local if derivatives else 0)
         basis_out = np.zeros((n_local if basis else 0, self.pot.n_basis))
         kernel = _kernels.site_terms_symmetric if symmetric else _kernels.site_terms
         kernel(self.tables(), pos, types_all, mag, offsets, nbrs, n_local, site,
-               pair_grad, pair_dmj, dmi, basis_out, derivatives, basis, self.num_threads, basic_out)
+               pair_grad, pair_dmj, dmi, basis_out, bool(derivatives), basis, self.num_threads, basic_out,
+               magnetic_only)
         if not derivatives:
             return LocalResult(site, None, None, None, basis_out if basis else None)
+        if magnetic_only:
+            dedm = np.bincount(nbrs[:n_pairs], weights=pair_dmj, minlength=n_total)
+            dedm[:n_local] += dmi
+            return LocalResult(site, None, dedm, None, basis_out if basis else None)
         forces = np.zeros((n_total, 3))
         dedm = np.zeros(n_total)
         virials = np.zeros((1, 3, 3))
