@@ -45,7 +45,7 @@ def build(args, mode: str, comm) -> Simulation:
     if mode == "relax":
         moments["relax_tol"] = args.relax_tol
     settings = settings_from_dict({
-        "system": {"lattice": "bcc", "a": args.a, "repeat": [args.repeat] * 3, "magmoms": 2.2},
+        "system": {"lattice": "bcc", "a": args.a, "repeat": list(args.cells or [args.repeat] * 3), "magmoms": 2.2},
         "potential": {"file": args.potential, "threads": args.threads},
         "md": {"steps": 10 ** 9, "timestep_fs": 1.0, "ensemble": "nvt", "temperature_K": 300.0,
                "thermostat": "langevin", "skin": 1.0, "seed": 7},
@@ -63,6 +63,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--potential", default=str(REPO / "inputs/potentials/fe_bcc_analytic_l16.almtp"))
     p.add_argument("--repeat", type=int, default=8, help="bcc cells per direction (8: 1024 atoms)")
+    p.add_argument("--cells", type=int, nargs=3, metavar=("NX", "NY", "NZ"),
+                   help="bcc cells along x, y, z instead of --repeat (16 8 4: 1024 atoms in a cell that "
+                        "2 ranks split into subdomains wide enough for the parallel Monte Carlo)")
     p.add_argument("--a", type=float, default=2.83)
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--blocks", type=int, default=7)

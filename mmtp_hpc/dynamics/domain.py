@@ -437,16 +437,16 @@ class DomainSiteModel(NativeMetropolis):
 
     def refresh(self, magmoms: np.ndarray, ghosts: bool = True) -> None:
         """Moments of all entries from their owners (forward communication), after the moves of
-        a sector (collective). The owned centres that see an entry another rank moved are redone
-        from their neighbours; then (``ghosts``) the ghost centres take their owners' refreshed
+        a sector (collective). The owned centres that see an entry another rank moved gain the
+        changes of those pair terms; then (``ghosts``) the ghost centres take their owners' refreshed
         rows, and those that see a changed entry get their energies from them. Without a cache,
         the kernels redo every centre that sees a changed entry."""
         new = np.ascontiguousarray(self.ff.spread(magmoms)[self.order])
         changed = new != self.mag
-        self.mag = new
+        old, self.mag = self.mag, new
         n, nc = self.n_owned, self.n_centres
         if self._cache is not None and self._init == 0:
-            self._init, self._changed, self._redo = 3, changed, (0, n)
+            self._init, self._changed, self._redo, self._old_mag = 4, changed, (0, n), old
             self.update_site_energies(self.site_en)            # the owned centres
             if ghosts:
                 self.exchange.fetch(self._cache[:n], out=self._cache[n:nc])

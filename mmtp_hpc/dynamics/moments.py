@@ -332,6 +332,7 @@ class NativeMetropolis:
         self._changed: np.ndarray | None = None
         self._seed_from = -1                 # rows ≥ this are the caller's too (2, 3; −1: none)
         self._redo = (0, -1)                 # the centres (2, 3) consider: [start, stop)
+        self._old_mag: np.ndarray | None = None   # 4: the entries' moments before the change
 
     def metropolis(self, moves: np.ndarray, draws: np.ndarray, col: int, lo: np.ndarray, hi: np.ndarray,
                    flip_fraction: float, max_change: float, beta: float, magmoms: np.ndarray,
@@ -346,10 +347,10 @@ class NativeMetropolis:
             self.nl, self.types, self.mag, self.maps, moves, draws, col, lo, hi, flip_fraction,
             max_change, beta, magmoms, site_energies, self._cache, self._init,
             self.symmetric, incremental, trial_delta, n_seeded=self._n_seeded, changed=self._changed,
-            seed_from=self._seed_from, redo=self._redo)
+            seed_from=self._seed_from, redo=self._redo, old_magmoms_all=self._old_mag)
         self._init = 0
         self._changed = None
-        self._seed_from, self._redo = -1, (0, -1)
+        self._seed_from, self._redo, self._old_mag = -1, (0, -1), None
         return accepted
 
     def seed(self, generation: int, basic: np.ndarray) -> None:

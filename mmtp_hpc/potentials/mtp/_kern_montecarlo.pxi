@@ -493,7 +493,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                      double[::1] site_en, double[:, ::1] cache, int init, bint symmetric,
                      bint incremental, double[::1] trial_delta, Py_ssize_t n_seeded=0,
                      const unsigned char[::1] changed=None, Py_ssize_t seed_from=-1,
-                     Py_ssize_t redo_lo=0, Py_ssize_t redo_hi=-1):
+                     Py_ssize_t redo_lo=0, Py_ssize_t redo_hi=-1, const double[::1] old_mag=None):
     """Metropolis moves of the atoms ``moves`` (in that order) on the moments; returns the
     number accepted.
 
@@ -512,7 +512,11 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     centres that are or see an entry j with ``changed[j]`` (n_total,) only (the others keep
     theirs: after a forward communication of moments); 0 neither. With 2 and 3 the rows
     k ≥ ``seed_from`` (when ≥ 0) are also the caller's (only their energies are computed), and
-    the centres considered are those in [``redo_lo``, ``redo_hi``) (``redo_hi`` < 0: all). With
+    the centres considered are those in [``redo_lo``, ``redo_hi``) (``redo_hi`` < 0: all). 4 is 3
+    done incrementally: a centre that sees changed entries (and is none itself) keeps its cached
+    basic moments and gains the change of each of those pair terms, from ``old_mag`` (n_total,,
+    the entries' moments before) to ``mag`` (the same sums as a trial's; a centre that changed
+    itself is recomputed). With
     ``incremental`` a trial updates only the pair terms it changes (see above); otherwise every
     affected centre is recomputed from its neighbours (the reference the tests compare with).
     ``trial_delta`` (len(moves),) receives each trial's ΔE (NaN when skipped), if not empty.
@@ -556,17 +560,20 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     cdef double* H2 = NULL
     cdef int64_t n_in
     cdef int64_t* redo = NULL
+    cdef double dvec[3]
     cdef Py_ssize_t n_redo
     cdef bint hit
     pb.U = NULL; pb.E = NULL; pb.Q = NULL; pb.PS = NULL; pb.DF = NULL; pb.DF2 = NULL; pb.MONO = NULL
     pb.Z = NULL; pb.QP = NULL; pb.cap = 0
     if symmetric and t.M < 2:
         raise ValueError("symmetric Monte Carlo needs a magnetic potential (M > 1)")
-    if init == 3 and (changed is None or changed.shape[0] < offsets.shape[0] - 1
+    if init >= 3 and (changed is None or changed.shape[0] < offsets.shape[0] - 1
                       or changed.shape[0] < mag.shape[0]):
         raise ValueError("init 3 needs the per-entry ``changed`` flags")
-    if init not in (0, 1, 2, 3):
-        raise ValueError(f"init must be 0, 1, 2 or 3, got {init}")
+    if init not in (0, 1, 2, 3, 4):
+        raise ValueError(f"init must be 0, 1, 2, 3 or 4, got {init}")
+    if init == 4 and (old_mag is None or old_mag.shape[0] < mag.shape[0]):
+        raise ValueError("init 4 needs the entries' previous moments ``old_mag``")
     if seed_from < 0 or seed_from > n_centres:
         seed_from = n_centres
     if redo_hi < 0 or redo_hi > n_centres:
@@ -707,7 +714,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                 # energies in batches of lanes
                 n_redo = 0
                 for k in range(redo_lo, redo_hi):
-                    if init == 3:
+                    if init >= 3:
                         hit = changed[k]
                         p = offsets[k]
                         while not hit and p < offsets[k + 1]:
@@ -726,6 +733,23 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                         k = redo[k0 + slot]
                         if (init == 2 and k < n_seeded) or (init >= 2 and k >= seed_from):
                             memcpy(Bs + slot * width, &cache[k, 0], width * sizeof(double))
+                        elif init == 4 and not changed[k] and t.M > 1:
+                            # the changed pair terms onto the cached basic moments
+                            row = Bs + slot * width
+                            memcpy(row, &cache[k, 0], width * sizeof(double))
+                            for p in range(offsets[k], offsets[k + 1]):
+                                j = nbrs[p]
+                                if not changed[j]:
+                                    continue
+                                dvec[0] = pos[j, 0] - pos[k, 0]
+                                dvec[1] = pos[j, 1] - pos[k, 1]
+                                dvec[2] = pos[j, 2] - pos[k, 2]
+                                if dvec[0] * dvec[0] + dvec[1] * dvec[1] + dvec[2] * dvec[2] >= rc2:
+                                    continue
+                                trial_tables(&t, types[j], old_mag[j], mag[j], nsets, symmetric, H, ps)
+                                add_pair_change(&t, H, nsets, types[k], mag[k], symmetric, dvec, mu_start,
+                                                Q, mono, monoB, df, row, ps)
+                            memcpy(&cache[k, 0], row, width * sizeof(double))
                         else:
                             gather_cols(&t, c, k, pos, types, mag, offsets, nbrs, False, symmetric)
                             forward_pm(&t, c)

@@ -268,7 +268,7 @@ class MTPEngine:
                    site_energies: np.ndarray, cache: np.ndarray, init: int, symmetric: bool = False,
                    incremental: bool = True, trial_delta: np.ndarray | None = None,
                    n_seeded: int = 0, changed: np.ndarray | None = None, seed_from: int = -1,
-                   redo: tuple[int, int] = (0, -1)) -> int:
+                   redo: tuple[int, int] = (0, -1), old_magmoms_all: np.ndarray | None = None) -> int:
         """Metropolis moment moves of the atoms ``moves`` in the kernels (``_kernels.metropolis_moves``:
         no Python per trial; a trial updates only the pair terms and site energies it changes).
 
@@ -282,8 +282,10 @@ class MTPEngine:
         ``basic_out`` on ``nl``); 3 only for the centres that are or see an entry with ``changed``
         (n_total, bool) set; 0 neither. With 2 and 3 the rows ≥ ``seed_from`` (when ≥ 0) are the
         caller's as well (their energies are computed, not their basic moments), and only the
-        centres in the range ``redo`` (stop < 0: to the end) are considered. Returns the number
-        of accepted moves."""
+        centres in the range ``redo`` (stop < 0: to the end) are considered. 4 is 3 done
+        incrementally from the entries' previous moments ``old_magmoms_all``: the centres keep
+        their basic moments and gain the changed pair terms. Returns the number of accepted
+        moves."""
         symmetric = bool(symmetric and self.pot.magnetic)
         i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
         f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
@@ -296,7 +298,8 @@ class MTPEngine:
             float(flip_fraction), float(max_change), float(beta), magmoms, site_energies, cache,
             int(init), symmetric, bool(incremental), delta, int(n_seeded),
             None if changed is None else np.ascontiguousarray(changed, dtype=np.uint8),
-            int(seed_from), int(redo[0]), int(redo[1])))
+            int(seed_from), int(redo[0]), int(redo[1]),
+            None if old_magmoms_all is None else np.ascontiguousarray(old_magmoms_all, dtype=np.float64)))
 
     # ------------------------------------------------------------------ configurations
     def evaluate(self, cfg: Configuration, magmoms: np.ndarray | None = None, *,
