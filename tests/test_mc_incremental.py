@@ -187,3 +187,40 @@ def test_sweep_starts_from_the_force_evaluations_basic_moments(name):
     fresh = ff.site_energies_of(m1[ff.nl.image_of], np.arange(n, dtype=np.int64))
     assert np.abs(s1 - fresh).max() < 1e-10 * np.abs(fresh).max()
     assert e1 == pytest.approx(fresh.sum(), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["shipped_symmetric_large", "two_species_M5_large", "shipped_self_images",
+                                  "one_species_M17"])
+def test_incremental_refresh_equals_recomputation(name):
+    """``init=4`` (the parallel sweep's refresh after another rank's moves): the centres that
+    see changed entries keep their cached basic moments and gain the changed pair terms; a
+    centre whose own moment changed is recomputed. Caches and site energies equal those of a
+    fresh model at the new moments (to 1e-10 relative), and the centres that see no change keep
+    theirs exactly."""
+    ff, cfg, lo, hi = _setup(name)
+    n = len(cfg)
+    magmoms = cfg.magmoms.copy()
+    model = MTPSiteModel(ff, magmoms)
+    site = np.zeros(n)
+    model.update_site_energies(site)                       # init 1: everything from neighbours
+    cache_before, site_before = model._cache.copy(), site.copy()
+    rng = np.random.default_rng(4)
+    moved = rng.choice(n, size=max(1, n // 64), replace=False)
+    new_moments = magmoms.copy()
+    new_moments[moved] = rng.uniform(lo[moved], hi[moved])
+    old = model.mag.copy()
+    model.mag[:] = new_moments[ff.nl.image_of]              # every image entry of the moved atoms
+    changed = model.mag != old
+    model._init, model._changed, model._old_mag = 4, changed, old
+    model.update_site_energies(site)
+    fresh = MTPSiteModel(ff, new_moments)
+    site_ref = np.zeros(n)
+    fresh.update_site_energies(site_ref)
+    scale = np.abs(fresh._cache).max()
+    assert np.abs(model._cache - fresh._cache).max() <= 1e-10 * scale
+    assert np.abs(site - site_ref).max() <= 1e-10 * np.abs(site_ref).max()
+    nl = ff.nl
+    sees = np.array([changed[i] or changed[nl.neighbors[nl.offsets[i]:nl.offsets[i + 1]]].any() for i in range(n)])
+    assert sees.any() and (not sees.all() or n < 64)
+    assert np.array_equal(model._cache[~sees], cache_before[~sees]) and np.array_equal(site[~sees], site_before[~sees])
+    assert np.abs(site[sees] - site_before[sees]).max() > 0
