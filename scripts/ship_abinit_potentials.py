@@ -68,8 +68,8 @@ def ship(key: str, log=print) -> Path:
     dest = OUT / f"{spec['name']}.almtp"
     if state.finished and state.final_refit:
         pot = load_potential(current)
-        status = f"converged: {state.stop_reason}" if state.stop_reason.startswith("converged") \
-            else f"finished: {state.stop_reason}"
+        status = state.stop_reason if state.stop_reason.startswith("converged") \
+            else f"finished: {state.stop_reason}"          # (the loop's reason says "converged: ...")
         refit = dict(state.final_refit)
     else:
         tset = settings.train_settings(first=False, final=True)
