@@ -284,7 +284,6 @@ cdef void add_pair_change(Tables* t, const double* H, int nsets, int zk, double 
 cdef struct PairBuf:
     int cap         # pairs per trial at most: every array below is (rows, cap)
     double* U       # (3, cap) unit vectors
-    double* E       # (cap,) (r_cut − r)²·scaling
     double* Q       # (R, cap) radial basis
     double* PS      # (M, cap) ψ_b(m_k) of the centres
     double* DF      # (nsets·K, cap) Δf of each set and radial function (the centres' terms)
@@ -299,15 +298,14 @@ cdef int pairbuf_alloc(Tables* t, int nsets, int cap, PairBuf* pb) noexcept nogi
     cdef size_t n = <size_t> (cap if cap > 0 else 1)
     pb.cap = <int> n
     pb.U = <double*> mmtp_calloc64(3 * n, sizeof(double))      # rows of cap doubles (a multiple of 8),
-    pb.E = <double*> mmtp_calloc64(n, sizeof(double))          # each on a cache line
-    pb.Q = <double*> mmtp_calloc64(t.R * n, sizeof(double))
+    pb.Q = <double*> mmtp_calloc64(t.R * n, sizeof(double))      # each on a cache line
     pb.PS = <double*> mmtp_calloc64(t.M * n, sizeof(double))
     pb.DF = <double*> mmtp_calloc64(nsets * t.K * n, sizeof(double))
     pb.DF2 = <double*> mmtp_calloc64(nsets * t.K * n, sizeof(double))
     pb.QP = <double*> mmtp_calloc64(nsets * t.R * t.M * n, sizeof(double))
     pb.MONO = <double*> mmtp_calloc64(t.n_mono * n, sizeof(double))
     pb.Z = <int*> malloc(n * sizeof(int))
-    if pb.U == NULL or pb.E == NULL or pb.Q == NULL or pb.PS == NULL or pb.DF == NULL or pb.DF2 == NULL \
+    if pb.U == NULL or pb.Q == NULL or pb.PS == NULL or pb.DF == NULL or pb.DF2 == NULL \
             or pb.MONO == NULL or pb.Z == NULL or pb.QP == NULL:
         pairbuf_free(pb)
         return -1
@@ -315,9 +313,9 @@ cdef int pairbuf_alloc(Tables* t, int nsets, int cap, PairBuf* pb) noexcept nogi
 
 
 cdef void pairbuf_free(PairBuf* pb) noexcept nogil:
-    free(pb.U); free(pb.E); free(pb.Q); free(pb.PS); free(pb.DF); free(pb.DF2); free(pb.MONO); free(pb.Z)
+    free(pb.U); free(pb.Q); free(pb.PS); free(pb.DF); free(pb.DF2); free(pb.MONO); free(pb.Z)
     free(pb.QP)
-    pb.U = NULL; pb.E = NULL; pb.Q = NULL; pb.PS = NULL; pb.DF = NULL; pb.DF2 = NULL; pb.MONO = NULL
+    pb.U = NULL; pb.Q = NULL; pb.PS = NULL; pb.DF = NULL; pb.DF2 = NULL; pb.MONO = NULL
     pb.Z = NULL; pb.QP = NULL
 
 
@@ -563,7 +561,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     cdef double dvec[3]
     cdef Py_ssize_t n_redo
     cdef bint hit
-    pb.U = NULL; pb.E = NULL; pb.Q = NULL; pb.PS = NULL; pb.DF = NULL; pb.DF2 = NULL; pb.MONO = NULL
+    pb.U = NULL; pb.Q = NULL; pb.PS = NULL; pb.DF = NULL; pb.DF2 = NULL; pb.MONO = NULL
     pb.Z = NULL; pb.QP = NULL; pb.cap = 0
     if symmetric and t.M < 2:
         raise ValueError("symmetric Monte Carlo needs a magnetic potential (M > 1)")
