@@ -1,6 +1,6 @@
 """Ship the potentials of the real-DFT campaigns (issue 17) to inputs/potentials/.
 
-    python scripts/ship_abinit_potentials.py [--systems fe feal]
+    python scripts/ship_abinit_potentials.py [--systems fe feal] [--ensemble-max-iter N]
 
 For each campaign (``inputs/learn_fe_abinit`` → ``fe_bcc_abinit.almtp``,
 ``inputs/learn_feal_abinit`` → ``feal_b2_abinit.almtp``):
@@ -56,7 +56,7 @@ LIMITS = [
 ]
 
 
-def ship(key: str, log=print) -> Path:
+def ship(key: str, log=print, ensemble_max_iter: int = 0) -> Path:
     spec = SYSTEMS[key]
     campaign = REPO / "inputs" / spec["campaign"]
     settings = load_learn_settings(campaign / "input.toml")
@@ -102,13 +102,16 @@ def ship(key: str, log=print) -> Path:
     }
     write_card(dest, card)
     ens = OUT / f"{spec['name']}_ensemble"
-    members = sorted((work / "ensemble").glob("member_*.almtp")) if state.finished else []
+    members = sorted((work / "ensemble").glob("member_*.almtp")) if state.finished and not ensemble_max_iter else []
     if len(members) < settings.train.ensemble and settings.train.ensemble:
-        # the loop has not made its ensemble yet: the same members, trained here afresh
+        # the loop has not made its ensemble yet (or longer member fits are asked for): the same
+        # members, trained here afresh
         tmp_dir = ens.with_name(ens.name + ".tmp")
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        log(f"{spec['name']}: training an ensemble of {settings.train.ensemble} (fresh random starts)")
-        train_ensemble(dest, training, settings, species, tmp_dir, log=lambda s: None)
+        log(f"{spec['name']}: training an ensemble of {settings.train.ensemble} (fresh random starts"
+            + (f", {ensemble_max_iter} iterations each)" if ensemble_max_iter else ")"))
+        train_ensemble(dest, training, settings, species, tmp_dir, log=lambda s: None,
+                       max_iter=ensemble_max_iter or None)
         shutil.rmtree(ens, ignore_errors=True)
         tmp_dir.rename(ens)
         members = sorted(ens.glob("member_*.almtp"))
@@ -126,9 +129,13 @@ def ship(key: str, log=print) -> Path:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    p.add_argument("--ensemble-max-iter", type=int, default=0, metavar="N",
+                   help="train the ensemble here with N iterations per member (fresh random starts, "
+                        "the loop's seeds) instead of taking the loop's (0: the loop's, or [train] "
+                        "ensemble_max_iter / max_iter where the loop has none yet)")
     args = p.parse_args()
     for key in args.systems:
-        ship(key)
+        ship(key, ensemble_max_iter=args.ensemble_max_iter)
     return 0
 
 

@@ -188,9 +188,15 @@ def test_final_ensemble_is_trained_once_and_spreads(tmp_path):
     from mmtp_hpc.training.ensemble import ensemble_predict
 
     path = write_input(tmp_path, max_iterations=1, steps=20, a="2.86", temperatures="300.0",
-                       max_iter=60, retrain=20, train_extra="ensemble = 2\nfinal_max_iter = 40")
-    state = run_learning(load_learn_settings(path), stream=io.StringIO(), md_stream=None)
+                       max_iter=60, retrain=20,
+                       train_extra="ensemble = 2\nfinal_max_iter = 40\nensemble_max_iter = 25")
+    log = io.StringIO()
+    state = run_learning(load_learn_settings(path), stream=log, md_stream=None)
     assert state.finished
+    # members fit [train] ensemble_max_iter iterations from their random starts (not max_iter)
+    assert log.getvalue().count("iterations max") >= 2
+    assert all(line.endswith("25 iterations max") for line in log.getvalue().splitlines()
+               if line.startswith("ensemble member"))
     # the final refit: from the loop's last potential, lower loss, and it is what current.almtp holds
     work = tmp_path / "work"
     last = max(r["iteration"] for r in state.history if "training_size" in r)     # the last one trained

@@ -979,9 +979,10 @@ def dft_totals(history: list[dict]) -> dict:
 
 def train_ensemble(current: Path, training: list[Configuration], settings: LearnSettings,
                    species: list[str], directory: Path, comm: Any = None,
-                   log: Callable[[str], None] = print) -> None:
+                   log: Callable[[str], None] = print, max_iter: int | None = None) -> None:
     """``[train] ensemble`` members fitted afresh (random starts, seeds seed+1, seed+2, …) to
-    ``training`` with the basis and intervals of the potential ``current``, in ``directory``
+    ``training`` with the basis and intervals of the potential ``current`` (``max_iter``, default
+    ``[train] ensemble_max_iter`` or else ``max_iter``, iterations each), in ``directory``
     (member_NN.almtp, training errors in ensemble.json); each is saved as it is done, so a rerun
     trains only the missing ones."""
     import dataclasses as dc
@@ -995,6 +996,10 @@ def train_ensemble(current: Path, training: list[Configuration], settings: Learn
     root = comm.Get_rank() == 0
     n = settings.train.ensemble
     base = dc.replace(settings.train_settings(first=True), init="random")
+    if max_iter is None:
+        max_iter = settings.train.ensemble_max_iter
+    if max_iter:
+        base = dc.replace(base, max_iter=int(max_iter))
     errors = {}
     for i in range(n):
         path = directory / f"member_{i:02d}.almtp"

@@ -160,6 +160,9 @@ class LearnTrainSettings:
                          "ends (fresh random starts, seeds seed+1, seed+2, …; 0: none): "
                          "workdir/ensemble/member_NN.almtp, for uncertainty (mmtp validate --ensemble)",
                          integer(0, 64))
+    ensemble_max_iter: int = _key(0, "iterations of each ensemble member (0: max_iter); a member starts "
+                                  "from random coefficients, so it needs about as many as the first fit "
+                                  "and the refits together", integer(0))
 
 
 @dataclass
