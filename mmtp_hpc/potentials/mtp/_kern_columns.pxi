@@ -429,45 +429,27 @@ cdef void derivatives_cols(Tables* t, Cols* c, double* pair_grad, double* pair_d
         backward_pair(t, c.mom, c.g)
         for s in range(2):
             adjoints_into(t, c.g + s, 2, scale, c.adj + s * 4 * K * nm)
-    j0 = 0
-    if magnetic_only:
-        if not mag:
-            dmi[0] = 0.0
-            return
-        while j0 < n:
-            for s in range(c.nsets):
-                for mu in range(K):
-                    mmtp_row_block(c.adj + (s * K + mu) * 4 * nm, t.mu_len[mu], c.mono + j0, ld,
-                                   c.GB + (s * K + mu) * 4 * ld + j0)
-            j0 += c.nb
-        for s in range(c.nsets):
-            mmtp_combine_magnetic_cols(c.GB + s * 4 * K * ld, c.Fmj + s * K * ld, c.Fmi + s * K * ld, K, n,
-                                       ld, c.comb + s * 6 * ld)
+    if magnetic_only and not mag:
         dmi[0] = 0.0
-        for s in range(c.nsets):
-            cb = c.comb + s * 6 * ld
-            acc = 0.0
-            for col in range(n):
-                acc = acc + cb[5 * ld + col]
-            dmi[0] += acc
-        for col in range(n):
-            p = c.pair[col]
-            if p < 0:
-                continue
-            dmj = c.comb[4 * ld + col]
-            if c.nsets > 1:
-                dmj = dmj + c.comb[6 * ld + 4 * ld + col]
-            pair_dmj[p] = dmj
         return
+    j0 = 0
     while j0 < n:       # one column block at a time: its monomials stay in L1 for all rows
         for s in range(c.nsets):
             for mu in range(K):
-                mmtp_adjoint_block(c.adj + (s * K + mu) * 4 * nm, nm, t.mu_len[mu], c.mu_low[mu],
-                                   c.mono + j0, ld, c.GB + (s * K + mu) * 4 * ld + j0, ld)
+                if magnetic_only:       # the adjoint row G alone
+                    mmtp_row_block(c.adj + (s * K + mu) * 4 * nm, t.mu_len[mu], c.mono + j0, ld,
+                                   c.GB + (s * K + mu) * 4 * ld + j0)
+                else:
+                    mmtp_adjoint_block(c.adj + (s * K + mu) * 4 * nm, nm, t.mu_len[mu], c.mu_low[mu],
+                                       c.mono + j0, ld, c.GB + (s * K + mu) * 4 * ld + j0, ld)
         j0 += c.nb
     for s in range(c.nsets):
-        mmtp_combine_cols(c.GB + s * 4 * K * ld, c.F + s * K * ld, c.Fr + s * K * ld,
-                          c.Fmj + s * K * ld, c.Fmi + s * K * ld, K, n, ld, mag, c.comb + s * 6 * ld)
+        if magnetic_only:
+            mmtp_combine_magnetic_cols(c.GB + s * 4 * K * ld, c.Fmj + s * K * ld, c.Fmi + s * K * ld, K, n,
+                                       ld, c.comb + s * 6 * ld)
+        else:
+            mmtp_combine_cols(c.GB + s * 4 * K * ld, c.F + s * K * ld, c.Fr + s * K * ld,
+                              c.Fmj + s * K * ld, c.Fmi + s * K * ld, K, n, ld, mag, c.comb + s * 6 * ld)
     dmi[0] = 0.0
     for s in range(c.nsets):
         cb = c.comb + s * 6 * ld
@@ -479,6 +461,12 @@ cdef void derivatives_cols(Tables* t, Cols* c, double* pair_grad, double* pair_d
     for col in range(n):
         p = c.pair[col]
         if p < 0:
+            continue
+        if magnetic_only:
+            dmj = c.comb[4 * ld + col]
+            if c.nsets > 1:
+                dmj = dmj + c.comb[6 * ld + 4 * ld + col]
+            pair_dmj[p] = dmj
             continue
         cb = c.comb
         A = cb[col]
