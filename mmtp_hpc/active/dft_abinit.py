@@ -68,6 +68,8 @@ HARTREE_EV = 27.211386245988        # eV (CODATA 2018)
 BOHR_ANGSTROM = 0.529177210903      # Å (CODATA 2018)
 
 INPUT_NAME = "run.abi"
+# first line of a mirrored input's marker (see write_abinit_input)
+MIRROR_MARK = "# mmtp_hpc: moments mirrored (M -> -M; the label negates the moments and dE/dm back)"
 OUTPUT_NAME = "run.abo"
 EFS_BY = "abinit"
 
@@ -181,12 +183,23 @@ def write_abinit_input(cfg: Configuration, directory: str | os.PathLike, species
     are written as ABINIT types (in type order). The cell and positions are written in bohr.
     With ``constrained=False`` the moments are only the starting guess (``constraint_kind 0``):
     the unconstrained magnetic ground state, used to validate a potential's relaxed moments.
+
+    A configuration whose moments sum to less than zero is written mirrored (M → −M, marked by
+    :data:`MIRROR_MARK` in ``run.abi``): ABINIT sizes its default band count for the majority
+    spin from a positive ``spinat`` sum only, and stops ("not enough bands to get charge balance
+    right") on a strongly negative one. Without spin–orbit coupling E(−M) = E(M), forces and
+    stress are unchanged and the moments and ∂E/∂m change sign, which :func:`unmirror` applies
+    to the result (:func:`is_mirrored` reads the mark back). The mirror keeps every label on the
+    same band rule as its positive twin; a user ``nband`` in ``extra`` is written as given.
     """
     from ase.data import atomic_numbers
 
     directory = Path(directory)
     n = len(cfg)
     m, present, symbols = constrained_inputs(cfg, species, target_moments, "ABINIT")
+    mirrored = bool(m.sum() < 0.0)
+    if mirrored:
+        m = -m
     for s in symbols:
         if s not in atomic_numbers:
             raise InputError(f"{s!r} is not a chemical symbol", field="species")
@@ -212,6 +225,8 @@ def write_abinit_input(cfg: Configuration, directory: str | os.PathLike, species
     lines = ["# constrained-moment ground state written by mmtp_hpc.active.dft_abinit"]
     if comment:
         lines += ["# " + line for line in comment.splitlines()]
+    if mirrored:
+        lines.append(MIRROR_MARK)
     lines += [f"natom {n}", f"ntypat {len(present)}",
               "typat " + " ".join(str(abinit_type[t]) for t in cfg.types.tolist()),
               "znucl " + " ".join(str(atomic_numbers[s]) for s in symbols),
@@ -426,6 +441,25 @@ def read_abinit_output(path: str | os.PathLike, log: str | os.PathLike | None = 
                          path=name)
     return AbinitResult(energy=energy, forces=forces, stress=stress, magmoms=moments,
                         magnetic_gradient=gradient)
+
+
+def is_mirrored(input_path: str | os.PathLike) -> bool:
+    """Whether the ABINIT input ``input_path`` was written mirrored (M → −M) by
+    :func:`write_abinit_input`; False for an input that does not exist or lacks the mark."""
+    try:
+        with open(input_path, encoding="utf-8", errors="replace") as fh:
+            return any(line.rstrip("\n") == MIRROR_MARK for line in fh)
+    except OSError:
+        return False
+
+
+def unmirror(result: AbinitResult) -> AbinitResult:
+    """The result of the configuration whose mirror image (M → −M) ABINIT computed: energy, forces
+    and stress unchanged (no spin–orbit coupling), moments and ∂E/∂m negated."""
+    return AbinitResult(energy=result.energy, forces=result.forces, stress=result.stress,
+                        magmoms=-result.magmoms,
+                        magnetic_gradient=None if result.magnetic_gradient is None
+                        else -result.magnetic_gradient)
 
 
 def label_from_abinit(cfg: Configuration, result: AbinitResult, source: str = "") -> Configuration:

@@ -427,7 +427,10 @@ class _AbinitWriter(_Writer):
         path = directory / dft_abinit.OUTPUT_NAME
         # ABINIT's log: its stdout here, or what a batch job script wrote (abinit.log)
         log = next((directory / n for n in ("abinit.log", "stdout.txt") if (directory / n).is_file()), None)
-        return label_from_abinit(cfg, read_abinit_output(path, log=log), source=str(path))
+        result = read_abinit_output(path, log=log)
+        if dft_abinit.is_mirrored(directory / dft_abinit.INPUT_NAME):
+            result = dft_abinit.unmirror(result)
+        return label_from_abinit(cfg, result, source=str(path))
 
 
 def _substitute(arg: str, values: Mapping[str, str]) -> str:

@@ -14,6 +14,11 @@ file named by ``STANDIN_PLAN`` (default for every index: ``"ok"``):
 - ``"miss:D"``: ``"ok"`` with every sphere moment D μB off its target;
 - ``"sleep:S"``: ``"ok"`` after S seconds.
 
+Like ABINIT 9.6 with its default band count, every run whose ``spinat`` sums to less than
+−2 μB (2-atom Fe: 17 bands per spin hold at most 34 electrons, the majority spin of a sum −M
+needs (32 + M)/2) stops with the stored "not enough bands" error (exit status 14) whatever the
+plan says: the writer must never send such an input.
+
 Every call appends ``index start end nstep cwd`` to the file named by ``STANDIN_CALLS``.
 """
 
@@ -28,6 +33,7 @@ HERE = Path(__file__).resolve().parent / "abinit_real"
 OK = HERE / "fe2_a2.86_m2.2_constrained.abo"
 NOT_CONVERGED = HERE / "fe2_nstep6_not_converged.abo"
 ERROR_LOG = HERE / "fe2_chksymtnons_error.log"
+NBAND_LOG = HERE / "fe2_negative_moments_nband_error.log"
 
 
 def targets_and_nstep(abi: str) -> tuple[list[float], int]:
@@ -66,7 +72,10 @@ def main() -> int:
     status = 0
     if kind == "sleep":
         time.sleep(float(arg))
-    if kind == "error":
+    if sum(moments) < -2.0:
+        sys.stdout.write(NBAND_LOG.read_text())
+        status = 14
+    elif kind == "error":
         sys.stdout.write(ERROR_LOG.read_text())
         status = 14
     elif kind == "scf" and nstep < int(arg):
