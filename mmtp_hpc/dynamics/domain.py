@@ -231,6 +231,10 @@ class DomainForceField(ForceField):
         self.types_all = np.ascontiguousarray(np.rint(data[:, 0]), dtype=np.int32)
         self.ids_all = np.rint(data[:, 1]).astype(np.int64)
         self.build_cell = cell
+        if self.monte_carlo:
+            # where the entries were at the build, for the Monte Carlo model of this list
+            self.build_positions_all = positions.copy()
+            self.build_reciprocal = d.reciprocal.copy()
         self.rebuilds += 1
         self.generation += 1
 
@@ -321,8 +325,13 @@ class DomainForceField(ForceField):
 
     def monte_carlo_layout(self, state: MDState, evaluation: Evaluation,
                            previous=None) -> "DomainSweepLayout":
-        """Parallel Monte Carlo by sectors (migrates the atoms first): :class:`DomainSweepLayout`."""
-        return DomainSweepLayout(self, state, evaluation)
+        """Parallel Monte Carlo by sectors (migrates the atoms first where needed):
+        :class:`DomainSweepLayout`; ``previous``: the model of the previous sweep, kept while the
+        list lives."""
+        if not self.monte_carlo:
+            raise RuntimeError("parallel Monte Carlo needs a force field built with monte_carlo=True "
+                               "(a halo of two cutoffs plus the skin)")
+        return DomainSweepLayout(self, state, evaluation, previous)
 
     # ------------------------------------------------------------------ gathering
     def gather(self, state: Atoms, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
@@ -371,19 +380,28 @@ def evaluate_distributed(engine, cfg, comm, magmoms: np.ndarray | None = None, s
 
 # --------------------------------------------------------------------------- parallel Monte Carlo
 class DomainSiteModel(NativeMetropolis):
-    """The MC :class:`~mmtp_hpc.dynamics.moments.SiteModel` of one rank: centres are the owned
-    atoms and the ghosts within one cutoff of the subdomain (each atom once), on a list built
-    at the current positions; a moment change is written to every entry of that atom."""
+    """The MC :class:`~mmtp_hpc.dynamics.moments.SiteModel` of one rank, for one generation of the
+    force field's list: centres are the owned atoms and the ghosts that can come within one
+    cutoff of an owned atom while the list lives (each atom once); a moment change is written
+    to every entry of that atom.
 
-    def __init__(self, ff: DomainForceField, state: MDState, basic: np.ndarray | None = None,
-                 margin: float = 0.0):
+    Built once per list (:meth:`for_step` reuses it while ``ff.generation`` holds): the centres,
+    their pairs within cutoff + skin at the list's build positions, the atom → entry maps and
+    the row exchange with the ghost centres' owners. Every atom stays within half the skin of
+    its build position while the list is valid, so a pair inside the cutoff at any step of the
+    generation is in these pairs, and a ghost within a cutoff of an owned atom (which may have
+    left the subdomain by half the skin) was within cutoff + skin of the subdomain at the build.
+    :meth:`start_step` takes the step's positions and moments; the kernels count only pairs
+    inside the cutoff at those positions."""
+
+    def __init__(self, ff: DomainForceField, state: MDState):
         nl, d = ff.nl, ff.decomp
         n = nl.n_local
         self.ff = ff
-        frac = d.fractional(nl.positions)
-        # ghost centres: within one cutoff of the subdomain, plus ``margin`` where the owned atoms
-        # may have left it (by up to half the skin: no migration this step)
-        reach = d.halo_fraction(ff.cutoff + margin)
+        self.generation = ff.generation
+        build = ff.build_positions_all
+        frac = build @ ff.build_reciprocal.T
+        reach = (ff.cutoff + ff.skin) * np.linalg.norm(ff.build_reciprocal, axis=1) + 1e-9
         lo = np.where(d.pbc, d.lo - reach, -np.inf)
         hi = np.where(d.pbc, d.hi + reach, np.inf)
         inner = np.all((frac >= lo) & (frac < hi), axis=1)
@@ -394,39 +412,63 @@ class DomainSiteModel(NativeMetropolis):
         ghost_centres = candidates[np.sort(first)]
         rest = np.setdiff1d(np.arange(n, nl.n_total), ghost_centres, assume_unique=True)
         self.order = np.concatenate([np.arange(n), ghost_centres, rest]).astype(np.int64)
-        positions = np.ascontiguousarray(nl.positions[self.order])
         self.n_centres = n + len(ghost_centres)
-        offsets, neighbors = find_pairs(positions, self.n_centres, ff.cutoff)
+        offsets, neighbors = find_pairs(np.ascontiguousarray(build[self.order]), self.n_centres,
+                                        ff.cutoff + ff.skin)
         m = len(self.order)
+        positions = np.ascontiguousarray(nl.positions[self.order])
         self.nl = NeighborList(n_local=self.n_centres, positions=positions, image_of=np.arange(m, dtype=np.int64),
                                shifts=np.zeros((m, 3), dtype=np.int64), offsets=offsets, neighbors=neighbors,
-                               cutoff=ff.cutoff, skin=0.0, cell=nl.cell, pbc=nl.pbc,
+                               cutoff=ff.cutoff, skin=ff.skin, cell=nl.cell, pbc=nl.pbc,
                                wrap_shifts=np.zeros((self.n_centres, 3), dtype=np.int64),
-                               reference_positions=positions[:self.n_centres].copy())
+                               reference_positions=np.ascontiguousarray(build[self.order[:self.n_centres]]))
         self.types = np.ascontiguousarray(ff.types_all[self.order], dtype=np.int32)
         ids = ids_all[self.order]
         # entries that are (images of) owned atoms, grouped by owned index
         own = np.isin(ids, state.ids)
         owner = np.full(m, -1, dtype=np.int64)
         owner[own] = np.searchsorted(state.ids, ids[own])
+        self.entry_owner = owner
         entries = np.flatnonzero(own)
         srt = np.argsort(owner[entries], kind="stable")
         self.image_entries = entries[srt]
         self.image_offsets = np.concatenate([[0], np.cumsum(np.bincount(owner[entries], minlength=n))])
-        # centres whose energy depends on owned atom i: those with an image of i as neighbour, and i
-        self.affected_centres, self.affected_offsets = ff.engine.affected_centres(self.nl, owner, n)
         self.engine, self.symmetric = ff.engine, bool(ff.symmetric)
-        self.maps = {"entry_owner": owner, "image_entries": self.image_entries,
-                     "image_offsets": self.image_offsets, "affected_centres": self.affected_centres,
-                     "affected_offsets": self.affected_offsets}
-        self._native_setup()
-        self.mag = np.ascontiguousarray(ff.spread(state.magmoms)[self.order])
-        self.site_en = np.zeros(self.n_centres)
         self.n_owned = n
+        self.owned_ids = np.array(state.ids, dtype=np.int64)
+        self._native_setup()
+        self.site_en = np.zeros(self.n_centres)
         # the ghost centres' rows come from their owners (by id): their basic moments from the
         # owners' force evaluation, and after each sector the owners' refreshed rows
         self.exchange = (RowExchange(ff.comm, state.ids, ids[n:self.n_centres])
                          if self._cache is not None else None)
+
+    @classmethod
+    def for_step(cls, ff: DomainForceField, state: MDState, basic: np.ndarray | None,
+                 previous: "DomainSiteModel | None" = None) -> "DomainSiteModel":
+        """The model of this step: ``previous`` where it belongs to the force field's current
+        list (and the same owned atoms), else a new one; then :meth:`start_step`."""
+        keep = (isinstance(previous, cls) and previous.ff is ff and previous.generation == ff.generation
+                and np.array_equal(previous.owned_ids, state.ids))
+        model = previous if keep else cls(ff, state)
+        model.start_step(state, basic)
+        return model
+
+    def start_step(self, state: MDState, basic: np.ndarray | None = None) -> None:
+        """The step's positions (the force field's list, moved) and moments; the centres each
+        atom affects at these positions; the caches seeded from ``basic`` (the owned atoms' basic
+        moments of the step's force evaluation) where every rank has them (collective)."""
+        ff, n = self.ff, self.n_owned
+        np.take(ff.nl.positions, self.order, axis=0, out=self.nl.positions)
+        self.nl.cell = ff.nl.cell
+        # centres whose energy depends on owned atom i: those with an image of i as neighbour
+        # inside the cutoff, and i
+        self.affected_centres, self.affected_offsets = ff.engine.affected_centres(self.nl, self.entry_owner, n)
+        self.maps = {"entry_owner": self.entry_owner, "image_entries": self.image_entries,
+                     "image_offsets": self.image_offsets, "affected_centres": self.affected_centres,
+                     "affected_offsets": self.affected_offsets}
+        self._reset_native()
+        self.mag = np.ascontiguousarray(ff.spread(state.magmoms)[self.order])
         seeded = basic is not None and self._cache is not None and basic.shape == (n, self._cache.shape[1])
         if self._cache is not None and ff.comm.allreduce(int(seeded), op=min_op()):
             # the owned centres' basic moments from the step's force evaluation (carried through
@@ -499,7 +541,8 @@ class DomainSweepLayout:
     statistically equivalent, not identical.
     """
 
-    def __init__(self, ff: DomainForceField, state: MDState, evaluation: Evaluation):
+    def __init__(self, ff: DomainForceField, state: MDState, evaluation: Evaluation,
+                 previous: DomainSiteModel | None = None):
         basic = (evaluation.basic[1] if evaluation.basic is not None and evaluation.basic[0] == ff.generation
                  else None)                       # the owned centres' basic moments, this list
         evaluation.basic = None
@@ -517,7 +560,7 @@ class DomainSweepLayout:
             basic = carry.get("basic")
         self.ff = ff
         d = ff.decomp
-        self.model = DomainSiteModel(ff, state, basic, margin=0.0 if self.migrated else 0.5 * ff.skin)
+        self.model = DomainSiteModel.for_step(ff, state, basic, previous)
         n = state.n_atoms
         split = np.flatnonzero(d.grid > 1)
         half = np.floor((d.fractional(ff.nl.positions[:n]) - d.lo) * d.grid * 2.0).astype(np.int64)

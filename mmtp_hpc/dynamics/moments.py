@@ -325,6 +325,10 @@ class NativeMetropolis:
 
     def _native_setup(self) -> None:
         self._cache = self.engine.metropolis_cache(self.nl.n_local, self.symmetric) if self.native else None
+        self._reset_native()
+
+    def _reset_native(self) -> None:
+        """Nothing in the caches is current (new positions): the next moves redo everything."""
         # what the kernels redo before the next moves: 1 everything, 2 everything but the seeded
         # rows' basic moments, 3 the centres that see a changed entry, 0 nothing
         self._init = 1
