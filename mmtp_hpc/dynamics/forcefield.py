@@ -173,27 +173,22 @@ class ForceField:
         t2 = time.perf_counter()
         site = res.site_energies
         energy = float(self.reduce(np.array([site.sum()]))[0])
-        if not derivatives:
-            self.time[self.fold_timer] += (t1 - t0) + (time.perf_counter() - t2)
-            self.time["force"] += t2 - t1
-            return Evaluation(energy, site, None, None, None)
+        forces = virial = grad = None
         if derivatives == "magnetic":
             grad = (np.ascontiguousarray(self.fold(res.magnetic_gradient.reshape(-1, 1))[:, 0])
                     if self.magnetic else np.zeros(nl.n_local))
-            self.time[self.fold_timer] += (t1 - t0) + (time.perf_counter() - t2)
-            self.time["force"] += t2 - t1
-            return Evaluation(energy, site, None, None, grad)
-        per_entry = np.empty((nl.n_total, 4))
-        per_entry[:, :3] = res.forces
-        per_entry[:, 3] = res.magnetic_gradient if self.magnetic else 0.0
-        owned = self.fold(per_entry)
-        forces = np.ascontiguousarray(owned[:, :3])
-        grad = np.ascontiguousarray(owned[:, 3]) if self.magnetic else np.zeros(nl.n_local)
-        virial = self.reduce(res.virial)
+        elif derivatives:
+            per_entry = np.empty((nl.n_total, 4))
+            per_entry[:, :3] = res.forces
+            per_entry[:, 3] = res.magnetic_gradient if self.magnetic else 0.0
+            owned = self.fold(per_entry)
+            forces = np.ascontiguousarray(owned[:, :3])
+            grad = np.ascontiguousarray(owned[:, 3]) if self.magnetic else np.zeros(nl.n_local)
+            virial = self.reduce(res.virial)
         self.time[self.fold_timer] += (t1 - t0) + (time.perf_counter() - t2)
         self.time["force"] += t2 - t1
-        return Evaluation(energy, site, forces, virial, grad,
-                          None if cache is None else (self.generation, cache))
+        handed = None if (cache is None or derivatives is not True) else (self.generation, cache)
+        return Evaluation(energy, site, forces, virial, grad, handed)
 
     def _basic_buffer(self, n_local: int) -> np.ndarray | None:
         """The array the evaluations hand their basic moments over in (one per force field,

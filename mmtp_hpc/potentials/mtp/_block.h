@@ -293,29 +293,42 @@ static inline void mmtp_rowdots(const double *f, const double *x, int ldx, int n
 }
 
 /* Per-neighbour sums over the radial functions of one coefficient set (K rows each):
- *   A[j]  = Σ_μ G[μ,0,j] f'_μ[j],   B_d[j] = Σ_μ f_μ[j] G[μ,d,j] (d = 1..3),
- *   dmj[j] = Σ_μ G[μ,0,j] ∂f_μ/∂m_j,  dmi[j] = Σ_μ G[μ,0,j] ∂f_μ/∂m_i   (the last two when mag)
- * G rows (μ, d) at G[(4μ + d)·ld]; f, f', ∂f/∂m_j, ∂f/∂m_i rows μ at [μ·ld]. out: 6 rows of ld. */
+ *   A[j]  = Σ_μ G[μ,0,j] f'_μ[j],   B_d[j] = Σ_μ f_μ[j] G[μ,d,j] (d = 1..3)   (when forces),
+ *   dmj[j] = Σ_μ G[μ,0,j] ∂f_μ/∂m_j,  dmi[j] = Σ_μ G[μ,0,j] ∂f_μ/∂m_i       (when mag)
+ * G rows (μ, d) at G[(4μ + d)·ld]; f, f', ∂f/∂m_j, ∂f/∂m_i rows μ at [μ·ld]. out: 6 rows of ld
+ * (rows 0..3 only written with forces, rows 4..5 only with mag; f and fr unused without forces:
+ * the magnetic-only evaluation forms no G rows d = 1..3). */
 static inline void mmtp_combine_cols(const double *G, const double *f, const double *fr,
                                      const double *fmj, const double *fmi, int K, int n, int ld,
-                                     int mag, double *out)
+                                     int forces, int mag, double *out)
 {
     double *A = out, *Bx = out + ld, *By = out + 2 * ld, *Bz = out + 3 * ld;
     double *Dj = out + 4 * ld, *Di = out + 5 * ld;
     int mu, j;
-    #pragma omp simd
-    for (j = 0; j < n; j++) {
-        A[j] = 0.0; Bx[j] = 0.0; By[j] = 0.0; Bz[j] = 0.0; Dj[j] = 0.0; Di[j] = 0.0;
-    }
-    for (mu = 0; mu < K; mu++) {
-        const double *g0 = G + (4 * mu) * ld, *g1 = g0 + ld, *g2 = g1 + ld, *g3 = g2 + ld;
-        const double *fm = f + mu * ld, *frm = fr + mu * ld;
+    if (forces) {
         #pragma omp simd
         for (j = 0; j < n; j++) {
-            A[j] += g0[j] * frm[j];
-            Bx[j] += fm[j] * g1[j];
-            By[j] += fm[j] * g2[j];
-            Bz[j] += fm[j] * g3[j];
+            A[j] = 0.0; Bx[j] = 0.0; By[j] = 0.0; Bz[j] = 0.0;
+        }
+    }
+    if (mag) {
+        #pragma omp simd
+        for (j = 0; j < n; j++) {
+            Dj[j] = 0.0; Di[j] = 0.0;
+        }
+    }
+    for (mu = 0; mu < K; mu++) {
+        const double *g0 = G + (4 * mu) * ld;
+        if (forces) {
+            const double *g1 = g0 + ld, *g2 = g1 + ld, *g3 = g2 + ld;
+            const double *fm = f + mu * ld, *frm = fr + mu * ld;
+            #pragma omp simd
+            for (j = 0; j < n; j++) {
+                A[j] += g0[j] * frm[j];
+                Bx[j] += fm[j] * g1[j];
+                By[j] += fm[j] * g2[j];
+                Bz[j] += fm[j] * g3[j];
+            }
         }
         if (mag) {
             const double *fj = fmj + mu * ld, *fi = fmi + mu * ld;
@@ -324,27 +337,6 @@ static inline void mmtp_combine_cols(const double *G, const double *f, const dou
                 Dj[j] += g0[j] * fj[j];
                 Di[j] += g0[j] * fi[j];
             }
-        }
-    }
-}
-
-/* mmtp_combine_cols' magnetic sums alone: dmj[j] = Σ_μ G[μ,0,j] ∂f_μ/∂m_j, dmi[j] = Σ_μ G[μ,0,j] ∂f_μ/∂m_i
- * (out rows 4 and 5; rows 0..3, the force sums, are not written) */
-static inline void mmtp_combine_magnetic_cols(const double *G, const double *fmj, const double *fmi, int K,
-                                              int n, int ld, double *out)
-{
-    double *Dj = out + 4 * ld, *Di = out + 5 * ld;
-    int mu, j;
-    #pragma omp simd
-    for (j = 0; j < n; j++) {
-        Dj[j] = 0.0; Di[j] = 0.0;
-    }
-    for (mu = 0; mu < K; mu++) {
-        const double *g0 = G + (4 * mu) * ld, *fj = fmj + mu * ld, *fi = fmi + mu * ld;
-        #pragma omp simd
-        for (j = 0; j < n; j++) {
-            Dj[j] += g0[j] * fj[j];
-            Di[j] += g0[j] * fi[j];
         }
     }
 }

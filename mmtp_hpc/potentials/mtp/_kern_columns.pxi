@@ -40,10 +40,8 @@ cdef extern from "_block.h" nogil:
                              int ld, double* mono)
     void mmtp_rowdots(const double* f, const double* x, int ldx, int nq, int n, double* out)
     void mmtp_combine_cols(const double* G, const double* f, const double* fr, const double* fmj,
-                           const double* fmi, int K, int n, int ld, int mag, double* out)
+                           const double* fmi, int K, int n, int ld, int forces, int mag, double* out)
     void mmtp_row_block(const double* a, int len, const double* x, int ldx, double* out)
-    void mmtp_combine_magnetic_cols(const double* G, const double* fmj, const double* fmi, int K, int n,
-                                    int ld, double* out)
 
 
 def block_width() -> int:
@@ -444,12 +442,9 @@ cdef void derivatives_cols(Tables* t, Cols* c, double* pair_grad, double* pair_d
                                        c.mono + j0, ld, c.GB + (s * K + mu) * 4 * ld + j0, ld)
         j0 += c.nb
     for s in range(c.nsets):
-        if magnetic_only:
-            mmtp_combine_magnetic_cols(c.GB + s * 4 * K * ld, c.Fmj + s * K * ld, c.Fmi + s * K * ld, K, n,
-                                       ld, c.comb + s * 6 * ld)
-        else:
-            mmtp_combine_cols(c.GB + s * 4 * K * ld, c.F + s * K * ld, c.Fr + s * K * ld,
-                              c.Fmj + s * K * ld, c.Fmi + s * K * ld, K, n, ld, mag, c.comb + s * 6 * ld)
+        mmtp_combine_cols(c.GB + s * 4 * K * ld, c.F + s * K * ld, c.Fr + s * K * ld,
+                          c.Fmj + s * K * ld, c.Fmi + s * K * ld, K, n, ld, not magnetic_only, mag,
+                          c.comb + s * 6 * ld)
     dmi[0] = 0.0
     for s in range(c.nsets):
         cb = c.comb + s * 6 * ld
