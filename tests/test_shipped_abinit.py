@@ -18,7 +18,7 @@ import pytest
 from mmtp_hpc.active.oracles import oracle_from_settings
 from mmtp_hpc.active.validate import validate
 from mmtp_hpc.cli import main
-from mmtp_hpc.io.potential_card import read_card
+from mmtp_hpc.io.potential_card import range_warnings, read_card
 from mmtp_hpc.potentials.mtp.engine import MTPEngine
 from mmtp_hpc.potentials.mtp.mlip_io import load_potential
 from mmtp_hpc.settings import read_toml
@@ -57,6 +57,51 @@ def test_card_states_the_range_and_the_dft(name, capsys):
     out = capsys.readouterr().out
     for key in ("status", "lattice range", "DFT runs", "training RMSE", "limits"):
         assert key in out
+
+
+def test_range_warnings_follow_the_card():
+    card = read_card(POT / "fe_bcc_abinit.almtp")
+    tr = card["training"]
+    v_lo, v_hi = tr["volume_per_atom_A3"]
+    m_lo, m_hi = tr["moments_uB"]["Fe"]
+    inside = 0.5 * (v_lo + v_hi)
+    assert range_warnings(card, 2, 2 * inside, {"Fe": (m_lo, m_hi)}) == []
+    assert range_warnings(None, 2000, 1.0, {"Fe": (9.0, 9.0)}) == []
+    (line,) = range_warnings(card, 2, 2 * v_hi * 1.05, {"Fe": (1.0, 2.0)})
+    assert "volume per atom" in line and "outside" in line
+    (line,) = range_warnings(card, 2, 2 * inside, {"Fe": (1.0, m_hi + 0.5)})
+    assert "moments of Fe" in line
+    (line,) = range_warnings(card, 2, 2 * inside, {"Al": (0.0, 0.0)})
+    assert "species Al" in line
+    (line,) = range_warnings(card, 54, 54 * inside, {"Fe": (2.0, 2.2)})
+    assert "cells of 2 atoms only" in line and "54 atoms" in line
+    analytic = read_card(POT / "fe_bcc_analytic_l16.almtp")      # 16-atom cells: no size warning
+    lines = range_warnings(analytic, 250, 250 * np.mean(analytic["training"]["volume_per_atom_A3"]),
+                           {"Fe": (2.0, 2.2)})
+    assert len(lines) == 1 and "not physics" in lines[0]
+
+
+def test_md_warns_outside_the_training_range(tmp_path, capsys):
+    toml = tmp_path / "md.toml"
+    toml.write_text(f"""[system]
+lattice = "bcc"
+a = 2.83
+repeat = 3
+species = ["Fe"]
+magmoms = 2.2
+[potential]
+file = "{POT / 'fe_bcc_abinit.almtp'}"
+[md]
+steps = 1
+[moments]
+mode = "fixed"
+[output]
+trajectory = ""
+checkpoint = ""
+""")
+    assert main(["md", str(toml)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the potential was trained on cells of 2 atoms only; in 54 atoms" in out
 
 
 def test_fe_agrees_with_the_stored_abinit_results(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TextIO
 
 import numpy as np
@@ -607,7 +608,39 @@ def build_simulation(settings: RunSettings, restart: str | Path | None = None,
                       f"moments {mo.mode}; potential {pot_path} (level {pot.level}, "
                       f"{'magnetic' if pot.magnetic else 'non-magnetic'}"
                       f"{', symmetrised' if forcefield.symmetric else ''}); run to step {md.steps}")
+    if checkpoint is None:
+        _warn_outside_range(stream, pot_path, state, species, comm)
     return sim
+
+
+def _warn_outside_range(stream: TextIO | None, pot_path, state: MDState, species: Sequence[str],
+                        comm) -> None:
+    """Warnings where the starting system lies outside the training range on the potential's
+    card (collective under MPI: moments reduced over the ranks)."""
+    from mmtp_hpc.io.potential_card import range_warnings, read_card
+
+    try:
+        card = read_card(pot_path)
+    except InputError as exc:
+        _note(stream, f"warning: {exc}")
+        return
+    if not card:
+        return
+    local = {}
+    for t, sym in enumerate(species):
+        m = state.magmoms[state.types == t]
+        if len(m):
+            local[sym] = (float(m.min()), float(m.max()))
+    ranges = local
+    if comm is not None and comm.Get_size() > 1:
+        ranges = {}
+        for part in comm.allgather(local):
+            for sym, (lo, hi) in part.items():
+                old = ranges.get(sym, (lo, hi))
+                ranges[sym] = (min(old[0], lo), max(old[1], hi))
+    volume = float(abs(np.linalg.det(state.cell))) if np.all(state.pbc) else None
+    for line in range_warnings(card, state.n_global, volume, ranges):
+        _note(stream, "warning: " + line)
 
 
 def _check_moment_bounds(state: MDState, lo: np.ndarray, hi: np.ndarray, mode: str, source: str | None,

@@ -81,6 +81,48 @@ def read_card(potential: str | os.PathLike) -> dict[str, Any] | None:
     return data
 
 
+def range_warnings(card: Mapping[str, Any] | None, n_atoms: int, volume: float | None,
+                   moments: Mapping[str, tuple[float, float]] | None = None) -> list[str]:
+    """What of a system lies outside the training range on ``card`` (one line each; empty when
+    all lies inside or there is no card): the volume per atom, the moments per species (``moments``:
+    symbol → (min, max) over the system's atoms), species the potential was not trained on, and
+    a larger cell where every training cell had at most 4 atoms (each atom there sees periodic
+    copies of one or two environments: phonons of other wave vectors and non-uniform moments
+    go beyond them). A potential marked "not physics" on its card says so too. These are
+    warnings: the extrapolation grade measures how far a configuration is from the training set."""
+    if not card:
+        return []
+    out = []
+    text = f"{card.get('description', '')} {card.get('status', '')}"
+    if "NOT PHYSICS" in text.upper():
+        out.append("the potential's card says it is not physics (fitted to the analytic model): "
+                   "its numbers are for tests and demonstrations only")
+    tr = card.get("training") or {}
+    vr = tr.get("volume_per_atom_A3")
+    if volume is not None and vr and n_atoms > 0:
+        vpa = volume / n_atoms
+        if not vr[0] * (1 - 1e-6) <= vpa <= vr[1] * (1 + 1e-6):
+            a2 = (2.0 * vpa) ** (1.0 / 3.0)
+            out.append(f"the volume per atom, {vpa:.3f} Å³ (a = {a2:.3f} Å for a 2-atom cubic cell), is "
+                       f"outside the training range {vr[0]}–{vr[1]} Å³")
+    sizes = tr.get("atoms_per_configuration") or []
+    if sizes and max(sizes) <= 4 < n_atoms:
+        out.append(f"the potential was trained on cells of {' and '.join(map(str, sizes))} atoms only; "
+                   f"in {n_atoms} atoms the local environments (other phonons, non-uniform moments) "
+                   "go beyond its training range: watch the extrapolation grade ([extrapolation] every)")
+    trained = tr.get("moments_uB") or {}
+    for sym, (lo, hi) in (moments or {}).items():
+        if trained and sym not in trained and tr.get("species") and sym not in tr["species"]:
+            out.append(f"species {sym} is not in the potential's training set ({', '.join(tr['species'])})")
+            continue
+        if sym in trained:
+            tlo, thi = trained[sym]
+            if lo < tlo - 1e-9 or hi > thi + 1e-9:
+                out.append(f"the moments of {sym} span {lo:+.2f} … {hi:+.2f} μB, outside the training "
+                           f"range {tlo:+.2f} … {thi:+.2f} μB")
+    return out
+
+
 def card_lines(card: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(key, value) lines for ``mmtp info``."""
     rows = []
