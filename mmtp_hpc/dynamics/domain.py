@@ -445,19 +445,23 @@ class DomainSiteModel(NativeMetropolis):
 
     @classmethod
     def for_step(cls, ff: DomainForceField, state: MDState, basic: np.ndarray | None,
-                 previous: "DomainSiteModel | None" = None) -> "DomainSiteModel":
+                 previous: "DomainSiteModel | None" = None,
+                 site_energies: np.ndarray | None = None) -> "DomainSiteModel":
         """The model of this step: ``previous`` where it belongs to the force field's current
         list (and the same owned atoms), else a new one; then :meth:`start_step`."""
         keep = (isinstance(previous, cls) and previous.ff is ff and previous.generation == ff.generation
                 and np.array_equal(previous.owned_ids, state.ids))
         model = previous if keep else cls(ff, state)
-        model.start_step(state, basic)
+        model.start_step(state, basic, site_energies)
         return model
 
-    def start_step(self, state: MDState, basic: np.ndarray | None = None) -> None:
+    def start_step(self, state: MDState, basic: np.ndarray | None = None,
+                   site_energies: np.ndarray | None = None) -> None:
         """The step's positions (the force field's list, moved) and moments; the centres each
         atom affects at these positions; the caches seeded from ``basic`` (the owned atoms' basic
-        moments of the step's force evaluation) where every rank has them (collective)."""
+        moments of the step's force evaluation) where every rank has them (collective), and with
+        them the centres' energies: the owned ones from ``site_energies`` (that evaluation's), the
+        ghost centres' from their owners, instead of a pass over the rows."""
         ff, n = self.ff, self.n_owned
         np.take(ff.nl.positions, self.order, axis=0, out=self.nl.positions)
         self.nl.cell = ff.nl.cell
@@ -476,6 +480,11 @@ class DomainSiteModel(NativeMetropolis):
             self._cache[:n] = basic
             self.exchange.fetch(basic, out=self._cache[n:self.n_centres])
             self._init, self._n_seeded, self._seed_from = 2, n, n
+            if site_energies is not None:
+                self.site_en[:n] = site_energies
+                self.exchange.fetch(np.reshape(site_energies, (n, 1)),
+                                    out=self.site_en[n:self.n_centres].reshape(-1, 1))
+                self._init, self._n_seeded, self._seed_from = 0, 0, -1
 
     def refresh(self, magmoms: np.ndarray, ghosts: bool = True) -> None:
         """Moments of all entries from their owners (forward communication), after the moves of
@@ -560,7 +569,7 @@ class DomainSweepLayout:
             basic = carry.get("basic")
         self.ff = ff
         d = ff.decomp
-        self.model = DomainSiteModel.for_step(ff, state, basic, previous)
+        self.model = DomainSiteModel.for_step(ff, state, basic, previous, evaluation.site_energies)
         n = state.n_atoms
         split = np.flatnonzero(d.grid > 1)
         half = np.floor((d.fractional(ff.nl.positions[:n]) - d.lo) * d.grid * 2.0).astype(np.int64)

@@ -357,14 +357,16 @@ class NativeMetropolis:
         self._seed_from, self._redo, self._old_mag = -1, (0, -1), None
         return accepted
 
-    def seed(self, generation: int, basic: np.ndarray) -> None:
+    def seed(self, generation: int, basic: np.ndarray, energies_current: bool = False) -> None:
         """Start the next sweep from the basic moments of the step's force evaluation
         (``Evaluation.basic``: this model's list, its moments, taken over) instead of a pass of
-        its own; ignored where they do not fit."""
+        its own; ignored where they do not fit. ``energies_current``: the site energies the
+        moves will be given are that evaluation's too (the same numbers to rounding), so no pass
+        recomputes them from the rows."""
         if (self._cache is not None and generation == getattr(self, "generation", None)
                 and basic.shape == self._cache.shape):
             self._cache = basic
-            self._init, self._n_seeded = 2, len(basic)
+            self._init, self._n_seeded = (0, 0) if energies_current else (2, len(basic))
 
     def update_site_energies(self, out: np.ndarray) -> None:
         """Bring ``out`` (the centres' energies, kept by the caller between calls) up to date
@@ -546,7 +548,7 @@ class SerialSweepLayout:
     def __init__(self, forcefield, state: MDState, evaluation: Evaluation, previous=None):
         self.model = MTPSiteModel(forcefield, state.magmoms, previous)
         if evaluation.basic is not None:
-            self.model.seed(*evaluation.basic)
+            self.model.seed(*evaluation.basic, energies_current=True)   # the sweep's energies are the step's
             evaluation.basic = None
         self.sectors = [np.arange(state.n_atoms, dtype=np.int64)]
         self.evaluation = evaluation
