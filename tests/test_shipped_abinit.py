@@ -73,6 +73,9 @@ def test_range_warnings_follow_the_card():
     assert "moments of Fe" in line
     (line,) = range_warnings(card, 2, 2 * inside, {"Al": (0.0, 0.0)})
     assert "species Al" in line
+    plain = {**card, "training": {k: v for k, v in tr.items() if k != "moments_uB"}}   # no moments
+    (line,) = range_warnings(plain, 2, 2 * inside, {"Al": (0.0, 0.0)})
+    assert "species Al" in line
     (line,) = range_warnings(card, 54, 54 * inside, {"Fe": (2.0, 2.2)})
     assert "cells of 2 atoms only" in line and "54 atoms" in line
     analytic = read_card(POT / "fe_bcc_analytic_l16.almtp")      # 16-atom cells: no size warning

@@ -111,11 +111,11 @@ def range_warnings(card: Mapping[str, Any] | None, n_atoms: int, volume: float |
                    f"in {n_atoms} atoms the local environments (other phonons, non-uniform moments) "
                    "go beyond its training range: watch the extrapolation grade ([extrapolation] every)")
     trained = tr.get("moments_uB") or {}
+    known = tr.get("species") or []
     for sym, (lo, hi) in (moments or {}).items():
-        if trained and sym not in trained and tr.get("species") and sym not in tr["species"]:
-            out.append(f"species {sym} is not in the potential's training set ({', '.join(tr['species'])})")
-            continue
-        if sym in trained:
+        if known and sym not in known:
+            out.append(f"species {sym} is not in the potential's training set ({', '.join(known)})")
+        elif sym in trained:
             tlo, thi = trained[sym]
             if lo < tlo - 1e-9 or hi > thi + 1e-9:
                 out.append(f"the moments of {sym} span {lo:+.2f} … {hi:+.2f} μB, outside the training "
