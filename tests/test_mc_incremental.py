@@ -136,10 +136,24 @@ def _affected_by_sorting(nl, entry_owner, n_atoms):
     return key % n, np.concatenate([[0], np.cumsum(np.bincount(key // n, minlength=n_atoms))])
 
 
+def _pairs_by_loop(nl, entry_owner, n_atoms):
+    """The reference of the kernels' pair lists: per atom a, the (centre k ≠ a, vector) of every
+    entry of a strictly inside the cutoff, in the order of the centres and their entries."""
+    per_atom = [[] for _ in range(n_atoms)]
+    for k in range(nl.n_local):
+        for j in nl.neighbors[nl.offsets[k]:nl.offsets[k + 1]]:
+            a = entry_owner[j]
+            d = nl.positions[j] - nl.positions[k]
+            if 0 <= a < n_atoms and a != k and d @ d < nl.cutoff ** 2:
+                per_atom[a].append((k, d))
+    return per_atom
+
+
 @pytest.mark.parametrize("repeat, skin", [(1, 0.5), (2, 0.0), (3, 1.0)])
 def test_affected_centres_match_sorting(repeat, skin):
-    """Self images (repeat 1), several images of one atom per centre, pairs in the skin (left
-    out), and owners that are not atoms (−1 and ≥ n_atoms: ignored)."""
+    """``metropolis_maps``: the affected centres against sorting, and the pairs each move changes
+    against a loop. Self images (repeat 1), several images of one atom per centre, pairs in the
+    skin (left out), and owners that are not atoms (−1 and ≥ n_atoms: ignored)."""
     pot = load_potential(FE_POT)
     cfg = bcc(a=2.84, repeat=repeat, species=1, seed=4, jitter=0.1, moment=2.0)
     ff = ForceField(MTPEngine(pot), symmetric=True, skin=skin)
@@ -147,12 +161,21 @@ def test_affected_centres_match_sorting(repeat, skin):
     nl, n = ff.nl, len(cfg)
     for owner, n_atoms in ((nl.image_of, n), (np.where(nl.image_of % 3 == 1, -1, nl.image_of), n),
                            (nl.image_of, max(n - 2, 1))):
-        got = MTPEngine.affected_centres(nl, owner, n_atoms)
+        got = MTPEngine.metropolis_maps(nl, owner, n_atoms)
         want = _affected_by_sorting(nl, np.asarray(owner, dtype=np.int64), n_atoms)
         np.testing.assert_array_equal(got[1], want[1])
         np.testing.assert_array_equal(got[0], want[0])
         if n > 1:
             assert len(got[0]) > n_atoms        # not only the atoms themselves
+        pair_off, pair_k, pair_d, fast = got[2]
+        assert len(pair_off) == n_atoms + 2 and len(fast) == n_atoms + 1
+        for a, pairs in enumerate(_pairs_by_loop(nl, np.asarray(owner, dtype=np.int64), n_atoms)):
+            q = slice(pair_off[a], pair_off[a + 1])
+            assert pair_k[q].tolist() == [k for k, _ in pairs]
+            np.testing.assert_array_equal(pair_d[q], np.array([d for _, d in pairs]).reshape(-1, 3))
+            # the lane path only where the affected centres are a and its pairs' centres, once each
+            if fast[a]:
+                assert sorted([a] + pair_k[q].tolist()) == got[0][got[1][a]:got[1][a + 1]].tolist()
 
 
 @pytest.mark.parametrize("name", ["shipped_symmetric_large", "shipped_plain", "two_species_M5_large"])
@@ -189,38 +212,33 @@ def test_sweep_starts_from_the_force_evaluations_basic_moments(name):
     assert e1 == pytest.approx(fresh.sum(), rel=1e-12)
 
 
-@pytest.mark.parametrize("name", ["shipped_symmetric_large", "two_species_M5_large", "shipped_self_images",
-                                  "one_species_M17"])
-def test_incremental_refresh_equals_recomputation(name):
-    """``init=4`` (the parallel sweep's refresh after another rank's moves): the centres that
-    see changed entries keep their cached basic moments and gain the changed pair terms; a
-    centre whose own moment changed is recomputed. Caches and site energies equal those of a
-    fresh model at the new moments (to 1e-10 relative), and the centres that see no change keep
-    theirs exactly."""
+@pytest.mark.parametrize("name", ["shipped_symmetric_large", "two_species_M5", "shipped_self_images"])
+def test_moves_mark_the_centres_they_change(name):
+    """``touched``: the kernels mark exactly the centres whose cache row or energy an accepted
+    move changed (the affected centres of the atoms whose moments changed; the parallel sweep
+    sends those rows to their owners). The unmarked centres keep their rows and energies bit
+    for bit; the lane path (large cells) and the general path (own images) both mark."""
     ff, cfg, lo, hi = _setup(name)
     n = len(cfg)
     magmoms = cfg.magmoms.copy()
     model = MTPSiteModel(ff, magmoms)
     site = np.zeros(n)
-    model.update_site_energies(site)                       # init 1: everything from neighbours
-    cache_before, site_before = model._cache.copy(), site.copy()
-    rng = np.random.default_rng(4)
-    moved = rng.choice(n, size=max(1, n // 64), replace=False)
-    new_moments = magmoms.copy()
-    new_moments[moved] = rng.uniform(lo[moved], hi[moved])
-    old = model.mag.copy()
-    model.mag[:] = new_moments[ff.nl.image_of]              # every image entry of the moved atoms
-    changed = model.mag != old
-    model._init, model._changed, model._old_mag = 4, changed, old
     model.update_site_energies(site)
-    fresh = MTPSiteModel(ff, new_moments)
-    site_ref = np.zeros(n)
-    fresh.update_site_energies(site_ref)
-    scale = np.abs(fresh._cache).max()
-    assert np.abs(model._cache - fresh._cache).max() <= 1e-10 * scale
-    assert np.abs(site - site_ref).max() <= 1e-10 * np.abs(site_ref).max()
-    nl = ff.nl
-    sees = np.array([changed[i] or changed[nl.neighbors[nl.offsets[i]:nl.offsets[i + 1]]].any() for i in range(n)])
-    assert sees.any() and (not sees.all() or n < 64)
-    assert np.array_equal(model._cache[~sees], cache_before[~sees]) and np.array_equal(site[~sees], site_before[~sees])
-    assert np.abs(site[sees] - site_before[sees]).max() > 0
+    cache0, site0, mag0 = model._cache.copy(), site.copy(), magmoms.copy()
+    model._touched = np.zeros(n, dtype=np.uint8)
+    mc = MonteCarloMoments(sweeps=1, flip_fraction=0.0, max_change=0.05, temperature_K=3000.0,
+                           lo=lo, hi=hi, streams=Streams(2))
+    order_keys, draws = mc.random_numbers(np.arange(n), 1)
+    moves = np.argsort(order_keys[:, 0], kind="stable")[:3].astype(np.int64)
+    accepted = model.metropolis(moves, draws, 0, lo, hi, mc.flip_fraction, mc.max_change,
+                                1.0 / (KB_EV_PER_K * 3000.0), magmoms, site)
+    moved = np.flatnonzero(magmoms != mag0)
+    assert accepted == len(moved) > 0
+    want = np.zeros(n, dtype=bool)
+    for a in moved:
+        want[model.affected(a)] = True
+    touched = model._touched.astype(bool)
+    assert np.array_equal(touched, want)
+    assert np.array_equal(model._cache[~touched], cache0[~touched]) and np.array_equal(site[~touched], site0[~touched])
+    if n > 16:
+        assert not touched.all()

@@ -375,18 +375,23 @@ def test_mpi_bench_time_split_adds_up_and_efs_says_why_it_is_slow(tmp_path):
     assert "atoms per rank" in proc.stdout and "single evaluation cannot amortise" in proc.stdout
 
 
-@pytest.mark.parametrize("ranks", [1, 2])
-def test_mpi_incremental_monte_carlo_makes_full_recomputations_decisions(tmp_path, ranks):
+@pytest.mark.parametrize("ranks, cells, grid", [(1, (16, 4, 4), [1, 1, 1]), (2, (16, 4, 4), [2, 1, 1]),
+                                                (4, (16, 16, 4), [2, 2, 1])])
+def test_mpi_incremental_monte_carlo_makes_full_recomputations_decisions(tmp_path, ranks, cells, grid):
     """Sector-parallel MC through the kernels' incremental moves (from the force evaluation's
     basic moments, and from their own pass) and through the Python loop (full site energies per
-    trial), same random numbers: the same moves on 1 and 2 ranks, and the energy the sweep
-    reports is the potential's. The atoms moved after the list was built, and on 2 ranks the
-    sectors hold without a migration (half a subdomain ≥ two cutoffs plus the skin)."""
+    trial), same random numbers: the same moves on 1, 2 and 4 ranks, and the energy the sweep
+    reports is the potential's. The atoms moved after the list was built, and on 2 and 4 ranks
+    the sectors hold without a migration (half a subdomain ≥ two cutoffs plus the skin). On the
+    2 × 2 grid a centre in a corner is changed by a diagonal neighbour's moves: its row reaches
+    its owner and then the third rank (the rows a rank's moves changed go back to their owners,
+    then every rank fetches its ghost centres' rows)."""
     out = tmp_path / "mc.json"
-    _ok(run_mpi(ranks, SCRIPTS / "mc_sectors.py", FE_POT, out, timeout=600))
+    _ok(run_mpi(ranks, SCRIPTS / "mc_sectors.py", FE_POT, out, *cells, timeout=600))
     res = json.loads(out.read_text())
-    assert res["ranks"] == ranks
-    assert res["accepted"][0] == res["accepted"][1] == res["accepted"][2] > 0.2 * 2 * 2 * 512
+    assert res["ranks"] == ranks and res["grid"] == grid
+    n = 2 * int(np.prod(cells))
+    assert res["accepted"][0] == res["accepted"][1] == res["accepted"][2] > 0.2 * 2 * 2 * n
     assert res["same_moments"]
     assert res["max_site_diff"] < 1e-10
     assert res["energy_vs_fresh"] < 1e-10

@@ -446,33 +446,38 @@ class DomainSiteModel(NativeMetropolis):
     @classmethod
     def for_step(cls, ff: DomainForceField, state: MDState, basic: np.ndarray | None,
                  previous: "DomainSiteModel | None" = None,
-                 site_energies: np.ndarray | None = None) -> "DomainSiteModel":
+                 site_energies: np.ndarray | None = None,
+                 mag_all: np.ndarray | None = None) -> "DomainSiteModel":
         """The model of this step: ``previous`` where it belongs to the force field's current
         list (and the same owned atoms), else a new one; then :meth:`start_step`."""
         keep = (isinstance(previous, cls) and previous.ff is ff and previous.generation == ff.generation
                 and np.array_equal(previous.owned_ids, state.ids))
         model = previous if keep else cls(ff, state)
-        model.start_step(state, basic, site_energies)
+        model.start_step(state, basic, site_energies, mag_all)
         return model
 
     def start_step(self, state: MDState, basic: np.ndarray | None = None,
-                   site_energies: np.ndarray | None = None) -> None:
+                   site_energies: np.ndarray | None = None, mag_all: np.ndarray | None = None) -> None:
         """The step's positions (the force field's list, moved) and moments; the centres each
         atom affects at these positions; the caches seeded from ``basic`` (the owned atoms' basic
         moments of the step's force evaluation) where every rank has them (collective), and with
         them the centres' energies: the owned ones from ``site_energies`` (that evaluation's), the
-        ghost centres' from their owners, instead of a pass over the rows."""
+        ghost centres' from their owners, instead of a pass over the rows. ``mag_all``: the list
+        entries' moments of that evaluation (spread again when None)."""
         ff, n = self.ff, self.n_owned
         np.take(ff.nl.positions, self.order, axis=0, out=self.nl.positions)
         self.nl.cell = ff.nl.cell
         # centres whose energy depends on owned atom i: those with an image of i as neighbour
         # inside the cutoff, and i
-        self.affected_centres, self.affected_offsets = ff.engine.affected_centres(self.nl, self.entry_owner, n)
+        self.affected_centres, self.affected_offsets, self._pairs = ff.engine.metropolis_maps(
+            self.nl, self.entry_owner, n)
         self.maps = {"entry_owner": self.entry_owner, "image_entries": self.image_entries,
                      "image_offsets": self.image_offsets, "affected_centres": self.affected_centres,
                      "affected_offsets": self.affected_offsets}
         self._reset_native()
-        self.mag = np.ascontiguousarray(ff.spread(state.magmoms)[self.order])
+        spread = ff.spread(state.magmoms) if mag_all is None else mag_all
+        self.mag = np.ascontiguousarray(spread[self.order])
+        self._touched = np.zeros(self.n_centres, dtype=np.uint8)   # what a sector's moves change
         seeded = basic is not None and self._cache is not None and basic.shape == (n, self._cache.shape[1])
         if self._cache is not None and ff.comm.allreduce(int(seeded), op=min_op()):
             # the owned centres' basic moments from the step's force evaluation (carried through
@@ -487,28 +492,38 @@ class DomainSiteModel(NativeMetropolis):
                 self._init, self._n_seeded, self._seed_from = 0, 0, -1
 
     def refresh(self, magmoms: np.ndarray, ghosts: bool = True) -> None:
-        """Moments of all entries from their owners (forward communication), after the moves of
-        a sector (collective). The owned centres that see an entry another rank moved gain the
-        changes of those pair terms; then (``ghosts``) the ghost centres take their owners' refreshed
-        rows, and those that see a changed entry get their energies from them. Without a cache,
-        the kernels redo every centre that sees a changed entry."""
-        new = np.ascontiguousarray(self.ff.spread(magmoms)[self.order])
-        changed = new != self.mag
-        old, self.mag = self.mag, new
+        """After the moves of a sector (collective): every centre's row and energy up to date.
+
+        With the caches current (the usual case) nothing is recomputed. A centre changes in a
+        sector by the moves of one rank only (same-sector moves of different ranks are more than
+        two cutoffs apart), and that rank holds it, as an owned or a ghost centre, with its row
+        and energy updated by its accepted moves (the kernels mark them). So the rows and
+        energies of the ghost centres a rank's moves changed go to their owners
+        (:meth:`RowExchange.send_back`); then (``ghosts``) the owners send the changed ones on to
+        the ranks that hold them as ghost centres, and the entries take the other ranks' moments
+        (forward communication). Before the first moves of the step (caches not yet filled) the
+        entries take the moments, and the seeded rows are dropped where the moments changed."""
         n, nc = self.n_owned, self.n_centres
         if self._cache is not None and self._init == 0:
-            self._init, self._changed, self._redo, self._old_mag = 4, changed, (0, n), old
-            self.update_site_energies(self.site_en)            # the owned centres
+            touched = self._touched
+            ghost = np.flatnonzero(touched[n:nc])
+            back = np.empty((len(ghost), self._cache.shape[1] + 1))
+            back[:, :-1] = self._cache[n + ghost]
+            back[:, -1] = self.site_en[n + ghost]
+            at, rows = self.exchange.send_back(ghost, back)
+            self._cache[at] = rows[:, :-1]
+            self.site_en[at] = rows[:, -1]
             if ghosts:
-                self.exchange.fetch(self._cache[:n], out=self._cache[n:nc])
-                self._init, self._changed, self._redo, self._seed_from = 3, changed, (n, nc), n
+                touched[at] = 1
+                self.exchange.fetch_changed(touched[:n], [self._cache[:n], self.site_en[:n]],
+                                            [self._cache[n:nc], self.site_en[n:nc]])
+                self.mag = np.ascontiguousarray(self.ff.spread(magmoms)[self.order])
+            touched[:] = 0
             return
-        if self._init == 0:
-            self._init, self._changed = 3, changed
-        elif self._init == 3:
-            self._changed |= changed
-        elif self._init == 2 and changed.any():
+        new = np.ascontiguousarray(self.ff.spread(magmoms)[self.order])
+        if self._init == 2 and np.any(new != self.mag):
             self._init = 1                      # the seeded basic moments are out of date
+        self.mag = new
 
     def all_site_energies(self) -> np.ndarray:
         """Site energies of every centre (owned and ghost), up to date: the array the kernels'
@@ -554,7 +569,8 @@ class DomainSweepLayout:
                  previous: DomainSiteModel | None = None):
         basic = (evaluation.basic[1] if evaluation.basic is not None and evaluation.basic[0] == ff.generation
                  else None)                       # the owned centres' basic moments, this list
-        evaluation.basic = None
+        mag_all = evaluation.entry_moments if basic is not None else None
+        evaluation.basic = evaluation.entry_moments = None
         # atoms migrate first, unless the sectors keep their separation on the step's list
         self.migrated = not ff.sectors_hold()
         if self.migrated:
@@ -567,9 +583,10 @@ class DomainSweepLayout:
             evaluation.site_energies = carry["site_energies"].reshape(-1)
             evaluation.magnetic_gradient = carry["magnetic_gradient"].reshape(-1)
             basic = carry.get("basic")
+            mag_all = None                        # new entries: spread again
         self.ff = ff
         d = ff.decomp
-        self.model = DomainSiteModel.for_step(ff, state, basic, previous, evaluation.site_energies)
+        self.model = DomainSiteModel.for_step(ff, state, basic, previous, evaluation.site_energies, mag_all)
         n = state.n_atoms
         split = np.flatnonzero(d.grid > 1)
         half = np.floor((d.fractional(ff.nl.positions[:n]) - d.lo) * d.grid * 2.0).astype(np.int64)

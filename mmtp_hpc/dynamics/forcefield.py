@@ -188,7 +188,7 @@ class ForceField:
         self.time[self.fold_timer] += (t1 - t0) + (time.perf_counter() - t2)
         self.time["force"] += t2 - t1
         handed = None if (cache is None or derivatives is not True) else (self.generation, cache)
-        return Evaluation(energy, site, forces, virial, grad, handed)
+        return Evaluation(energy, site, forces, virial, grad, handed, mag_all if handed else None)
 
     def _basic_buffer(self, n_local: int) -> np.ndarray | None:
         """The array the evaluations hand their basic moments over in (one per force field,

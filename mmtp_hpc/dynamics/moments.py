@@ -319,7 +319,10 @@ class NativeMetropolis:
     """Metropolis sweeps of a site model in the kernels (:meth:`MTPEngine.metropolis`): a trial
     updates only the pair terms and site energies it changes, from per-centre caches, and no
     Python runs per trial. A model sets ``engine``, ``nl``, ``types``, ``mag`` (per entry),
-    ``maps`` and ``symmetric``, then calls :meth:`_native_setup`."""
+    ``maps`` and ``symmetric``, then calls :meth:`_native_setup`; it sets ``maps`` and ``_pairs``
+    together (:meth:`MTPEngine.metropolis_maps`) whenever the positions change."""
+
+    _pairs: tuple | None = None       # the pair terms each move changes (None: found per call)
 
     native = True      # False: every model runs the Python loop (reference runs in tests and benchmarks)
 
@@ -330,13 +333,11 @@ class NativeMetropolis:
     def _reset_native(self) -> None:
         """Nothing in the caches is current (new positions): the next moves redo everything."""
         # what the kernels redo before the next moves: 1 everything, 2 everything but the seeded
-        # rows' basic moments, 3 the centres that see a changed entry, 0 nothing
+        # rows' basic moments, 0 nothing
         self._init = 1
         self._n_seeded = 0
-        self._changed: np.ndarray | None = None
-        self._seed_from = -1                 # rows ≥ this are the caller's too (2, 3; −1: none)
-        self._redo = (0, -1)                 # the centres (2, 3) consider: [start, stop)
-        self._old_mag: np.ndarray | None = None   # 4: the entries' moments before the change
+        self._seed_from = -1                 # rows ≥ this are the caller's too (2; −1: none)
+        self._touched: np.ndarray | None = None   # (n_centres,) uint8 the moves mark, where kept
 
     def metropolis(self, moves: np.ndarray, draws: np.ndarray, col: int, lo: np.ndarray, hi: np.ndarray,
                    flip_fraction: float, max_change: float, beta: float, magmoms: np.ndarray,
@@ -350,11 +351,10 @@ class NativeMetropolis:
         accepted = self.engine.metropolis(
             self.nl, self.types, self.mag, self.maps, moves, draws, col, lo, hi, flip_fraction,
             max_change, beta, magmoms, site_energies, self._cache, self._init,
-            self.symmetric, incremental, trial_delta, n_seeded=self._n_seeded, changed=self._changed,
-            seed_from=self._seed_from, redo=self._redo, old_magmoms_all=self._old_mag)
+            self.symmetric, incremental, trial_delta, n_seeded=self._n_seeded, seed_from=self._seed_from,
+            pairs=self._pairs if incremental else None, touched=self._touched)
         self._init = 0
-        self._changed = None
-        self._seed_from, self._redo, self._old_mag = -1, (0, -1), None
+        self._seed_from = -1
         return accepted
 
     def seed(self, generation: int, basic: np.ndarray, energies_current: bool = False) -> None:
@@ -403,7 +403,7 @@ class MTPSiteModel(NativeMetropolis):
             self.image_offsets = np.concatenate([[0], np.cumsum(np.bincount(nl.image_of, minlength=n))])
         # centres that see atom i (or an image) inside the cutoff at the current positions, and i:
         # pairs in the skin change no energy (a hair's margin keeps every borderline pair)
-        self.affected_centres, self.affected_offsets = self.engine.affected_centres(nl, nl.image_of, n)
+        self.affected_centres, self.affected_offsets, self._pairs = self.engine.metropolis_maps(nl, nl.image_of, n)
         self._set_maps()
 
     def _set_maps(self) -> None:

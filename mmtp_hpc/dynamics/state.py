@@ -31,7 +31,8 @@ class Evaluation:
     (N,) eV/μB (+∂E/∂m). ``basic``: where asked for (Monte Carlo), the basic moments of every
     centre of the force field's list (``MTPEngine.metropolis_cache`` layout) with the list
     generation they belong to, for the sweep that follows to start from; it hands them over
-    (one owner: it changes them in place)."""
+    (one owner: it changes them in place), with ``entry_moments``: the moments of the list's
+    entries (owned atoms and ghosts) the evaluation used."""
 
     energy: float
     site_energies: np.ndarray
@@ -39,6 +40,7 @@ class Evaluation:
     virial: np.ndarray
     magnetic_gradient: np.ndarray
     basic: tuple[int, np.ndarray] | None = None
+    entry_moments: np.ndarray | None = None
 
     def copy(self) -> Evaluation:
         return Evaluation(float(self.energy), self.site_energies.copy(), self.forces.copy(),

@@ -202,16 +202,28 @@ class RowExchange:
             send_pos.append(mine)
         self.send_idx = np.concatenate(send_idx) if send_idx else np.zeros(0, dtype=np.int64)
         self.send_counts = np.array([len(x) for x in send_idx], dtype=np.int64)
+        self.send_pos = np.concatenate(send_pos) if send_pos else np.zeros(0, dtype=np.int64)
+        self.send_rank = np.repeat(np.arange(size, dtype=np.int64), self.send_counts)
+        # each wanted row's owner (rank, index into its owned rows): for send_back
         if size > 1:
             from mpi4py import MPI
             self.recv_counts = np.empty(size, dtype=np.int64)
             comm.Alltoall(self.send_counts, self.recv_counts)
-            pos = np.empty(int(self.recv_counts.sum()), dtype=np.int64)
-            comm.Alltoallv([np.concatenate(send_pos), (self.send_counts, _displ(self.send_counts)), MPI.INT64_T],
-                           [pos, (self.recv_counts, _displ(self.recv_counts)), MPI.INT64_T])
+            pairs = np.empty((int(self.recv_counts.sum()), 2), dtype=np.int64)
+            out = np.stack([self.send_pos, self.send_idx], axis=1) if len(self.send_idx) else \
+                np.zeros((0, 2), dtype=np.int64)
+            comm.Alltoallv([np.ascontiguousarray(out), (self.send_counts * 2, _displ(self.send_counts) * 2),
+                            MPI.INT64_T],
+                           [pairs, (self.recv_counts * 2, _displ(self.recv_counts) * 2), MPI.INT64_T])
+            pos = pairs[:, 0]
+            self.owner_rank = np.full(self.n_wanted, -1, dtype=np.int64)
+            self.owner_index = np.full(self.n_wanted, -1, dtype=np.int64)
+            self.owner_rank[pos] = np.repeat(np.arange(size, dtype=np.int64), self.recv_counts)
+            self.owner_index[pos] = pairs[:, 1]
         else:
             self.recv_counts = np.zeros(1, dtype=np.int64)
             pos = np.zeros(0, dtype=np.int64)
+            self.owner_rank = self.owner_index = np.zeros(0, dtype=np.int64)
         self.recv_pos = pos
         found = np.bincount(pos, minlength=self.n_wanted) if len(pos) else np.zeros(self.n_wanted, dtype=np.int64)
         if self.n_wanted and not np.all(found == 1):
@@ -234,6 +246,72 @@ class RowExchange:
                             [recv, (self.recv_counts * k, _displ(self.recv_counts) * k), MPI.DOUBLE])
         result[self.recv_pos] = recv
         return result
+
+    def fetch_changed(self, changed: np.ndarray, arrays: list[np.ndarray], outs: list[np.ndarray]) -> None:
+        """:meth:`fetch` of the owned rows with ``changed`` (n_owned,) bool set only, from each of
+        ``arrays`` (n_owned, k_i) or (n_owned,) float64 into ``outs`` (n_wanted, k_i) or
+        (n_wanted,); the other rows of ``outs`` are left as they are (collective; one ``Alltoall``
+        of counts and one ``Alltoallv``)."""
+        if self.comm.Get_size() == 1:
+            return
+        from mpi4py import MPI
+        size = self.comm.Get_size()
+        sel = np.flatnonzero(np.asarray(changed, dtype=bool)[self.send_idx])
+        counts = np.bincount(self.send_rank[sel], minlength=size).astype(np.int64)
+        recv_counts = np.empty(size, dtype=np.int64)
+        self.comm.Alltoall(counts, recv_counts)
+        arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
+        widths = [1 if a.ndim == 1 else a.shape[1] for a in arrays]
+        k = 1 + sum(widths)
+        send = np.empty((len(sel), k))
+        send[:, 0] = self.send_pos[sel]                 # exact as float64 (< 2**53)
+        rows = self.send_idx[sel]
+        c = 1
+        for a, w in zip(arrays, widths, strict=True):
+            if a.ndim == 1:
+                send[:, c] = a[rows]
+            else:
+                send[:, c:c + w] = a[rows]
+            c += w
+        recv = np.empty((int(recv_counts.sum()), k))
+        self.comm.Alltoallv([send, (counts * k, _displ(counts) * k), MPI.DOUBLE],
+                            [recv, (recv_counts * k, _displ(recv_counts) * k), MPI.DOUBLE])
+        pos = recv[:, 0].astype(np.int64)
+        c = 1
+        for o, w in zip(outs, widths, strict=True):
+            if o.ndim == 1:
+                o[pos] = recv[:, c]
+            else:
+                o[pos] = recv[:, c:c + w]
+            c += w
+
+    def send_back(self, positions: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The reverse of :meth:`fetch`, sparse: the rows (len(positions), k) of the wanted atoms
+        at ``positions`` (indices into ``wanted``) go to their owners (collective). Returns what
+        this rank receives: (indices into its owned rows, rows (m, k)), by source rank.
+
+        The parallel Monte Carlo sends its ghost centres' rows that its moves changed back to
+        their owners this way, instead of the owners recomputing those pair terms."""
+        positions = np.asarray(positions, dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.float64)
+        rows = rows.reshape(-1, 1) if rows.ndim == 1 else rows
+        k = rows.shape[1]
+        size = self.comm.Get_size()
+        if size == 1:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, k))
+        from mpi4py import MPI
+        dest = self.owner_rank[positions]
+        order = np.argsort(dest, kind="stable")
+        counts = np.bincount(dest, minlength=size).astype(np.int64)
+        recv_counts = np.empty(size, dtype=np.int64)
+        self.comm.Alltoall(counts, recv_counts)
+        send = np.empty((len(positions), k + 1))
+        send[:, 0] = self.owner_index[positions[order]]      # exact as float64 (< 2**53)
+        send[:, 1:] = rows[order]
+        recv = np.empty((int(recv_counts.sum()), k + 1))
+        self.comm.Alltoallv([send, (counts * (k + 1), _displ(counts) * (k + 1)), MPI.DOUBLE],
+                            [recv, (recv_counts * (k + 1), _displ(recv_counts) * (k + 1)), MPI.DOUBLE])
+        return recv[:, 0].astype(np.int64), recv[:, 1:]
 
 
 def _displ(counts: np.ndarray) -> np.ndarray:

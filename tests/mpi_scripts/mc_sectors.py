@@ -1,7 +1,7 @@
 """Parallel MC by sectors, kernels (incremental) vs the Python loop (full site energies per
-trial), same random numbers: ``python -m mpi4py mc_sectors.py POT OUT.json``.
+trial), same random numbers: ``python -m mpi4py mc_sectors.py POT OUT.json [NX NY NZ]``.
 
-A jittered 512-atom bcc Fe cell with mixed moments; after the list is built the atoms move by
+A jittered bcc Fe cell (16 × 4 × 4 cells, 512 atoms, unless given) with mixed moments; after the list is built the atoms move by
 up to 0.2 Å (less than half the skin: no rebuild, and on 2 ranks the sectors hold without a
 migration, some atoms now outside their subdomain); two MC sweeps at 3000 K on the force
 field's sector layout; then the atoms move again (still within half the skin of the build)
@@ -26,12 +26,13 @@ from mmtp_hpc.potentials.mtp.mlip_io import load_potential
 from mmtp_hpc.system.lattice import bulk
 
 pot_path, out_path = sys.argv[1], sys.argv[2]
+repeat = tuple(int(x) for x in sys.argv[3:6]) if len(sys.argv) >= 6 else (16, 4, 4)
 comm = get_comm()
 pot = load_potential(pot_path)
 runs = {}
 for native, seeded in ((True, True), (True, False), (False, False)):
     NativeMetropolis.native = native
-    cfg = bulk("bcc", 2.84, repeat=(16, 4, 4))
+    cfg = bulk("bcc", 2.84, repeat=repeat)
     rng = np.random.default_rng(1)
     n = len(cfg)
     positions = cfg.positions + rng.normal(scale=0.06, size=(n, 3))

@@ -416,39 +416,40 @@ cdef void pair_deltas(Tables* t, const double* H, const double* H2, int nsets, i
                                 row[j] += (pb.Q[r * cap + j] * pb.PS[b * cap + j]) * h
 
 
-cdef inline int64_t moved_owner(const double[:, ::1] pos, const int64_t[::1] nbrs,
-                                const int64_t[::1] entry_owner, Py_ssize_t k, Py_ssize_t p,
-                                int64_t n_atoms, double rc2) noexcept nogil:
-    """The atom a (≠ k) whose move changes the term of centre k with its entry p inside the
-    cutoff, or −1."""
-    cdef int64_t j = nbrs[p], a = entry_owner[j]
-    cdef double dx, dy, dz
-    if a < 0 or a == k or a >= n_atoms:
-        return -1
-    dx = pos[j, 0] - pos[k, 0]
-    dy = pos[j, 1] - pos[k, 1]
-    dz = pos[j, 2] - pos[k, 2]
-    return -1 if dx * dx + dy * dy + dz * dz >= rc2 else a
+def metropolis_maps(const double[:, ::1] pos, const int64_t[::1] offsets, const int64_t[::1] nbrs,
+                    Py_ssize_t n_centres, const int64_t[::1] entry_owner, int64_t n_atoms, double cutoff):
+    """What the moves of :func:`metropolis_moves` change, found in one pass over the pairs for
+    the positions of its calls (one per sector in a parallel sweep): (centres, offsets, pairs).
 
-
-def affected_centres(const double[:, ::1] pos, const int64_t[::1] offsets, const int64_t[::1] nbrs,
-                     Py_ssize_t n_centres, const int64_t[::1] entry_owner, int64_t n_atoms, double cutoff):
-    """The centres whose energy depends on the moment of each atom a < ``n_atoms``: a itself and
-    every centre k with an entry that is (an image of) a strictly inside ``cutoff`` (with a
-    relative margin of 1e-9 on r², so borderline pairs are kept). Returns (centres, offsets):
-    atom a's centres are centres[offsets[a]:offsets[a + 1]], ascending, each once. O(pairs),
-    no sorting: the centres are visited in ascending order and a marker per atom drops repeats
-    (several images of a seen by the same centre)."""
-    cdef double rc2 = cutoff * cutoff * (1.0 + 1e-9)
-    cdef Py_ssize_t k, p
-    cdef int64_t a, total
-    cdef int64_t[::1] count = np.zeros(n_atoms + 1, dtype=np.int64)
-    cdef int64_t[::1] last = np.full(n_atoms, -1, dtype=np.int64)
-    cdef int64_t[::1] out_off = np.zeros(n_atoms + 1, dtype=np.int64)
-    cdef int64_t[::1] out
+    ``centres``/``offsets``: the centres whose energy depends on the moment of each atom a <
+    ``n_atoms`` (a and every centre with an entry that is (an image of)
+    a inside ``cutoff``, with a relative margin of 1e-9 on r² so borderline pairs are kept),
+    ascending, each once; a marker per atom drops repeats (several images of a seen by the same
+    centre). ``pairs`` = (pair_off (n_atoms + 2,), pair_k, pair_d (n_pairs + 1, 3), fast
+    (n_atoms + 1,) uint8): atom a's pairs are q in [pair_off[a], pair_off[a + 1]), the centre
+    pair_k[q] ≠ a with an entry that is (an image of) a strictly inside the cutoff and that
+    entry's vector pair_d[q] from the centre, in the order of the centres and their entries.
+    ``fast[a]``: a's trials take the lane path (1: a's affected centres are a and the centres of
+    its pairs, each once; 2: also a's own site from the same pair data, its entries inside the
+    cutoff being the reverse of its pairs); 0: the general path (a centre sees several images
+    of a, or a borderline pair)."""
+    cdef double rc2 = cutoff * cutoff, rc2m = cutoff * cutoff * (1.0 + 1e-9), d2
+    cdef Py_ssize_t k, p, q
+    cdef int64_t a, j, total, n_pairs, n_in
     cdef int pass_
     if n_atoms > n_centres:
         raise ValueError(f"{n_atoms} atoms but only {n_centres} centres: every atom must be a centre")
+    if offsets.shape[0] < n_centres + 1:
+        raise ValueError("metropolis_maps: offsets shorter than the centres")
+    cdef int64_t[::1] count = np.zeros(n_atoms + 1, dtype=np.int64)
+    cdef int64_t[::1] last = np.full(n_atoms, -1, dtype=np.int64)
+    out_off_a = np.zeros(n_atoms + 1, dtype=np.int64)
+    pair_off_a = np.zeros(n_atoms + 2, dtype=np.int64)
+    cdef int64_t[::1] out_off = out_off_a
+    cdef int64_t[::1] pair_off = pair_off_a
+    cdef int64_t[::1] out
+    cdef int64_t[::1] pair_k
+    cdef double[:, ::1] pair_d
     for pass_ in range(2):
         if pass_ == 1:
             total = 0
@@ -458,27 +459,74 @@ def affected_centres(const double[:, ::1] pos, const int64_t[::1] offsets, const
                 count[a] = out_off[a]          # the fill position
                 last[a] = -1
             out_off[n_atoms] = total
-            out = np.empty(total, dtype=np.int64)
+            out_a = np.empty(total, dtype=np.int64)
+            out = out_a
+            for a in range(n_atoms):
+                pair_off[a + 2] += pair_off[a + 1]
+            n_pairs = pair_off[n_atoms + 1]
+            pair_k_a = np.zeros(n_pairs + 1, dtype=np.int64)
+            pair_d_a = np.zeros((n_pairs + 1, 3), dtype=np.float64)
+            pair_k = pair_k_a
+            pair_d = pair_d_a
         with nogil:
             for k in range(n_centres):
                 if k < n_atoms and last[k] != k:
                     last[k] = k
-                    if pass_ == 0:
-                        count[k] += 1
-                    else:
+                    if pass_ == 1:
                         out[count[k]] = k
-                        count[k] += 1
+                    count[k] += 1
                 for p in range(offsets[k], offsets[k + 1]):
-                    a = moved_owner(pos, nbrs, entry_owner, k, p, n_atoms, rc2)   # (k itself: above)
-                    if a < 0 or last[a] == k:
+                    j = nbrs[p]
+                    a = entry_owner[j]
+                    if a < 0 or a == k or a >= n_atoms:
+                        continue                   # (k itself: above)
+                    d2 = (pos[j, 0] - pos[k, 0]) ** 2 + (pos[j, 1] - pos[k, 1]) ** 2 + (pos[j, 2] - pos[k, 2]) ** 2
+                    if d2 >= rc2m:
                         continue
-                    last[a] = k
+                    if last[a] != k:
+                        last[a] = k
+                        if pass_ == 1:
+                            out[count[a]] = k
+                        count[a] += 1
+                    if d2 >= rc2:
+                        continue
                     if pass_ == 0:
-                        count[a] += 1
+                        pair_off[a + 2] += 1
                     else:
-                        out[count[a]] = k
-                        count[a] += 1
-    return np.asarray(out), np.asarray(out_off)
+                        q = pair_off[a + 1]
+                        pair_k[q] = k
+                        pair_d[q, 0] = pos[j, 0] - pos[k, 0]     # the pair's vector, in trial order
+                        pair_d[q, 1] = pos[j, 1] - pos[k, 1]
+                        pair_d[q, 2] = pos[j, 2] - pos[k, 2]
+                        pair_off[a + 1] += 1
+    fast_a = np.zeros(n_atoms + 1, dtype=np.uint8)
+    cdef unsigned char[::1] fast = fast_a
+    with nogil:
+        for a in range(n_atoms):
+            if out_off[a + 1] - out_off[a] != 1 + pair_off[a + 1] - pair_off[a]:
+                continue
+            fast[a] = 1
+            for q in range(pair_off[a] + 1, pair_off[a + 1]):
+                if pair_k[q] == pair_k[q - 1]:
+                    fast[a] = 0
+            if fast[a] == 0:
+                continue
+            # its own site from the same pair data (fast = 2) when its entries inside the
+            # cutoff are the reverse of its pairs: as many, none an image of itself (full
+            # neighbour lists are symmetric; a ghost that is no centre makes the counts differ)
+            n_in = 0
+            for p in range(offsets[a], offsets[a + 1]):
+                j = nbrs[p]
+                if (pos[j, 0] - pos[a, 0]) ** 2 + (pos[j, 1] - pos[a, 1]) ** 2 \
+                        + (pos[j, 2] - pos[a, 2]) ** 2 >= rc2:
+                    continue
+                if entry_owner[j] == a:
+                    n_in = -1
+                    break
+                n_in += 1
+            if n_in == pair_off[a + 1] - pair_off[a]:
+                fast[a] = 2
+    return out_a, out_off_a, (pair_off_a, pair_k_a, pair_d_a, fast_a)
 
 
 def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, double[::1] mag,
@@ -490,8 +538,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                      double flip_fraction, double max_change, double beta, double[::1] magmoms,
                      double[::1] site_en, double[:, ::1] cache, int init, bint symmetric,
                      bint incremental, double[::1] trial_delta, Py_ssize_t n_seeded=0,
-                     const unsigned char[::1] changed=None, Py_ssize_t seed_from=-1,
-                     Py_ssize_t redo_lo=0, Py_ssize_t redo_hi=-1, const double[::1] old_mag=None):
+                     Py_ssize_t seed_from=-1, tuple pairs=None, unsigned char[::1] touched=None):
     """Metropolis moves of the atoms ``moves`` (in that order) on the moments; returns the
     number accepted.
 
@@ -506,19 +553,16 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     ``site_en`` (n_centres,) and ``cache`` (n_centres, nsets·n_basic) hold E_k and the basic
     moments; ``init`` 1 recomputes both first (one energy pass over the centres); 2 the same,
     but the basic moments of the centres k < ``n_seeded`` are the ones the caller put in ``cache``
-    (those of the step's force evaluation: ``site_terms(..., basic_out=cache)``); 3 both for the
-    centres that are or see an entry j with ``changed[j]`` (n_total,) only (the others keep
-    theirs: after a forward communication of moments); 0 neither. With 2 and 3 the rows
-    k ≥ ``seed_from`` (when ≥ 0) are also the caller's (only their energies are computed), and
-    the centres considered are those in [``redo_lo``, ``redo_hi``) (``redo_hi`` < 0: all). 4 is 3
-    done incrementally: a centre that sees changed entries (and is none itself) keeps its cached
-    basic moments and gains the change of each of those pair terms, from ``old_mag`` (n_total,,
-    the entries' moments before) to ``mag`` (the same sums as a trial's; a centre that changed
-    itself is recomputed). With
+    (those of the step's force evaluation: ``site_terms(..., basic_out=cache)``), and the rows
+    k ≥ ``seed_from`` (when ≥ 0) too (the ghost centres' rows from their owners); 0 neither. With
     ``incremental`` a trial updates only the pair terms it changes (see above); otherwise every
     affected centre is recomputed from its neighbours (the reference the tests compare with).
     ``trial_delta`` (len(moves),) receives each trial's ΔE (NaN when skipped), if not empty.
     ``symmetric``: ½[E(M) + E(−M)] in one pass (symmetric intervals; see site_terms_symmetric).
+    ``pairs``: the pairs of :func:`metropolis_maps` for these positions and maps (found here when
+    None).
+    ``touched`` (n_centres,): set to 1 for every centre whose cache row and energy an accepted
+    move changed (the caller clears it).
     """
     cdef Tables t = make_tables(tab)
     cdef int nsets = 2 if symmetric else 1
@@ -557,27 +601,21 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     cdef double* zero_row = NULL
     cdef double* H2 = NULL
     cdef int64_t n_in
-    cdef int64_t* redo = NULL
-    cdef double dvec[3]
-    cdef Py_ssize_t n_redo
-    cdef bint hit
+    cdef const int64_t[::1] po_v
+    cdef const int64_t[::1] pk_v
+    cdef const double[:, ::1] pd_v
+    cdef const unsigned char[::1] fa_v
+    cdef bint mark = touched is not None
     pb.U = NULL; pb.Q = NULL; pb.PS = NULL; pb.DF = NULL; pb.DF2 = NULL; pb.MONO = NULL
     pb.Z = NULL; pb.QP = NULL; pb.cap = 0
     if symmetric and t.M < 2:
         raise ValueError("symmetric Monte Carlo needs a magnetic potential (M > 1)")
-    if init >= 3 and (changed is None or changed.shape[0] < offsets.shape[0] - 1
-                      or changed.shape[0] < mag.shape[0]):
-        raise ValueError("init 3 needs the per-entry ``changed`` flags")
-    if init not in (0, 1, 2, 3, 4):
-        raise ValueError(f"init must be 0, 1, 2, 3 or 4, got {init}")
-    if init == 4 and (old_mag is None or old_mag.shape[0] < mag.shape[0]):
-        raise ValueError("init 4 needs the entries' previous moments ``old_mag``")
+    if init not in (0, 1, 2):
+        raise ValueError(f"init must be 0, 1 or 2, got {init}")
     if seed_from < 0 or seed_from > n_centres:
         seed_from = n_centres
-    if redo_hi < 0 or redo_hi > n_centres:
-        redo_hi = n_centres
-    if redo_lo < 0:
-        redo_lo = 0
+    if mark and touched.shape[0] < n_centres:
+        raise ValueError("metropolis_moves: ``touched`` shorter than the centres")
     if cache.shape[0] < n_centres or cache.shape[1] != width:
         raise ValueError(f"cache must be ({n_centres}, {width}), got ({cache.shape[0]}, {cache.shape[1]})")
     for k in range(n_centres):
@@ -602,16 +640,14 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     ps = <double*> malloc((3 + t.R) * t.M * sizeof(double))   # scratch of trial_tables / add_pair_change
     mu_start = <int*> calloc(t.K + 1, sizeof(int))
     slot_of = <int*> malloc((n_centres + 1) * sizeof(int))
-    redo = <int64_t*> malloc((n_centres + 1) * sizeof(int64_t))
-    pair_off = <int64_t*> calloc(n_atoms + 2, sizeof(int64_t))
     lane_runs_make(&t, &runs)          # runs.start is NULL when out of memory
     if mom == NULL or Bs == NULL or e_lane == NULL or e_new == NULL or zl == NULL or H == NULL or Q == NULL \
             or mono == NULL or monoB == NULL or df == NULL or ps == NULL or mu_start == NULL or slot_of == NULL \
-            or redo == NULL or pair_off == NULL or runs.start == NULL:
+            or runs.start == NULL:
         free_cols(c)
         lane_runs_free(&runs)
         free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
-        free(df); free(ps); free(mu_start); free(slot_of); free(redo); free(pair_off)
+        free(df); free(ps); free(mu_start); free(slot_of)
         raise MemoryError("Monte Carlo: out of memory for the lane buffers")
     # basic rows of each radial function μ: one range when the rows are ordered by μ
     for q in range(nb):
@@ -627,127 +663,50 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     for k in range(n_centres + 1):
         slot_of[k] = -1
     if incremental and t.M > 1 and n_moves > 0:
-        # the pairs (k, entry p) that a move of atom a changes, k ≠ a, inside the cutoff: found
-        # once per call (not per trial), in the order of the centres and their entries
-        with nogil:
-            for k in range(n_centres):
-                for p in range(offsets[k], offsets[k + 1]):
-                    a2 = moved_owner(pos, nbrs, entry_owner, k, p, n_atoms, rc2)
-                    if a2 < 0:
-                        continue
-                    pair_off[a2 + 2] += 1
-            for a2 in range(n_atoms):
-                pair_off[a2 + 2] += pair_off[a2 + 1]
-            n_pairs = pair_off[n_atoms + 1]
-        pair_k = <int64_t*> malloc((n_pairs + 1) * sizeof(int64_t))
-        pair_d = <double*> malloc(3 * (n_pairs + 1) * sizeof(double))
-        if pair_k == NULL or pair_d == NULL:
-            free_cols(c)
-            free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
-            free(df); free(ps); free(mu_start); free(slot_of); free(redo); free(pair_off); free(pair_k)
-            free(pair_d)
-            lane_runs_free(&runs)
-            raise MemoryError("Monte Carlo: out of memory for the pair lists")
-        with nogil:
-            for k in range(n_centres):
-                for p in range(offsets[k], offsets[k + 1]):
-                    a2 = moved_owner(pos, nbrs, entry_owner, k, p, n_atoms, rc2)
-                    if a2 < 0:
-                        continue
-                    q = pair_off[a2 + 1]
-                    pair_k[q] = k
-                    j = nbrs[p]          # the pair's vector, stored in trial order
-                    pair_d[3 * q] = pos[j, 0] - pos[k, 0]
-                    pair_d[3 * q + 1] = pos[j, 1] - pos[k, 1]
-                    pair_d[3 * q + 2] = pos[j, 2] - pos[k, 2]
-                    pair_off[a2 + 1] += 1
-        # the lane path of a trial (lane_pair_changes) when atom a's affected centres are a and
-        # the centres of its pairs, each once (else: a centre sees several images of a, or a
-        # borderline pair; those trials take the general path)
-        fast = <char*> calloc(n_atoms + 1, sizeof(char))
+        # the pairs each move changes and the trials that take the lane path: the caller's
+        # (``pairs``, from :func:`metropolis_maps` on the same positions and maps: computed once
+        # for all the calls of a step, e.g. one per sector) or found here
+        if pairs is None:
+            pairs = metropolis_maps(pos, offsets, nbrs, n_centres, entry_owner, n_atoms, t.rcut)[2]
+        po_v = pairs[0]
+        pk_v = pairs[1]
+        pd_v = pairs[2]
+        fa_v = pairs[3]
+        if po_v.shape[0] != n_atoms + 2 or fa_v.shape[0] != n_atoms + 1 or pd_v.shape[0] < pk_v.shape[0] \
+                or aff_offsets.shape[0] != n_atoms + 1:
+            raise ValueError("metropolis_moves: ``pairs`` do not belong to these atoms")
+        pair_off = <int64_t*> &po_v[0]
+        pair_k = <int64_t*> &pk_v[0]
+        pair_d = <double*> &pd_v[0, 0]
+        fast = <char*> &fa_v[0]
         rows = <double**> malloc((max_aff + 8) * sizeof(double*))
         zero_row = <double*> calloc(2 * width, sizeof(double))   # zeros, then scratch
         H2 = <double*> malloc(nsets * t.C * t.K * t.R * t.M * sizeof(double))
         for a2 in range(n_atoms):
             if pair_off[a2 + 1] - pair_off[a2] > max_pairs:
                 max_pairs = <int> (pair_off[a2 + 1] - pair_off[a2])
-        if fast == NULL or rows == NULL or zero_row == NULL or H2 == NULL \
+        if rows == NULL or zero_row == NULL or H2 == NULL \
                 or pairbuf_alloc(&t, nsets, lanes_for(max_pairs + 1), &pb) != 0:
             free_cols(c)
             free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
-            free(df); free(ps); free(mu_start); free(slot_of); free(redo); free(pair_off); free(pair_k)
-            free(pair_d); free(fast); free(rows); free(zero_row); free(H2)
+            free(df); free(ps); free(mu_start); free(slot_of); free(rows); free(zero_row); free(H2)
+            pairbuf_free(&pb)
             lane_runs_free(&runs)
             raise MemoryError("Monte Carlo: out of memory for the pair buffers")
-        with nogil:
-            for a2 in range(n_atoms):
-                if aff_offsets[a2 + 1] - aff_offsets[a2] != 1 + pair_off[a2 + 1] - pair_off[a2]:
-                    continue
-                fast[a2] = 1
-                for q in range(pair_off[a2] + 1, pair_off[a2 + 1]):
-                    if pair_k[q] == pair_k[q - 1]:
-                        fast[a2] = 0
-                if fast[a2] == 0:
-                    continue
-                # its own site from the same pair data (fast = 2) when its entries inside the
-                # cutoff are the reverse of its pairs: as many, none an image of itself (full
-                # neighbour lists are symmetric; a ghost that is no centre makes the counts differ)
-                n_in = 0
-                for p in range(offsets[a2], offsets[a2 + 1]):
-                    j = nbrs[p]
-                    if (pos[j, 0] - pos[a2, 0]) ** 2 + (pos[j, 1] - pos[a2, 1]) ** 2 \
-                            + (pos[j, 2] - pos[a2, 2]) ** 2 >= rc2:
-                        continue
-                    if entry_owner[j] == a2:
-                        n_in = -1
-                        break
-                    n_in += 1
-                if n_in == pair_off[a2 + 1] - pair_off[a2]:
-                    fast[a2] = 2
     try:
         with nogil:
             if init:
-                # the centres to (re)compute: all of them (1, 2) or those that see a changed entry
-                # (3); their basic moments (given for the rows < n_seeded with 2), then their
-                # energies in batches of lanes
-                n_redo = 0
-                for k in range(redo_lo, redo_hi):
-                    if init >= 3:
-                        hit = changed[k]
-                        p = offsets[k]
-                        while not hit and p < offsets[k + 1]:
-                            hit = changed[nbrs[p]]
-                            p += 1
-                        if not hit:
-                            continue
-                    redo[n_redo] = k
-                    n_redo += 1
+                # every centre: its basic moments (given for the rows < n_seeded and ≥ seed_from
+                # with 2), then the energies in batches of lanes
                 k0 = 0
-                while k0 < n_redo:
-                    n_aff = <int> (batch if n_redo - k0 > batch else n_redo - k0)
+                while k0 < n_centres:
+                    n_aff = <int> (batch if n_centres - k0 > batch else n_centres - k0)
                     L = lanes_for(n_aff * nsets)
                     memset(Bs, 0, nb * L * sizeof(double))
                     for slot in range(n_aff):
-                        k = redo[k0 + slot]
-                        if (init == 2 and k < n_seeded) or (init >= 2 and k >= seed_from):
+                        k = k0 + slot
+                        if init == 2 and (k < n_seeded or k >= seed_from):
                             memcpy(Bs + slot * width, &cache[k, 0], width * sizeof(double))
-                        elif init == 4 and not changed[k] and t.M > 1:
-                            # the changed pair terms onto the cached basic moments
-                            row = Bs + slot * width
-                            memcpy(row, &cache[k, 0], width * sizeof(double))
-                            for p in range(offsets[k], offsets[k + 1]):
-                                j = nbrs[p]
-                                if not changed[j]:
-                                    continue
-                                dvec[0] = pos[j, 0] - pos[k, 0]
-                                dvec[1] = pos[j, 1] - pos[k, 1]
-                                dvec[2] = pos[j, 2] - pos[k, 2]
-                                if dvec[0] * dvec[0] + dvec[1] * dvec[1] + dvec[2] * dvec[2] >= rc2:
-                                    continue
-                                trial_tables(&t, types[j], old_mag[j], mag[j], nsets, symmetric, H, ps)
-                                add_pair_change(&t, H, nsets, types[k], mag[k], symmetric, dvec, mu_start,
-                                                Q, mono, monoB, df, row, ps)
-                            memcpy(&cache[k, 0], row, width * sizeof(double))
                         else:
                             gather_cols(&t, c, k, pos, types, mag, offsets, nbrs, False, symmetric)
                             forward_pm(&t, c)
@@ -757,7 +716,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                     to_lanes(Bs, nb, mom, L)
                     lane_site_energies(&t, &runs, mom, L, n_aff, nsets, nsets, 1, zl, e_lane, e_new)
                     for slot in range(n_aff):
-                        site_en[redo[k0 + slot]] = e_new[slot]
+                        site_en[k0 + slot] = e_new[slot]
                     k0 += batch
             for m_ in range(n_moves):
                 a = moves[m_]
@@ -827,6 +786,10 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                         site_en[a] = e_new[0]
                         for j2 in range(P):
                             site_en[pair_k[q0 + j2]] = e_new[1 + j2]
+                        if mark:
+                            touched[a] = 1
+                            for j2 in range(P):
+                                touched[pair_k[q0 + j2]] = 1
                         accepted += 1
                     else:
                         for q in range(image_offsets[a], image_offsets[a + 1]):
@@ -872,6 +835,8 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                     for slot in range(n_aff):
                         k = aff_centres[aff_offsets[a] + slot]
                         site_en[k] = e_new[slot]
+                        if mark:
+                            touched[k] = 1
                         memcpy(&cache[k, 0], Bs + slot * width, width * sizeof(double))
                     accepted += 1
                 else:
@@ -880,8 +845,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     finally:
         free_cols(c)
         free(mom); free(Bs); free(e_lane); free(e_new); free(zl); free(H); free(Q); free(mono); free(monoB)
-        free(df); free(ps); free(mu_start); free(slot_of); free(redo); free(pair_off); free(pair_k)
-        free(pair_d); free(fast); free(rows); free(zero_row); free(H2)
+        free(df); free(ps); free(mu_start); free(slot_of); free(rows); free(zero_row); free(H2)
         pairbuf_free(&pb)
         lane_runs_free(&runs)
     return accepted

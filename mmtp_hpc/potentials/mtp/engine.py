@@ -251,13 +251,15 @@ class MTPEngine:
         return aligned_zeros((n_centres, width))
 
     @staticmethod
-    def affected_centres(nl: NeighborList, entry_owner: np.ndarray,
-                         n_atoms: int) -> tuple[np.ndarray, np.ndarray]:
-        """(centres, offsets): the centres of ``nl`` whose energy depends on the moment of each
-        atom a < ``n_atoms`` (a itself, and every centre with an entry ``j`` inside the cutoff
-        where ``entry_owner[j] == a``), ascending; atom a's are centres[offsets[a]:offsets[a + 1]].
-        The ``affected_centres``/``affected_offsets`` maps of :meth:`metropolis`, in O(pairs)."""
-        return _kernels.affected_centres(
+    def metropolis_maps(nl: NeighborList, entry_owner: np.ndarray, n_atoms: int) -> tuple:
+        """(centres, offsets, pairs), in one pass over ``nl``'s pairs at its current positions: the
+        centres of ``nl`` whose energy depends on the moment of each atom a < ``n_atoms`` (a itself,
+        and every centre with an entry ``j`` inside the cutoff where ``entry_owner[j] == a``),
+        ascending, atom a's being centres[offsets[a]:offsets[a + 1]] (the ``affected_centres``/
+        ``affected_offsets`` maps of :meth:`metropolis`); and the pair terms each move changes
+        (its ``pairs``), which the calls of one step (one per sector in a parallel sweep) share.
+        O(pairs)."""
+        return _kernels.metropolis_maps(
             np.ascontiguousarray(nl.positions, dtype=np.float64), np.ascontiguousarray(nl.offsets, dtype=np.int64),
             np.ascontiguousarray(nl.neighbors, dtype=np.int64), nl.n_local,
             np.ascontiguousarray(entry_owner, dtype=np.int64), int(n_atoms), float(nl.cutoff))
@@ -267,8 +269,8 @@ class MTPEngine:
                    flip_fraction: float, max_change: float, beta: float, magmoms: np.ndarray,
                    site_energies: np.ndarray, cache: np.ndarray, init: int, symmetric: bool = False,
                    incremental: bool = True, trial_delta: np.ndarray | None = None,
-                   n_seeded: int = 0, changed: np.ndarray | None = None, seed_from: int = -1,
-                   redo: tuple[int, int] = (0, -1), old_magmoms_all: np.ndarray | None = None) -> int:
+                   n_seeded: int = 0, seed_from: int = -1, pairs: tuple | None = None,
+                   touched: np.ndarray | None = None) -> int:
         """Metropolis moment moves of the atoms ``moves`` in the kernels (``_kernels.metropolis_moves``:
         no Python per trial; a trial updates only the pair terms and site energies it changes).
 
@@ -279,13 +281,11 @@ class MTPEngine:
         ``affected_offsets`` (centres whose energy depends on each atom, the atom included).
         ``init``: 1 fills ``cache`` and ``site_energies`` first; 2 the same, except that the rows
         < ``n_seeded`` of ``cache`` already hold their centres' basic moments (:meth:`compute_local`'s
-        ``basic_out`` on ``nl``); 3 only for the centres that are or see an entry with ``changed``
-        (n_total, bool) set; 0 neither. With 2 and 3 the rows ≥ ``seed_from`` (when ≥ 0) are the
-        caller's as well (their energies are computed, not their basic moments), and only the
-        centres in the range ``redo`` (stop < 0: to the end) are considered. 4 is 3 done
-        incrementally from the entries' previous moments ``old_magmoms_all``: the centres keep
-        their basic moments and gain the changed pair terms. Returns the number of accepted
-        moves."""
+        ``basic_out`` on ``nl``), and so do the rows ≥ ``seed_from`` (when ≥ 0; their energies are
+        computed, not their basic moments); 0 neither. ``pairs``: those of :meth:`metropolis_maps`
+        on the same list and maps (the calls of one step share them; found per call when None).
+        ``touched`` (n_local,) uint8: set to 1 for the centres whose cache row and energy an
+        accepted move changed. Returns the number of accepted moves."""
         symmetric = bool(symmetric and self.pot.magnetic)
         i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
         f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
@@ -296,10 +296,7 @@ class MTPEngine:
             i64(maps["image_entries"]), i64(maps["image_offsets"]), i64(maps["affected_centres"]),
             i64(maps["affected_offsets"]), i64(moves), f64(draws), int(col), f64(lo), f64(hi),
             float(flip_fraction), float(max_change), float(beta), magmoms, site_energies, cache,
-            int(init), symmetric, bool(incremental), delta, int(n_seeded),
-            None if changed is None else np.ascontiguousarray(changed, dtype=np.uint8),
-            int(seed_from), int(redo[0]), int(redo[1]),
-            None if old_magmoms_all is None else np.ascontiguousarray(old_magmoms_all, dtype=np.float64)))
+            int(init), symmetric, bool(incremental), delta, int(n_seeded), int(seed_from), pairs, touched))
 
     # ------------------------------------------------------------------ configurations
     def evaluate(self, cfg: Configuration, magmoms: np.ndarray | None = None, *,
