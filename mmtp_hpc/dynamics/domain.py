@@ -501,23 +501,29 @@ class DomainSiteModel(NativeMetropolis):
         energies of the ghost centres a rank's moves changed go to their owners
         (:meth:`RowExchange.send_back`); then (``ghosts``) the owners send the changed ones on to
         the ranks that hold them as ghost centres, and the entries take the other ranks' moments
-        (forward communication). Before the first moves of the step (caches not yet filled) the
+        (forward communication). Without ``ghosts`` (the end of the sweep) only the energies go
+        back: the rows and entries are then stale until the next :meth:`start_step`. Before the first moves of the step (caches not yet filled) the
         entries take the moments, and the seeded rows are dropped where the moments changed."""
         n, nc = self.n_owned, self.n_centres
         if self._cache is not None and self._init == 0:
             touched = self._touched
             ghost = np.flatnonzero(touched[n:nc])
-            back = np.empty((len(ghost), self._cache.shape[1] + 1))
-            back[:, :-1] = self._cache[n + ghost]
-            back[:, -1] = self.site_en[n + ghost]
-            at, rows = self.exchange.send_back(ghost, back)
-            self._cache[at] = rows[:, :-1]
-            self.site_en[at] = rows[:, -1]
             if ghosts:
+                back = np.empty((len(ghost), self._cache.shape[1] + 1))
+                back[:, :-1] = self._cache[n + ghost]
+                back[:, -1] = self.site_en[n + ghost]
+                at, rows = self.exchange.send_back(ghost, back)
+                self._cache[at] = rows[:, :-1]
+                self.site_en[at] = rows[:, -1]
                 touched[at] = 1
                 self.exchange.fetch_changed(touched[:n], [self._cache[:n], self.site_en[:n]],
                                             [self._cache[n:nc], self.site_en[n:nc]])
                 self.mag = np.ascontiguousarray(self.ff.spread(magmoms)[self.order])
+            else:
+                # the end of the sweep: the owned centres' energies only (the rows and the entries'
+                # moments are not used again: the next step's start_step seeds them afresh)
+                at, rows = self.exchange.send_back(ghost, self.site_en[n + ghost])
+                self.site_en[at] = rows[:, 0]
             touched[:] = 0
             return
         new = np.ascontiguousarray(self.ff.spread(magmoms)[self.order])
