@@ -382,7 +382,8 @@ def test_mpi_incremental_monte_carlo_makes_full_recomputations_decisions(tmp_pat
     basic moments, and from their own pass) and through the Python loop (full site energies per
     trial), same random numbers: the same moves on 1, 2 and 4 ranks, and the energy the sweep
     reports is the potential's. The atoms moved after the list was built, and on 2 and 4 ranks
-    the sectors hold without a migration (half a subdomain ≥ two cutoffs plus the skin). On the
+    the sectors hold without a migration (half a subdomain ≥ two cutoffs plus the skin). The
+    kernels' sweeps run on the plain halo, checked against the Python loop on the wide one. On the
     2 × 2 grid a centre in a corner is changed by a diagonal neighbour's moves: its row reaches
     its owner and then the third rank (the rows a rank's moves changed go back to their owners,
     then every rank fetches its ghost centres' rows)."""
@@ -397,3 +398,6 @@ def test_mpi_incremental_monte_carlo_makes_full_recomputations_decisions(tmp_pat
     assert res["energy_vs_fresh"] < 1e-10
     assert res["migrated"] is False
     assert res["model_kept"]                        # the second step reused the first one's model
+    # the kernels' sweeps on the plain halo (ghost centres' rows from their owners), the Python
+    # loop (ghost centres' energies from their neighbours) on a halo of two
+    assert res["halo"] == pytest.approx([1.0, 1.0, 2.0])

@@ -32,7 +32,7 @@ from mmtp_hpc.dynamics.forcefield import ForceField
 from mmtp_hpc.dynamics.moments import NativeMetropolis
 from mmtp_hpc.dynamics.state import Evaluation, MDState
 from mmtp_hpc.system.atoms import AtomSet
-from mmtp_hpc.parallel.comm import allreduce_sum, max_op, min_op
+from mmtp_hpc.parallel.comm import allreduce_sum, max_op
 from mmtp_hpc.parallel.decomposition import Decomposition
 from mmtp_hpc.parallel.halo import Halo, RowExchange, gather_rows, migrate
 from mmtp_hpc.system.neighbors import NeighborList, find_pairs
@@ -116,7 +116,12 @@ class DomainForceField(ForceField):
         self.grid_request = None if grid is None else list(grid)
         self.monte_carlo = bool(monte_carlo)
         radius = self.cutoff + self.skin
-        self.halo_width = 2.0 * radius if monte_carlo else radius
+        # parallel MC in the kernels takes every ghost centre's row and energy from its owner:
+        # the plain halo holds what its trials need. The Python loop (no kernel cache) computes
+        # ghost centres' energies from their neighbours: a halo of two cutoffs plus the skin
+        self.kernel_sweeps = bool(monte_carlo and NativeMetropolis.native
+                                  and engine.metropolis_cache(1, self.symmetric) is not None)
+        self.halo_width = 2.0 * radius if (monte_carlo and not self.kernel_sweeps) else radius
         # parallel MC: same-sector moves on neighbouring ranks are half a subdomain apart, ≥ 2 cutoffs
         self.min_width = max(self.halo_width, 4.0 * self.cutoff) if monte_carlo else self.halo_width
         self.decomp: Decomposition | None = None
@@ -408,8 +413,14 @@ class DomainSiteModel(NativeMetropolis):
         ids_all = ff.ids_all
         candidates = np.flatnonzero(inner[n:]) + n
         candidates = candidates[~np.isin(ids_all[candidates], state.ids)]
-        _, first = np.unique(ids_all[candidates], return_index=True)
-        ghost_centres = candidates[np.sort(first)]
+        # each atom's centre entry: the image without a periodic shift along the directions
+        # that are not split (inside the cell there, as the owned atoms are), so that every
+        # owned atom it sees inside the cutoff has its image within one cutoff (plus the skin
+        # the atoms may move) of the cell and hence in the plain halo
+        shifted = np.any(nl.shifts[candidates][:, d.grid == 1] != 0, axis=1)
+        by = np.lexsort((shifted, ids_all[candidates]))
+        _, first = np.unique(ids_all[candidates][by], return_index=True)
+        ghost_centres = np.sort(candidates[by[first]])
         rest = np.setdiff1d(np.arange(n, nl.n_total), ghost_centres, assume_unique=True)
         self.order = np.concatenate([np.arange(n), ghost_centres, rest]).astype(np.int64)
         self.n_centres = n + len(ghost_centres)
@@ -459,11 +470,10 @@ class DomainSiteModel(NativeMetropolis):
     def start_step(self, state: MDState, basic: np.ndarray | None = None,
                    site_energies: np.ndarray | None = None, mag_all: np.ndarray | None = None) -> None:
         """The step's positions (the force field's list, moved) and moments; the centres each
-        atom affects at these positions; the caches seeded from ``basic`` (the owned atoms' basic
-        moments of the step's force evaluation) where every rank has them (collective), and with
-        them the centres' energies: the owned ones from ``site_energies`` (that evaluation's), the
-        ghost centres' from their owners, instead of a pass over the rows. ``mag_all``: the list
-        entries' moments of that evaluation (spread again when None)."""
+        atom affects at these positions; the caches seeded from ``basic`` and ``site_energies``
+        (the owned atoms' basic moments and energies of the step's force evaluation; an energy
+        pass where they are missing), the ghost centres' from their owners (collective).
+        ``mag_all``: the list entries' moments of that evaluation (spread again when None)."""
         ff, n = self.ff, self.n_owned
         np.take(ff.nl.positions, self.order, axis=0, out=self.nl.positions)
         self.nl.cell = ff.nl.cell
@@ -478,18 +488,21 @@ class DomainSiteModel(NativeMetropolis):
         spread = ff.spread(state.magmoms) if mag_all is None else mag_all
         self.mag = np.ascontiguousarray(spread[self.order])
         self._touched = np.zeros(self.n_centres, dtype=np.uint8)   # what a sector's moves change
-        seeded = basic is not None and self._cache is not None and basic.shape == (n, self._cache.shape[1])
-        if self._cache is not None and ff.comm.allreduce(int(seeded), op=min_op()):
-            # the owned centres' basic moments from the step's force evaluation (carried through
-            # the migration), the ghost centres' from their owners': no pass over neighbours
+        if self._cache is not None:
+            if basic is None or basic.shape != (n, self._cache.shape[1]) or site_energies is None:
+                # no rows handed over (not asked for, or another list): the owned centres' from
+                # an energy pass on the force field's list (the ghost centres' never are
+                # computed here: their neighbourhoods may lie beyond the halo)
+                basic = ff._basic_buffer(n)
+                site_energies = ff.engine.compute_local(ff.nl, ff.types_all, spread, derivatives=False,
+                                                        symmetric=ff.symmetric, basic_out=basic).site_energies
+            # the owned centres' rows and energies from the step's force evaluation (carried
+            # through the migration), the ghost centres' from their owners: no pass over neighbours
             self._cache[:n] = basic
+            self.site_en[:n] = site_energies
             self.exchange.fetch(basic, out=self._cache[n:self.n_centres])
-            self._init, self._n_seeded, self._seed_from = 2, n, n
-            if site_energies is not None:
-                self.site_en[:n] = site_energies
-                self.exchange.fetch(np.reshape(site_energies, (n, 1)),
-                                    out=self.site_en[n:self.n_centres].reshape(-1, 1))
-                self._init, self._n_seeded, self._seed_from = 0, 0, -1
+            self.exchange.fetch(np.reshape(site_energies, (n, 1)), out=self.site_en[n:self.n_centres].reshape(-1, 1))
+            self._init = 0
 
     def refresh(self, magmoms: np.ndarray, ghosts: bool = True) -> None:
         """After the moves of a sector (collective): every centre's row and energy up to date.
@@ -502,8 +515,8 @@ class DomainSiteModel(NativeMetropolis):
         (:meth:`RowExchange.send_back`); then (``ghosts``) the owners send the changed ones on to
         the ranks that hold them as ghost centres, and the entries take the other ranks' moments
         (forward communication). Without ``ghosts`` (the end of the sweep) only the energies go
-        back: the rows and entries are then stale until the next :meth:`start_step`. Before the first moves of the step (caches not yet filled) the
-        entries take the moments, and the seeded rows are dropped where the moments changed."""
+        back: the rows and entries are then stale until the next :meth:`start_step`. Without a
+        kernel cache (the Python loop) the entries take the moments."""
         n, nc = self.n_owned, self.n_centres
         if self._cache is not None and self._init == 0:
             touched = self._touched
@@ -526,10 +539,7 @@ class DomainSiteModel(NativeMetropolis):
                 self.site_en[at] = rows[:, 0]
             touched[:] = 0
             return
-        new = np.ascontiguousarray(self.ff.spread(magmoms)[self.order])
-        if self._init == 2 and np.any(new != self.mag):
-            self._init = 1                      # the seeded basic moments are out of date
-        self.mag = new
+        self.mag = np.ascontiguousarray(self.ff.spread(magmoms)[self.order])
 
     def all_site_energies(self) -> np.ndarray:
         """Site energies of every centre (owned and ghost), up to date: the array the kernels'

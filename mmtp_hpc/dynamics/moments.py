@@ -332,11 +332,7 @@ class NativeMetropolis:
 
     def _reset_native(self) -> None:
         """Nothing in the caches is current (new positions): the next moves redo everything."""
-        # what the kernels redo before the next moves: 1 everything, 2 everything but the seeded
-        # rows' basic moments, 0 nothing
-        self._init = 1
-        self._n_seeded = 0
-        self._seed_from = -1                 # rows ≥ this are the caller's too (2; −1: none)
+        self._init = 1                       # the kernels redo before the next moves: 1 everything, 0 nothing
         self._touched: np.ndarray | None = None   # (n_centres,) uint8 the moves mark, where kept
 
     def metropolis(self, moves: np.ndarray, draws: np.ndarray, col: int, lo: np.ndarray, hi: np.ndarray,
@@ -351,22 +347,20 @@ class NativeMetropolis:
         accepted = self.engine.metropolis(
             self.nl, self.types, self.mag, self.maps, moves, draws, col, lo, hi, flip_fraction,
             max_change, beta, magmoms, site_energies, self._cache, self._init,
-            self.symmetric, incremental, trial_delta, n_seeded=self._n_seeded, seed_from=self._seed_from,
-            pairs=self._pairs if incremental else None, touched=self._touched)
+            self.symmetric, incremental, trial_delta, pairs=self._pairs if incremental else None,
+            touched=self._touched)
         self._init = 0
-        self._seed_from = -1
         return accepted
 
-    def seed(self, generation: int, basic: np.ndarray, energies_current: bool = False) -> None:
+    def seed(self, generation: int, basic: np.ndarray) -> None:
         """Start the next sweep from the basic moments of the step's force evaluation
         (``Evaluation.basic``: this model's list, its moments, taken over) instead of a pass of
-        its own; ignored where they do not fit. ``energies_current``: the site energies the
-        moves will be given are that evaluation's too (the same numbers to rounding), so no pass
-        recomputes them from the rows."""
+        its own; ignored where they do not fit. The site energies the moves will be given must
+        be that evaluation's too (the same numbers to rounding): no pass recomputes them."""
         if (self._cache is not None and generation == getattr(self, "generation", None)
                 and basic.shape == self._cache.shape):
             self._cache = basic
-            self._init, self._n_seeded = (0, 0) if energies_current else (2, len(basic))
+            self._init = 0
 
     def update_site_energies(self, out: np.ndarray) -> None:
         """Bring ``out`` (the centres' energies, kept by the caller between calls) up to date
@@ -548,7 +542,7 @@ class SerialSweepLayout:
     def __init__(self, forcefield, state: MDState, evaluation: Evaluation, previous=None):
         self.model = MTPSiteModel(forcefield, state.magmoms, previous)
         if evaluation.basic is not None:
-            self.model.seed(*evaluation.basic, energies_current=True)   # the sweep's energies are the step's
+            self.model.seed(*evaluation.basic)   # the sweep's energies are the step's
             evaluation.basic = None
         self.sectors = [np.arange(state.n_atoms, dtype=np.int64)]
         self.evaluation = evaluation

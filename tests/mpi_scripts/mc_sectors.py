@@ -8,7 +8,8 @@ field's sector layout; then the atoms move again (still within half the skin of 
 and two more sweeps run on the same list (the kernels' model of the first step kept), with the kernels (starting from the force evaluation's basic moments,
 and from their own pass) and with the Python loop. Rank 0 writes whether the final moments
 (gathered in id order) agree to 1e-12 μB (the same decisions), the accepted counts, the
-energies, and how far the energy the sweep reports is from a fresh evaluation.
+energies, how far the energy the sweep reports is from a fresh evaluation, and the halo widths
+in units of cutoff + skin (the kernels' sweeps run on the plain halo, the Python loop on two).
 """
 
 import json
@@ -69,15 +70,16 @@ for native, seeded in ((True, True), (True, False), (False, False)):
     fresh = ff.evaluate(state, derivatives=False).energy
     gap = max(gap, abs(ev.energy - fresh))
     kept = bool(comm.allreduce(int(kept), op=min_op()))
-    runs[(native, seeded)] = (table, accepted, ev.energy, gap, bool(migrated), kept)
+    runs[(native, seeded)] = (table, accepted, ev.energy, gap, bool(migrated), kept,
+                              ff.halo_width / (ff.cutoff + ff.skin))
 if comm.Get_rank() == 0:
-    (t1, a1, e1, d1, m1, k1), (t3, a3, e3, d3, _, k3), (t2, a2, e2, d2, _, _) = runs.values()
+    (t1, a1, e1, d1, m1, k1, h1), (t3, a3, e3, d3, _, k3, h3), (t2, a2, e2, d2, _, _, h2) = runs.values()
     result = {"ranks": comm.Get_size(), "grid": ff.decomp.grid.tolist(), "accepted": [a1, a2, a3],
               # the same decisions; the proposals m + δ may round differently in the AVX2 build (FMA)
               "same_moments": bool(np.allclose(t1["m"], t2["m"], rtol=0.0, atol=1e-12)
                                    and np.allclose(t3["m"], t2["m"], rtol=0.0, atol=1e-12)),
               "max_site_diff": float(max(np.abs(t1["e"] - t2["e"]).max(), np.abs(t3["e"] - t2["e"]).max())),
               "energy": [e1, e2, e3], "energy_vs_fresh": max(d1, d2, d3) / abs(e2), "migrated": m1,
-              "model_kept": bool(k1 and k3)}
+              "model_kept": bool(k1 and k3), "halo": [h1, h3, h2]}
     with open(out_path, "w") as f:
         json.dump(result, f)

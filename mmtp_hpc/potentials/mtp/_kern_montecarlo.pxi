@@ -537,8 +537,8 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                      const double[:, ::1] draws, int col, const double[::1] lo, const double[::1] hi,
                      double flip_fraction, double max_change, double beta, double[::1] magmoms,
                      double[::1] site_en, double[:, ::1] cache, int init, bint symmetric,
-                     bint incremental, double[::1] trial_delta, Py_ssize_t n_seeded=0,
-                     Py_ssize_t seed_from=-1, tuple pairs=None, unsigned char[::1] touched=None):
+                     bint incremental, double[::1] trial_delta, tuple pairs=None,
+                     unsigned char[::1] touched=None):
     """Metropolis moves of the atoms ``moves`` (in that order) on the moments; returns the
     number accepted.
 
@@ -551,10 +551,9 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     trial is skipped; accepted when ΔE ≤ 0 or acceptance < exp(−β ΔE).
 
     ``site_en`` (n_centres,) and ``cache`` (n_centres, nsets·n_basic) hold E_k and the basic
-    moments; ``init`` 1 recomputes both first (one energy pass over the centres); 2 the same,
-    but the basic moments of the centres k < ``n_seeded`` are the ones the caller put in ``cache``
-    (those of the step's force evaluation: ``site_terms(..., basic_out=cache)``), and the rows
-    k ≥ ``seed_from`` (when ≥ 0) too (the ghost centres' rows from their owners); 0 neither. With
+    moments; ``init`` 1 recomputes both first (one energy pass over the centres); 0: they are
+    current (the caller's, e.g. from the step's force evaluation: ``site_terms(...,
+    basic_out=cache)``). With
     ``incremental`` a trial updates only the pair terms it changes (see above); otherwise every
     affected centre is recomputed from its neighbours (the reference the tests compare with).
     ``trial_delta`` (len(moves),) receives each trial's ΔE (NaN when skipped), if not empty.
@@ -610,10 +609,8 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     pb.Z = NULL; pb.QP = NULL; pb.cap = 0
     if symmetric and t.M < 2:
         raise ValueError("symmetric Monte Carlo needs a magnetic potential (M > 1)")
-    if init not in (0, 1, 2):
-        raise ValueError(f"init must be 0, 1 or 2, got {init}")
-    if seed_from < 0 or seed_from > n_centres:
-        seed_from = n_centres
+    if init not in (0, 1):
+        raise ValueError(f"init must be 0 or 1, got {init}")
     if mark and touched.shape[0] < n_centres:
         raise ValueError("metropolis_moves: ``touched`` shorter than the centres")
     if cache.shape[0] < n_centres or cache.shape[1] != width:
@@ -696,8 +693,7 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     try:
         with nogil:
             if init:
-                # every centre: its basic moments (given for the rows < n_seeded and ≥ seed_from
-                # with 2), then the energies in batches of lanes
+                # every centre: its basic moments, then the energies in batches of lanes
                 k0 = 0
                 while k0 < n_centres:
                     n_aff = <int> (batch if n_centres - k0 > batch else n_centres - k0)
@@ -705,13 +701,10 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
                     memset(Bs, 0, nb * L * sizeof(double))
                     for slot in range(n_aff):
                         k = k0 + slot
-                        if init == 2 and (k < n_seeded or k >= seed_from):
-                            memcpy(Bs + slot * width, &cache[k, 0], width * sizeof(double))
-                        else:
-                            gather_cols(&t, c, k, pos, types, mag, offsets, nbrs, False, symmetric)
-                            forward_pm(&t, c)
-                            basic_of(&t, c.pm, nsets, Bs + slot * width)
-                            memcpy(&cache[k, 0], Bs + slot * width, width * sizeof(double))
+                        gather_cols(&t, c, k, pos, types, mag, offsets, nbrs, False, symmetric)
+                        forward_pm(&t, c)
+                        basic_of(&t, c.pm, nsets, Bs + slot * width)
+                        memcpy(&cache[k, 0], Bs + slot * width, width * sizeof(double))
                         zl[slot] = types[k]
                     to_lanes(Bs, nb, mom, L)
                     lane_site_energies(&t, &runs, mom, L, n_aff, nsets, nsets, 1, zl, e_lane, e_new)

@@ -269,8 +269,7 @@ class MTPEngine:
                    flip_fraction: float, max_change: float, beta: float, magmoms: np.ndarray,
                    site_energies: np.ndarray, cache: np.ndarray, init: int, symmetric: bool = False,
                    incremental: bool = True, trial_delta: np.ndarray | None = None,
-                   n_seeded: int = 0, seed_from: int = -1, pairs: tuple | None = None,
-                   touched: np.ndarray | None = None) -> int:
+                   pairs: tuple | None = None, touched: np.ndarray | None = None) -> int:
         """Metropolis moment moves of the atoms ``moves`` in the kernels (``_kernels.metropolis_moves``:
         no Python per trial; a trial updates only the pair terms and site energies it changes).
 
@@ -279,10 +278,8 @@ class MTPEngine:
         changed in place with ``magmoms`` (per atom). ``maps``: ``entry_owner`` (n_total,),
         ``image_entries``/``image_offsets`` (entries of each atom) and ``affected_centres``/
         ``affected_offsets`` (centres whose energy depends on each atom, the atom included).
-        ``init``: 1 fills ``cache`` and ``site_energies`` first; 2 the same, except that the rows
-        < ``n_seeded`` of ``cache`` already hold their centres' basic moments (:meth:`compute_local`'s
-        ``basic_out`` on ``nl``), and so do the rows ≥ ``seed_from`` (when ≥ 0; their energies are
-        computed, not their basic moments); 0 neither. ``pairs``: those of :meth:`metropolis_maps`
+        ``init``: 1 fills ``cache`` and ``site_energies`` first; 0: they are current (e.g.
+        :meth:`compute_local`'s ``basic_out`` and site energies on ``nl``). ``pairs``: those of :meth:`metropolis_maps`
         on the same list and maps (the calls of one step share them; found per call when None).
         ``touched`` (n_local,) uint8: set to 1 for the centres whose cache row and energy an
         accepted move changed. Returns the number of accepted moves."""
@@ -296,7 +293,7 @@ class MTPEngine:
             i64(maps["image_entries"]), i64(maps["image_offsets"]), i64(maps["affected_centres"]),
             i64(maps["affected_offsets"]), i64(moves), f64(draws), int(col), f64(lo), f64(hi),
             float(flip_fraction), float(max_change), float(beta), magmoms, site_energies, cache,
-            int(init), symmetric, bool(incremental), delta, int(n_seeded), int(seed_from), pairs, touched))
+            int(init), symmetric, bool(incremental), delta, pairs, touched))
 
     # ------------------------------------------------------------------ configurations
     def evaluate(self, cfg: Configuration, magmoms: np.ndarray | None = None, *,
