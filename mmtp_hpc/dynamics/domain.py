@@ -335,7 +335,7 @@ class DomainForceField(ForceField):
         list lives."""
         if not self.monte_carlo:
             raise RuntimeError("parallel Monte Carlo needs a force field built with monte_carlo=True "
-                               "(a halo of two cutoffs plus the skin)")
+                               "(subdomains of four cutoffs; the ghost centres' rows from their owners)")
         return DomainSweepLayout(self, state, evaluation, previous)
 
     # ------------------------------------------------------------------ gathering

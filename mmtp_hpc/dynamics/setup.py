@@ -470,7 +470,8 @@ def build_simulation(settings: RunSettings, restart: str | Path | None = None,
     if distributed:
         from mmtp_hpc.dynamics.domain import DomainForceField
 
-        # parallel Monte Carlo needs the site energies of ghost centres: a halo twice as wide
+        # parallel Monte Carlo needs subdomains of four cutoffs (its sectors) and the ghost
+        # centres' rows from their owners (the force field's monte_carlo)
         forcefield = DomainForceField(engine, comm, settings.potential.symmetrize, skin=md.skin,
                                       grid=settings.parallel.grid, monte_carlo=mo.mode == "mc")
     else:
