@@ -126,12 +126,13 @@ def test_fe_agrees_with_the_stored_abinit_results(tmp_path):
                  members=members, curve=np.linspace(2.55, 3.17, 16), trained_a=(2.70, 3.02))
     assert not v.failures                                    # every DFT point read back, none run
     errors, passed = v.errors(), v.passed()
-    for key in ("moment", "energy", "pressure", "gradient_m", "antiparallel"):
+    # all six criteria (the README's table): E(m) is worst at m = 1.0 μB, where the constrained
+    # DFT energy jumps by ≈ 16 meV/atom between 1.00 and 1.05 μB (two electronic solutions; see
+    # the campaign README); the other five moments are much closer
+    for key in ("moment", "energy", "pressure", "energy_m", "gradient_m", "antiparallel"):
         assert passed[key], (key, errors[key])
-    # E(m): within 10 meV/atom except at m = 1.0 μB, where the constrained DFT energy jumps by
-    # ≈ 16 meV/atom between 1.00 and 1.05 μB (two electronic solutions; see the campaign README)
     dm = 1e3 * np.abs(v.pot_energy_m - v.dft_energy_m)
-    assert np.all(dm[v.m_values > 1.01] <= 10.0), dm
+    assert np.all(dm[v.m_values > 1.01] <= 5.0), dm
     # the DFT side is what the README's table quotes: ferromagnetic, moment rising with a
     assert np.all(np.diff(v.dft_moments["Fe"]) > 0) and 1.7 < v.dft_moments["Fe"][0] < v.dft_moments["Fe"][-1] < 2.8
     # the ensemble spreads outside the trained lattice range; inside, its band is narrower than
