@@ -447,6 +447,9 @@ class DomainSiteModel(NativeMetropolis):
         self.engine, self.symmetric = ff.engine, bool(ff.symmetric)
         self.n_owned = n
         self.owned_ids = np.array(state.ids, dtype=np.int64)
+        # the kernels or the Python loop as the force field chose when it sized its halo (the
+        # kernels' plain halo does not hold the ghost centres' neighbourhoods the loop needs)
+        self.native = ff.kernel_sweeps
         self._native_setup()
         self.site_en = np.zeros(self.n_centres)
         # the ghost centres' rows come from their owners (by id): their basic moments from the

@@ -566,9 +566,9 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     cdef Tables t = make_tables(tab)
     cdef int nsets = 2 if symmetric else 1
     cdef int nb = t.n_basic, width = nsets * t.n_basic, slot, n_aff, L, Lmax, batch
-    cdef Py_ssize_t n_moves = moves.shape[0], m_, q, k, p, k0
-    cdef int64_t a, j, nmax = 0, max_aff = 1
-    cdef double old, new, delta, rc2 = t.rcut * t.rcut
+    cdef Py_ssize_t n_moves = moves.shape[0], m_, q, k, k0
+    cdef int64_t a, nmax = 0, max_aff = 1
+    cdef double old, new, delta
     cdef bint record = trial_delta.shape[0] > 0, accept
     cdef int accepted = 0
     cdef Cols* c
@@ -589,17 +589,15 @@ def metropolis_moves(dict tab, const double[:, ::1] pos, const int[::1] types, d
     cdef int64_t* pair_off = NULL
     cdef int64_t* pair_k = NULL
     cdef double* pair_d = NULL
-    cdef int64_t n_atoms = magmoms.shape[0], n_pairs = 0, a2
+    cdef int64_t n_atoms = magmoms.shape[0], a2
     cdef bint ordered = True
     cdef char* fast = NULL
     cdef PairBuf pb
-    cdef int P, S, Sp, max_pairs = 0, j2, s2, b2
+    cdef int P, S, Sp, max_pairs = 0, j2
     cdef int64_t q0
-    cdef double* row
     cdef double** rows = NULL
     cdef double* zero_row = NULL
     cdef double* H2 = NULL
-    cdef int64_t n_in
     cdef const int64_t[::1] po_v
     cdef const int64_t[::1] pk_v
     cdef const double[:, ::1] pd_v
