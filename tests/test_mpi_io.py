@@ -37,16 +37,21 @@ def test_gather_chunks_streams_rows_in_id_order(tmp_path, ranks):
 
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_row_exchange_fetches_the_owners_rows_by_id(tmp_path, ranks):
-    """The parallel Monte Carlo's ghost centres take their basic moments from their owners, and
-    the rows a rank's moves changed go back to their owners."""
+    """The parallel Monte Carlo's ghost centres take their basic moments from their owners; the
+    rows a rank's moves changed go straight to every other copy (on 3 ranks a row has copies on
+    two other ranks), a row changed on two ranks is caught, and energies go back to owners."""
     out = tmp_path / "result.json"
     _ok(run_mpi(ranks, SCRIPTS / "row_exchange.py", out, timeout=400))
-    for rank in range(ranks):
-        result = json.loads((tmp_path / f"result.json.{rank}").read_text())
-        assert result["exact_3"] and result["exact_260"] and result["into_out"] and result["many"], result
-        assert result["back"], result
+    results = [json.loads((tmp_path / f"result.json.{rank}").read_text()) for rank in range(ranks)]
+    for rank, result in enumerate(results):
+        assert result["exact_3"] and result["exact_260"] and result["into_out"], result
+        assert result["share"] and result["back"], result
         assert result["error"] is not None and "not owned by exactly one other rank" in result["error"], result
-    assert sum(json.loads((tmp_path / f"result.json.{r}").read_text())["back_count"] for r in range(ranks)) > 0
+        if rank < 2:
+            assert result["twice"] is not None and "changed on two ranks" in result["twice"], result
+        else:
+            assert result["twice"] is None, result
+    assert sum(r["back_count"] for r in results) > 0 and all(r["shared_in"] > 0 for r in results)
 
 
 def _input(path: Path, chunk_atoms: int | None) -> Path:

@@ -513,31 +513,24 @@ class DomainSiteModel(NativeMetropolis):
         With the caches current (the usual case) nothing is recomputed. A centre changes in a
         sector by the moves of one rank only (same-sector moves of different ranks are more than
         two cutoffs apart), and that rank holds it, as an owned or a ghost centre, with its row
-        and energy updated by its accepted moves (the kernels mark them). So the rows and
-        energies of the ghost centres a rank's moves changed go to their owners
-        (:meth:`RowExchange.send_back`); then (``ghosts``) the owners send the changed ones on to
-        the ranks that hold them as ghost centres, and the entries take the other ranks' moments
-        (forward communication). Without ``ghosts`` (the end of the sweep) only the energies go
-        back: the rows and entries are then stale until the next :meth:`start_step`. Without a
-        kernel cache (the Python loop) the entries take the moments."""
+        and energy updated by its accepted moves (the kernels mark them). So (``ghosts``) each
+        rank sends the rows and energies of the centres its moves changed straight to every
+        other rank that holds them, the owner and the other ranks with it as a ghost centre
+        (:meth:`RowExchange.share_changed`: one exchange), and the entries take the other ranks'
+        moments (forward communication). Without ``ghosts`` (the end of the sweep) only the
+        ghost centres' energies go back to their owners: the rows and entries are then stale
+        until the next :meth:`start_step`. Without a kernel cache (the Python loop) the entries
+        take the moments."""
         n, nc = self.n_owned, self.n_centres
         if self._cache is not None and self._init == 0:
             touched = self._touched
-            ghost = np.flatnonzero(touched[n:nc])
             if ghosts:
-                back = np.empty((len(ghost), self._cache.shape[1] + 1))
-                back[:, :-1] = self._cache[n + ghost]
-                back[:, -1] = self.site_en[n + ghost]
-                at, rows = self.exchange.send_back(ghost, back)
-                self._cache[at] = rows[:, :-1]
-                self.site_en[at] = rows[:, -1]
-                touched[at] = 1
-                self.exchange.fetch_changed(touched[:n], [self._cache[:n], self.site_en[:n]],
-                                            [self._cache[n:nc], self.site_en[n:nc]])
+                self.exchange.share_changed(touched[:nc].view(bool), [self._cache[:nc], self.site_en[:nc]])
                 self.mag = np.ascontiguousarray(self.ff.spread(magmoms)[self.order])
             else:
                 # the end of the sweep: the owned centres' energies only (the rows and the entries'
                 # moments are not used again: the next step's start_step seeds them afresh)
+                ghost = np.flatnonzero(touched[n:nc])
                 at, rows = self.exchange.send_back(ghost, self.site_en[n + ghost])
                 self.site_en[at] = rows[:, 0]
             touched[:] = 0

@@ -188,6 +188,8 @@ class RowExchange:
         owned_ids = owned_ids[by_id]
         wanted = np.asarray(wanted, dtype=np.int64)
         self.n_wanted = len(wanted)
+        self.n_owned = len(owned_ids)
+        self._route_csr = None
         everyone = comm.allgather(wanted) if size > 1 else [wanted]
         send_idx, send_pos = [], []
         for r in range(size):
@@ -247,43 +249,99 @@ class RowExchange:
         result[self.recv_pos] = recv
         return result
 
-    def fetch_changed(self, changed: np.ndarray, arrays: list[np.ndarray], outs: list[np.ndarray]) -> None:
-        """:meth:`fetch` of the owned rows with ``changed`` (n_owned,) bool set only, from each of
-        ``arrays`` (n_owned, k_i) or (n_owned,) float64 into ``outs`` (n_wanted, k_i) or
-        (n_wanted,); the other rows of ``outs`` are left as they are (collective; one ``Alltoall``
-        of counts and one ``Alltoallv``)."""
+    def _routes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every copy of every row, for :meth:`share_changed` (collective on first use; kept):
+        CSR over the local rows (owned, then wanted) of (rank, index) of each copy on another
+        rank, the index in that rank's local rows (owned, then wanted). An owned row's copies
+        are those its wanters hold; a wanted row's are its owner's row and the other wanters'
+        copies, which the owner tells each wanter once."""
+        if self._route_csr is not None:
+            return self._route_csr
+        from mpi4py import MPI
+        comm, size = self.comm, self.comm.Get_size()
+        n_owned = self.n_owned
+        n_all = np.array(comm.allgather(n_owned), dtype=np.int64)
+        # the copies of owned row i: each wanter's position (send_idx/send_rank/send_pos)
+        dest_of_owned = n_all[self.send_rank] + self.send_pos
+        by_row = np.argsort(self.send_idx, kind="stable")
+        rows_sorted = self.send_idx[by_row]
+        first = np.searchsorted(rows_sorted, rows_sorted, side="left")
+        last = np.searchsorted(rows_sorted, rows_sorted, side="right")
+        # tell every wanter of row i where the other wanters hold it: (its position, rank, index)
+        reps = last - first - 1                       # the other wanters of each (row, wanter)
+        src = np.repeat(np.arange(len(by_row)), reps)
+        k = np.arange(len(src)) - np.repeat(np.cumsum(reps) - reps, reps)   # 0 .. reps − 1
+        other = first[src] + k
+        other = other + (other >= np.arange(len(by_row))[src])              # skip the wanter itself
+        to = self.send_rank[by_row][src]
+        msg = np.stack([self.send_pos[by_row][src], self.send_rank[by_row][other],
+                        dest_of_owned[by_row][other]], axis=1) if len(src) else np.zeros((0, 3), dtype=np.int64)
+        order = np.argsort(to, kind="stable")
+        counts = np.bincount(to, minlength=size).astype(np.int64)
+        recv_counts = np.empty(size, dtype=np.int64)
+        comm.Alltoall(counts, recv_counts)
+        recv = np.empty((int(recv_counts.sum()), 3), dtype=np.int64)
+        comm.Alltoallv([np.ascontiguousarray(msg[order]), (counts * 3, _displ(counts) * 3), MPI.INT64_T],
+                       [recv, (recv_counts * 3, _displ(recv_counts) * 3), MPI.INT64_T])
+        # local rows: owned i → (wanter rank, its index); wanted p → (owner, owned index) and
+        # the other wanters' copies
+        row = np.concatenate([self.send_idx, n_owned + np.arange(self.n_wanted), n_owned + recv[:, 0]])
+        dest_rank = np.concatenate([self.send_rank, self.owner_rank, recv[:, 1]])
+        dest_index = np.concatenate([dest_of_owned, self.owner_index, recv[:, 2]])
+        order = np.argsort(row, kind="stable")
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=n_owned + self.n_wanted))])
+        self._route_csr = (offsets.astype(np.int64), dest_rank[order], dest_index[order])
+        return self._route_csr
+
+    def share_changed(self, changed: np.ndarray, arrays: list[np.ndarray]) -> np.ndarray:
+        """Every changed local row (owned, then wanted: ``changed`` (n_owned + n_wanted,)) of
+        ``arrays`` (n_owned + n_wanted, k_i) or (n_owned + n_wanted,) float64 goes to every
+        other copy of it (the owner's row and the other wanters'), written there in place, in
+        one ``Alltoall`` of counts and one ``Alltoallv`` (collective). A row may change on one
+        rank only: one that comes in changed here too is an error (ValueError). Returns the
+        local rows that came in.
+
+        The parallel Monte Carlo shares the rows and energies of the centres a sector's moves
+        changed this way: each straight from the rank whose moves changed it."""
+        changed = np.asarray(changed, dtype=bool)
         if self.comm.Get_size() == 1:
-            return
+            return np.zeros(0, dtype=np.int64)
         from mpi4py import MPI
         size = self.comm.Get_size()
-        sel = np.flatnonzero(np.asarray(changed, dtype=bool)[self.send_idx])
-        counts = np.bincount(self.send_rank[sel], minlength=size).astype(np.int64)
+        offsets, dest_rank, dest_index = self._routes()
+        sel = np.flatnonzero(changed)
+        cnt = offsets[sel + 1] - offsets[sel]
+        at = np.repeat(offsets[sel] - (np.cumsum(cnt) - cnt), cnt) + np.arange(int(cnt.sum()))
+        src = np.repeat(sel, cnt)
+        to = dest_rank[at]
+        order = np.argsort(to, kind="stable")
+        counts = np.bincount(to, minlength=size).astype(np.int64)
         recv_counts = np.empty(size, dtype=np.int64)
         self.comm.Alltoall(counts, recv_counts)
-        arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
         widths = [1 if a.ndim == 1 else a.shape[1] for a in arrays]
         k = 1 + sum(widths)
-        send = np.empty((len(sel), k))
-        send[:, 0] = self.send_pos[sel]                 # exact as float64 (< 2**53)
-        rows = self.send_idx[sel]
+        send = np.empty((len(at), k))
+        send[:, 0] = dest_index[at[order]]             # exact as float64 (< 2**53)
+        rows = src[order]
         c = 1
         for a, w in zip(arrays, widths, strict=True):
-            if a.ndim == 1:
-                send[:, c] = a[rows]
-            else:
-                send[:, c:c + w] = a[rows]
+            send[:, c:c + w] = a[rows].reshape(-1, w)
             c += w
         recv = np.empty((int(recv_counts.sum()), k))
         self.comm.Alltoallv([send, (counts * k, _displ(counts) * k), MPI.DOUBLE],
                             [recv, (recv_counts * k, _displ(recv_counts) * k), MPI.DOUBLE])
-        pos = recv[:, 0].astype(np.int64)
+        got = recv[:, 0].astype(np.int64)
+        if np.any(changed[got]):
+            raise ValueError(f"rank {self.comm.Get_rank()}: {int(np.count_nonzero(changed[got]))} row(s) "
+                             "changed on two ranks at once")
         c = 1
-        for o, w in zip(outs, widths, strict=True):
-            if o.ndim == 1:
-                o[pos] = recv[:, c]
+        for a, w in zip(arrays, widths, strict=True):
+            if a.ndim == 1:
+                a[got] = recv[:, c]
             else:
-                o[pos] = recv[:, c:c + w]
+                a[got] = recv[:, c:c + w]
             c += w
+        return got
 
     def send_back(self, positions: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The reverse of :meth:`fetch`, sparse: the rows (len(positions), k) of the wanted atoms

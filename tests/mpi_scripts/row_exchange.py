@@ -1,6 +1,7 @@
 """Under mpiexec: RowExchange hands every rank the rows of the atoms it wants from their owners
 (sparse ids, owned rows in any order, a rank that owns none and one that wants none), twice on
-one set-up, and only the changed rows of several arrays (``fetch_changed``); ``send_back`` hands a subset of
+one set-up; ``share_changed`` sends the rows a rank changed to every other copy (owner and
+other wanters) and catches a row changed on two ranks; ``send_back`` hands a subset of
 wanted rows back to their owners, who receive each at its owned index; an id no other rank
 owns is an error naming it. Writes a JSON verdict per rank."""
 
@@ -30,15 +31,30 @@ for k, f in ((3, lambda i: np.stack([i * 1.5, -i.astype(float), np.sin(i)], axis
 out = np.full((len(wanted), 3), np.nan)
 ex.fetch(np.stack([ids[mine] * 1.5, -ids[mine].astype(float), np.sin(ids[mine])], axis=1), out=out)
 result["into_out"] = bool(np.array_equal(out[:, 0], wanted * 1.5))
-# the changed rows (odd ids) of several arrays at once, one of them 1-D; the others stay
-rows2, col = np.full((len(wanted), 2), np.nan), np.full(len(wanted), np.nan)
-ex.fetch_changed(ids[mine] % 2 == 1, [np.stack([ids[mine] * 2.0, ids[mine] + 0.5], axis=1), np.sqrt(ids[mine])],
-                 [rows2, col])
-odd = wanted % 2 == 1
-result["many"] = bool(np.array_equal(rows2[odd, 0], wanted[odd] * 2.0)
-                      and np.array_equal(rows2[odd, 1], wanted[odd] + 0.5)
-                      and np.array_equal(col[odd], np.sqrt(wanted[odd]))
-                      and np.isnan(rows2[~odd]).all() and np.isnan(col[~odd]).all())
+# changed rows straight to every other copy (the owner's and the other wanters'): each id is
+# changed by at most one rank, its "changer" (when that rank holds it), in two arrays, one 1-D
+local = np.concatenate([ids[mine], wanted])
+changer = (local * 7919) % size
+changed = changer == rank
+rows2 = np.where(changed[:, None], np.stack([local * 3.0, np.full(len(local), float(rank))], axis=1), np.nan)
+col = np.where(changed, np.sqrt(local), np.nan)
+got = ex.share_changed(changed, [rows2, col])
+holders = comm.allgather(local)                          # every rank's copies, by id
+held_by_changer = np.array([np.isin(i, holders[c]) for i, c in zip(local, changer)], dtype=bool)
+expect = held_by_changer                                  # rows that must hold the changer's values
+result["share"] = bool(np.array_equal(rows2[expect, 0], local[expect] * 3.0)
+                       and np.array_equal(rows2[expect, 1], changer[expect].astype(float))
+                       and np.array_equal(col[expect], np.sqrt(local[expect]))
+                       and np.isnan(rows2[~expect]).all() and np.isnan(col[~expect]).all()
+                       and np.array_equal(np.sort(got), np.flatnonzero(expect & ~changed)))
+result["shared_in"] = int(len(got))
+# a row changed on two ranks at once is caught where it arrives
+both = np.isin(local, np.concatenate(holders[:1] + holders[1:2])) & (rank < 2)
+try:
+    ex.share_changed(both, [np.zeros((len(local), 2))])
+    result["twice"] = None
+except ValueError as exc:
+    result["twice"] = str(exc)
 # back to the owners: every other wanted row, as (id, −id, rank)
 pick = np.arange(0, len(wanted), 2)
 at, back = ex.send_back(pick, np.stack([wanted[pick].astype(float), -wanted[pick].astype(float),
