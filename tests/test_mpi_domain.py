@@ -385,8 +385,8 @@ def test_mpi_incremental_monte_carlo_makes_full_recomputations_decisions(tmp_pat
     the sectors hold without a migration (half a subdomain ≥ two cutoffs plus the skin). The
     kernels' sweeps run on the plain halo, checked against the Python loop on the wide one. On the
     2 × 2 grid a centre in a corner is changed by a diagonal neighbour's moves: its row reaches
-    its owner and then the third rank (the rows a rank's moves changed go back to their owners,
-    then every rank fetches its ghost centres' rows)."""
+    its owner and the third rank that holds it (the rows a rank's moves changed go straight to
+    every other rank that holds them)."""
     out = tmp_path / "mc.json"
     _ok(run_mpi(ranks, SCRIPTS / "mc_sectors.py", FE_POT, out, *cells, timeout=600))
     res = json.loads(out.read_text())

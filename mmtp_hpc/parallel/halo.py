@@ -257,8 +257,7 @@ class RowExchange:
         copies, which the owner tells each wanter once."""
         if self._route_csr is not None:
             return self._route_csr
-        from mpi4py import MPI
-        comm, size = self.comm, self.comm.Get_size()
+        comm = self.comm
         n_owned = self.n_owned
         n_all = np.array(comm.allgather(n_owned), dtype=np.int64)
         # the copies of owned row i: each wanter's position (send_idx/send_rank/send_pos)
@@ -276,13 +275,7 @@ class RowExchange:
         to = self.send_rank[by_row][src]
         msg = np.stack([self.send_pos[by_row][src], self.send_rank[by_row][other],
                         dest_of_owned[by_row][other]], axis=1) if len(src) else np.zeros((0, 3), dtype=np.int64)
-        order = np.argsort(to, kind="stable")
-        counts = np.bincount(to, minlength=size).astype(np.int64)
-        recv_counts = np.empty(size, dtype=np.int64)
-        comm.Alltoall(counts, recv_counts)
-        recv = np.empty((int(recv_counts.sum()), 3), dtype=np.int64)
-        comm.Alltoallv([np.ascontiguousarray(msg[order]), (counts * 3, _displ(counts) * 3), MPI.INT64_T],
-                       [recv, (recv_counts * 3, _displ(recv_counts) * 3), MPI.INT64_T])
+        recv = migrate(comm, to, msg.astype(np.float64)).astype(np.int64)   # exact (< 2**53)
         # local rows: owned i → (wanter rank, its index); wanted p → (owner, owned index) and
         # the other wanters' copies
         row = np.concatenate([self.send_idx, n_owned + np.arange(self.n_wanted), n_owned + recv[:, 0]])
@@ -306,30 +299,21 @@ class RowExchange:
         changed = np.asarray(changed, dtype=bool)
         if self.comm.Get_size() == 1:
             return np.zeros(0, dtype=np.int64)
-        from mpi4py import MPI
-        size = self.comm.Get_size()
         offsets, dest_rank, dest_index = self._routes()
         sel = np.flatnonzero(changed)
         cnt = offsets[sel + 1] - offsets[sel]
         at = np.repeat(offsets[sel] - (np.cumsum(cnt) - cnt), cnt) + np.arange(int(cnt.sum()))
         src = np.repeat(sel, cnt)
-        to = dest_rank[at]
-        order = np.argsort(to, kind="stable")
-        counts = np.bincount(to, minlength=size).astype(np.int64)
-        recv_counts = np.empty(size, dtype=np.int64)
-        self.comm.Alltoall(counts, recv_counts)
+        by_dest = np.argsort(dest_rank[at], kind="stable")     # packed by destination: no re-sort
+        at, src = at[by_dest], src[by_dest]
         widths = [1 if a.ndim == 1 else a.shape[1] for a in arrays]
-        k = 1 + sum(widths)
-        send = np.empty((len(at), k))
-        send[:, 0] = dest_index[at[order]]             # exact as float64 (< 2**53)
-        rows = src[order]
+        send = np.empty((len(at), 1 + sum(widths)))
+        send[:, 0] = dest_index[at]                    # exact as float64 (< 2**53)
         c = 1
         for a, w in zip(arrays, widths, strict=True):
-            send[:, c:c + w] = a[rows].reshape(-1, w)
+            send[:, c:c + w] = a[src].reshape(-1, w)
             c += w
-        recv = np.empty((int(recv_counts.sum()), k))
-        self.comm.Alltoallv([send, (counts * k, _displ(counts) * k), MPI.DOUBLE],
-                            [recv, (recv_counts * k, _displ(recv_counts) * k), MPI.DOUBLE])
+        recv = migrate(self.comm, dest_rank[at], send)
         got = recv[:, 0].astype(np.int64)
         if np.any(changed[got]):
             raise ValueError(f"rank {self.comm.Get_rank()}: {int(np.count_nonzero(changed[got]))} row(s) "
@@ -357,18 +341,10 @@ class RowExchange:
         size = self.comm.Get_size()
         if size == 1:
             return np.zeros(0, dtype=np.int64), np.zeros((0, k))
-        from mpi4py import MPI
-        dest = self.owner_rank[positions]
-        order = np.argsort(dest, kind="stable")
-        counts = np.bincount(dest, minlength=size).astype(np.int64)
-        recv_counts = np.empty(size, dtype=np.int64)
-        self.comm.Alltoall(counts, recv_counts)
         send = np.empty((len(positions), k + 1))
-        send[:, 0] = self.owner_index[positions[order]]      # exact as float64 (< 2**53)
-        send[:, 1:] = rows[order]
-        recv = np.empty((int(recv_counts.sum()), k + 1))
-        self.comm.Alltoallv([send, (counts * (k + 1), _displ(counts) * (k + 1)), MPI.DOUBLE],
-                            [recv, (recv_counts * (k + 1), _displ(recv_counts) * (k + 1)), MPI.DOUBLE])
+        send[:, 0] = self.owner_index[positions]      # exact as float64 (< 2**53)
+        send[:, 1:] = rows
+        recv = migrate(self.comm, self.owner_rank[positions], send)
         return recv[:, 0].astype(np.int64), recv[:, 1:]
 
 
@@ -385,16 +361,16 @@ def migrate(comm, owners: np.ndarray, rows: np.ndarray) -> np.ndarray:
     if size == 1:
         return rows.copy()
     k = rows.shape[1]
-    order = np.argsort(owners, kind="stable")
+    owners = np.asarray(owners, dtype=np.int64)
     counts = np.bincount(owners, minlength=size).astype(np.int64)
     recv_counts = np.empty(size, dtype=np.int64)
     comm.Alltoall(counts, recv_counts)
-    send = np.ascontiguousarray(rows[order])
+    # rows already grouped by owner (callers that pack in that order) go as they are
+    send = rows if np.all(owners[1:] >= owners[:-1]) else np.ascontiguousarray(rows[np.argsort(owners, kind="stable")])
     recv = np.empty((int(recv_counts.sum()), k), dtype=np.float64)
-    send_displ = np.concatenate([[0], np.cumsum(counts)[:-1]]) * k
-    recv_displ = np.concatenate([[0], np.cumsum(recv_counts)[:-1]]) * k
     from mpi4py import MPI
-    comm.Alltoallv([send, (counts * k, send_displ), MPI.DOUBLE], [recv, (recv_counts * k, recv_displ), MPI.DOUBLE])
+    comm.Alltoallv([send, (counts * k, _displ(counts) * k), MPI.DOUBLE],
+                   [recv, (recv_counts * k, _displ(recv_counts) * k), MPI.DOUBLE])
     return recv
 
 
